@@ -1,0 +1,118 @@
+"""The faust app: topics, tables, the ingest and track agents, the sweeper, the web views.
+
+A thin shell: every saga rule is in ``machine``; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+import tables as tables_module
+import topics as topics_module
+from tables import Tables
+from topics import Topics
+from tracker import web
+from tracker.deadletters import DeadLetters
+from tracker.definitions import Catalog
+from tracker.ingest import Ingest, record_of
+from tracker.metrics import Metrics
+from tracker.progress import Progress
+from tracker.settings import Settings
+from tracker.sweeper import Sweeper
+from tracker.tracking import Tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackerApp:
+    app: faust.App
+    settings: Settings
+    catalog: Catalog
+    topics: Topics
+    tables: Tables
+    metrics: Metrics
+    ingest: Ingest
+    tracking: Tracking
+    sweeper: Sweeper
+    progress: Progress
+
+
+def faust_app(settings: Settings, broker_url: str) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=broker_url,
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        broker_rebalance_timeout=settings.rebalance_timeout,
+        producer_max_batch_size=settings.producer_max_batch_size,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        canonical_url=settings.canonical_url or f"http://{settings.web_host}:{settings.web_port}",
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def build(settings: Settings, catalog: Catalog, *, broker_url: str | None = None,
+          registry: CollectorRegistry | None = None) -> TrackerApp:
+    app = faust_app(settings, broker_url or settings.broker)
+    topics = topics_module.declare(app, settings, catalog)
+    tables = tables_module.declare(app, settings)
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    progress = Progress()
+    dead_letters = DeadLetters(topics.dead_letters, metrics)
+    ingest = Ingest(catalog, topics.saga_log, dead_letters, metrics, max_event_bytes=settings.max_event_bytes)
+    tracking = Tracking(catalog, tables, {"compensation": topics.compensations, "outcome": topics.outcomes},
+                        dead_letters, metrics)
+    sweeper = Sweeper(app, tables, topics.saga_log, catalog.topics, progress, metrics,
+                      lag_threshold=settings.lag_threshold, resend_after=max(30.0, 10 * settings.sweep_interval))
+    tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress)
+    _wire(tracker)
+    return tracker
+
+
+def _wire(t: TrackerApp) -> None:
+    app, progress = t.app, t.progress
+
+    # Concurrency 1 everywhere: faust may commit past an in-flight message otherwise (#606).
+    @app.agent(t.topics.sources, name=f"{t.settings.app_id}-ingest", concurrency=1)
+    async def ingest(stream: Any) -> None:
+        async for event in stream.events():
+            record = record_of(event)
+            await t.ingest.handle(record)
+            progress.processed(event.message.tp, record.offset)
+
+    @app.agent(t.topics.saga_log, name=f"{t.settings.app_id}-track", concurrency=1)
+    async def track(stream: Any) -> None:
+        async for event in stream.events():
+            record = record_of(event)
+            await t.tracking.handle(record)
+            progress.processed(event.message.tp, record.offset)
+
+    @app.timer(t.settings.sweep_interval)
+    async def sweep() -> None:
+        try:
+            await t.sweeper.sweep()
+        except Exception:  # a timer that raises stops forever: log, count, go on next time
+            log.exception("deadline sweep failed")
+            t.metrics.processing_errors.labels("sweep").inc()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        progress.forget(revoked)
+
+    web.register(app, t.catalog, t.tables, t.metrics, t.sweeper)

@@ -1,0 +1,89 @@
+"""Tracking: apply each saga log record through the pure machine and store the result.
+
+The only writer of saga state. Per record: load the saga, ``apply``, write the new state
+and its deadline index row, then send what the machine decided. The decision is in the
+state before the send, and a redelivered record re-sends the same unconfirmed ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import faust
+import orjson
+
+from tables import Tables, deadline_key
+from tracker.correlation import Record
+from tracker.deadletters import DeadLetters
+from tracker.definitions import Catalog
+from tracker.events import Event
+from tracker.machine import Emit, Transition, apply
+from tracker.metrics import Metrics
+from tracker.state import SagaState
+
+log = logging.getLogger(__name__)
+MILESTONES = frozenset({"started", "completed", "compensating", "compensated", "failed_needs_manual",
+                        "compensation_reemitted", "late_completion", "orphaned", "resolved"})
+
+
+class Tracking:
+    def __init__(self, catalog: Catalog, tables: Tables, outputs: dict[str, faust.TopicT],
+                 dead_letters: DeadLetters, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+        self.catalog, self.tables, self.outputs = catalog, tables, outputs
+        self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
+
+    def load(self, saga_id: str) -> SagaState | None:
+        raw = self.tables.sagas.get(saga_id.encode())
+        return None if raw is None else SagaState.from_dict(orjson.loads(raw))
+
+    async def handle(self, record: Record) -> Transition | None:
+        """Never raises: a record that cannot be applied is dead-lettered with the reason."""
+        try:
+            return await self._apply(record)
+        except Exception as exc:
+            log.exception("tracking failed on %s", record.source)
+            self.metrics.processing_errors.labels("tracking").inc()
+            await self.dead_letters.send(record, getattr(exc, "reason", "processing_error"), repr(exc))
+            return None
+
+    async def _apply(self, record: Record) -> Transition | None:
+        event = Event.from_dict(orjson.loads(record.value or b"null"))
+        state = self.load(event.saga_id)
+        definition = (self.catalog.definition(state.saga_type, state.version) if state
+                      else self.catalog.definition(event.saga_type, event.version))
+        if definition is None:
+            await self.dead_letters.send(record, "unknown_saga_type", f"no definition for {event.saga_type!r}")
+            return None
+        transition = apply(definition, state, event, self.clock())
+        if transition.changed and transition.state is not None:
+            self.store(state, transition)
+        for emit in transition.emits:
+            await self.send(emit)
+        self.metrics.applied(definition.name, event.kind, transition.outcomes)
+        if transition.state is not None and MILESTONES.intersection(transition.outcomes):
+            s = transition.state
+            log.info("saga %s (%s) %s%s%s", s.saga_id, s.saga_type, s.status,
+                     f": {s.reason}" if s.reason and s.status != "running" else "",
+                     "".join(f"; emitted {e.id}" for e in transition.emits if e.kind == "compensation"))
+        return transition
+
+    def store(self, old: SagaState | None, transition: Transition) -> None:
+        new = transition.state
+        assert new is not None
+        key = new.saga_id.encode()
+        self.tables.sagas[key] = orjson.dumps(new.to_dict())
+        before, after = old.deadline if old else None, transition.deadline
+        if before == after:
+            return
+        if before is not None:
+            self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
+        if after is not None:
+            row = {"token": after.token, "saga_id": new.saga_id, "saga_type": new.saga_type, "due": after.due}
+            self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(row)
+
+    async def send(self, emit: Emit) -> None:
+        headers = [(k, v.encode()) for k, v in emit.headers.items()]
+        await self.outputs[emit.kind].send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
+        self.metrics.emitted.labels(emit.kind).inc()
