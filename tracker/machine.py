@@ -13,7 +13,8 @@ safe. Rules:
   after ``limits.orphan_after`` the saga is reported as an orphan;
 - after a terminal status, events are recorded and counted but change nothing;
 - a failure event or a stalled step moves the saga to compensating; every completed step
-  is then undone newest first. After a service failure the services compensate
+  is then undone newest first. A failure at step i implies the steps before it completed
+  (a service acts only after its predecessor), even if their events are still in flight. After a service failure the services compensate
   themselves and the tracker only follows; it emits a compensation only when a
   confirmation is overdue, or at once when a step stalled (nobody else noticed);
 - unconfirmed compensations are re-emitted with backoff, then the saga needs manual help.
@@ -180,6 +181,7 @@ class _Run:
         """
         s, d = self.s, self.d
         s.status, s.reason, s.current = st.COMPENSATING, reason, None
+        s.compensated_by = "tracker" if tracker_emits else "services"
         for i in reversed(range(len(s.steps))):
             step = s.steps[i]
             if step.state == st.ACTIVE:
@@ -266,6 +268,9 @@ class _Run:
         if s.terminal:
             self.count("late")
             self.record(e, "late", i if i >= 0 else None, detail=f"saga already {s.status}")
+            if what == "complete" and s.steps and s.steps[i].completed_at is None:
+                # Fenced, but the timeline keeps when an implied step really completed.
+                s.steps[i].completed_at, s.steps[i].completed_by = e.time, e.id
             return
         if what == "start":
             self.record(e, "ignored", detail="saga already started")
@@ -285,11 +290,15 @@ class _Run:
             self.record(e, "redundant", i, detail="step already completed")
             return
         if s.status == st.COMPENSATING:
-            # The stalled or failed step did happen after all: it must be undone too.
             prior = step.state
-            self.mark_done(i, e)
-            self.record(e, "late_completion", i, detail=f"step was {prior}; compensating it")
-            self.compensate_step(i, e.time, e.id, tracker_emits=True)
+            step.completed_at, step.completed_by = e.time, e.id
+            if prior in (st.WAITING, st.ACTIVE, st.TIMED_OUT, st.FAILED):
+                # The stalled or failed step did happen after all: it must be undone too.
+                step.state, step.due = st.DONE, None
+                self.record(e, "late_completion", i, detail=f"step was {prior}; compensating it")
+                self.compensate_step(i, e.time, e.id, tracker_emits=s.compensated_by == "tracker")
+            else:  # already being undone, implied by a later step's failure
+                self.record(e, "late_completion", i, detail=f"step is already {prior}")
             return
         reordered = s.current is not None and i > s.current
         self.mark_done(i, e)
@@ -311,6 +320,12 @@ class _Run:
             self.record(e, "failed", i, detail="already compensating")
             return
         self.record(e, "failed", i)
+        # A service acts only after the step before it completed: a failure at step i means
+        # steps before it completed, even if their events are still in flight.
+        for j in range(i):
+            if s.steps[j].state in (st.WAITING, st.ACTIVE):
+                s.steps[j].state, s.steps[j].due = st.DONE, None
+                self.count("implied_completions")
         self.begin_compensation(f"step {self.d.steps[i].name} failed: {e.type}", e.time, e.id, tracker_emits=False)
 
     def confirm(self, i: int, e: Event) -> None:
