@@ -17,6 +17,7 @@ import topics as topics_module
 from tables import Tables
 from topics import Topics
 from tracker import web
+from tracker.admin import bootstrap_of
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
 from tracker.ingest import Ingest, record_of
@@ -24,7 +25,7 @@ from tracker.metrics import Metrics
 from tracker.progress import Progress
 from tracker.settings import Settings
 from tracker.sweeper import Sweeper
-from tracker.tracking import Tracking
+from tracker.tracking import Crash, Tracking
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,13 @@ def build(settings: Settings, catalog: Catalog, *, broker_url: str | None = None
     topics = topics_module.declare(app, settings, catalog)
     tables = tables_module.declare(app, settings)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    progress = Progress()
+    progress = Progress(app, catalog.topics, settings.saga_log, bootstrap_of(broker_url or settings.broker),
+                        settings.lag_threshold)
     dead_letters = DeadLetters(topics.dead_letters, metrics)
     ingest = Ingest(catalog, topics.saga_log, dead_letters, metrics, max_event_bytes=settings.max_event_bytes)
     tracking = Tracking(catalog, tables, {"compensation": topics.compensations, "outcome": topics.outcomes},
-                        dead_letters, metrics)
-    sweeper = Sweeper(app, tables, topics.saga_log, catalog.topics, progress, metrics,
-                      lag_threshold=settings.lag_threshold, resend_after=max(30.0, 10 * settings.sweep_interval))
+                        dead_letters, metrics, crash=Crash(settings.crash_point, settings.crash_marker), producer=app.producer)
+    sweeper = Sweeper(app, tables, topics.saga_log, progress, metrics, resend_after=max(30.0, 10 * settings.sweep_interval))
     tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress)
     _wire(tracker)
     return tracker
@@ -114,5 +115,10 @@ def _wire(t: TrackerApp) -> None:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         progress.forget(revoked)
+
+    @app.service
+    class CloseProgress(faust.Service):  # type: ignore[misc]
+        async def on_stop(self) -> None:
+            await progress.close()
 
     web.register(app, t.catalog, t.tables, t.metrics, t.sweeper)

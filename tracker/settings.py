@@ -44,6 +44,10 @@ class Settings:
     producer_max_batch_size: int = _doc("Producer batch size in bytes. The embedded broker needs 1 (see BROKER.md).", default=16384)
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
     log_level: str = _doc("Log level: debug, info, warning, error.", default="info")
+    crash_point: str = _doc("Fault injection for tests only: `before_send` or `after_send` makes the worker exit abruptly "
+                            "around the first compensation send (once, see CRASH_MARKER). Never set in production.", default="")
+    crash_marker: str = _doc("Fault injection for tests only: file created when the injected crash happens; "
+                             "while it exists the crash is not repeated.", default="")
 
     @property
     def embedded(self) -> bool:
@@ -108,6 +112,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}WEB_PORT must be a port number")
         if self.sweep_interval <= 0 or self.session_timeout <= 0:
             raise SettingsError(f"{PREFIX}SWEEP_INTERVAL and {PREFIX}SESSION_TIMEOUT must be positive")
+        if self.crash_point not in ("", "before_send", "after_send"):
+            raise SettingsError(f"{PREFIX}CRASH_POINT must be before_send or after_send")
         if self.broker and not self.broker.startswith(("kafka://", "aiokafka://")):
             raise SettingsError(f"{PREFIX}BROKER must look like kafka://host:9092, got {self.broker!r}")
 

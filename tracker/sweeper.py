@@ -16,7 +16,6 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import TP
 
 from tables import Tables, due_bound
 from tracker.events import timeout_event
@@ -27,34 +26,16 @@ log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    def __init__(self, app: faust.App, tables: Tables, saga_log: faust.TopicT, source_names: tuple[str, ...],
-                 progress: Progress, metrics: Metrics, *, lag_threshold: int, resend_after: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, app: faust.App, tables: Tables, saga_log: faust.TopicT, progress: Progress, metrics: Metrics,
+                 *, resend_after: float, clock: Callable[[], float] = time.time) -> None:
         self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
-        self.source_names = frozenset(source_names)
-        self.metrics, self.lag_threshold, self.resend_after, self.clock = metrics, lag_threshold, resend_after, clock
+        self.metrics, self.resend_after, self.clock = metrics, resend_after, clock
         self.sent: dict[str, float] = {}  # token -> when this worker sent its timeout record
         self.behind = True
-        self.lags: dict[TP, int] = {}
 
     def recovering(self) -> bool:
         app: Any = self.app
         return bool(app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set())
-
-    async def measure_lag(self) -> dict[TP, int]:
-        """Lag of every input partition (service topics and saga log) this worker owns."""
-        log_name = self.saga_log.get_topic_name()
-        tps = [tp for tp in self.app.consumer.assignment() if tp.topic in self.source_names or tp.topic == log_name]
-        if not tps:
-            return {}
-        highwaters = await self.app.consumer.highwaters(*tps)  # type: ignore[attr-defined]
-        lags: dict[TP, int] = {}
-        for tp in tps:
-            nxt = self.progress.next_offset.get(tp)
-            if nxt is None:
-                nxt = await self.app.consumer.position(tp)
-            lags[tp] = Progress.lag(highwaters.get(tp, 0), nxt)
-        return lags
 
     def active_partitions(self) -> list[int]:
         changelog = self.tables.deadlines.changelog_topic.get_topic_name()
@@ -66,17 +47,15 @@ class Sweeper:
             self.set_behind(True)
             return 0
         try:
-            self.lags = await self.measure_lag()
-        except Exception as exc:  # a broker hiccup: keep quiet this round rather than guess
+            behind = await self.progress.behind()
+        except Exception as exc:  # a broker hiccup: fire nothing this round rather than guess
             log.warning("cannot measure lag, firing no timeouts this sweep: %r", exc)
-            self.set_behind(True)
-            return 0
-        for tp, lag in self.lags.items():
+            behind = True
+        for tp, lag in self.progress.lags.items():
             self.metrics.input_lag.labels(tp.topic, str(tp.partition)).set(lag)
-        if any(lag > self.lag_threshold for lag in self.lags.values()):
-            self.set_behind(True)
+        self.set_behind(behind)
+        if behind:
             return 0
-        self.set_behind(False)
         now = self.clock()
         bound = due_bound(now)
         store: Any = self.tables.deadlines.data

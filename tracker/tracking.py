@@ -8,8 +8,10 @@ state before the send, and a redelivered record re-sends the same unconfirmed id
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import faust
 import orjson
@@ -28,11 +30,30 @@ MILESTONES = frozenset({"started", "completed", "compensating", "compensated", "
                         "compensation_reemitted", "late_completion", "orphaned", "resolved"})
 
 
+class Crash:
+    """Fault injection for the crash tests: exit abruptly at a point, once (a marker file remembers)."""
+
+    def __init__(self, point: str, marker: str) -> None:
+        self.point, self.marker = point, marker
+
+    async def maybe(self, point: str, app_producer: Any = None) -> None:
+        if self.point != point or not self.marker or os.path.exists(self.marker):
+            return
+        if app_producer is not None:
+            await app_producer.flush()  # "after_send": the emits are on the broker
+        with open(self.marker, "w") as f:
+            f.write(point)
+        log.error("injected crash at %s", point)
+        os._exit(137)
+
+
 class Tracking:
     def __init__(self, catalog: Catalog, tables: Tables, outputs: dict[str, faust.TopicT],
-                 dead_letters: DeadLetters, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+                 dead_letters: DeadLetters, metrics: Metrics, clock: Callable[[], float] = time.time,
+                 crash: Crash | None = None, producer: Any = None) -> None:
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
         self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
+        self.crash, self.producer = crash or Crash("", ""), producer
 
     def load(self, saga_id: str) -> SagaState | None:
         raw = self.tables.sagas.get(saga_id.encode())
@@ -59,8 +80,13 @@ class Tracking:
         transition = apply(definition, state, event, self.clock())
         if transition.changed and transition.state is not None:
             self.store(state, transition)
+        compensating = any(e.kind == "compensation" for e in transition.emits)
+        if compensating:
+            await self.crash.maybe("before_send")
         for emit in transition.emits:
             await self.send(emit)
+        if compensating:
+            await self.crash.maybe("after_send", self.producer)
         self.metrics.applied(definition.name, event.kind, transition.outcomes)
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state

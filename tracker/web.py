@@ -42,7 +42,8 @@ def register(app: faust.App, catalog: Catalog, tables: Tables, metrics: Metrics,
     @app.page("/readyz")
     async def readyz(web: View, request: Request) -> Response:
         ready = not sweeper.recovering()
-        body = {"ready": ready, "behind": sweeper.behind, "active_partitions": sweeper.active_partitions()}
+        body = {"ready": ready, "behind": sweeper.behind, "catch_up": sweeper.progress.phase,
+                "active_partitions": sweeper.active_partitions()}
         return _json(web, body, 200 if ready else 503)
 
     @app.page("/metrics")
