@@ -121,4 +121,4 @@ def _wire(t: TrackerApp) -> None:
         async def on_stop(self) -> None:
             await progress.close()
 
-    web.register(app, t.catalog, t.tables, t.metrics, t.sweeper)
+    web.register(app, t.catalog, t.tables, t.metrics, t.sweeper, t.settings.partitions)

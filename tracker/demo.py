@@ -28,12 +28,15 @@ from tracker.state import TERMINAL
 
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """GET ``url``: (status, decoded JSON), or the text for other content types."""
+    def body(raw: bytes, content_type: str) -> Any:
+        return orjson.loads(raw) if "json" in content_type else raw.decode(errors="replace")
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
-            return resp.status, orjson.loads(resp.read())
+            return resp.status, body(resp.read(), resp.headers.get("Content-Type", ""))
     except urllib.error.HTTPError as exc:
-        body = exc.read()
-        return exc.code, orjson.loads(body) if body.startswith(b"{") else body.decode(errors="replace")
+        return exc.code, body(exc.read(), exc.headers.get("Content-Type", ""))
 
 
 def wait_ready(base: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:

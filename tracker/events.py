@@ -31,6 +31,9 @@ class Event:
     token: str = ""  # timeout: the deadline token it fires
     action: Mapping[str, Any] = field(default_factory=dict)  # control: action, actor, reason, seconds
     source: str = ""  # topic/partition/offset of the original record, for the timeline
+    # Position of this record in the saga log, set by the shell (not serialized): a record
+    # seen again at the same position is a redelivery, not a new duplicate.
+    position: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -4,9 +4,9 @@ Standard library only, no clock, no I/O: the same records in the same order give
 same state and the same outputs, which is what makes redelivery, restart and replay
 safe. Rules:
 
-- an id already applied is a no-op, except that outputs it caused and that are not yet
-  confirmed are handed back for re-sending (same ids), covering a crash between the
-  state write and the send;
+- an id already applied is a no-op, except that a redelivery of the very same log record
+  (same ``position``) hands back the unconfirmed outputs it caused for re-sending, with
+  the same ids: that covers a crash between the state write and the send;
 - completions may arrive in any order; a later step's completion is recorded and
   honoured when the earlier ones arrive, and a step never goes back;
 - events before the start event wait in the saga and are applied when it arrives;
@@ -71,8 +71,8 @@ def visible_status(definition: SagaDefinition, s: SagaState) -> str:
 class _Run:
     """One application of one record; collects outputs and outcomes."""
 
-    def __init__(self, d: SagaDefinition, s: SagaState, now: float) -> None:
-        self.d, self.s, self.now = d, s, now
+    def __init__(self, d: SagaDefinition, s: SagaState, now: float, position: str = "") -> None:
+        self.d, self.s, self.now, self.position = d, s, now, position
         self.emits: list[Emit] = []
         self.outcomes: list[str] = []
 
@@ -101,13 +101,14 @@ class _Run:
             del seen[0]
 
     def emit(self, kind: str, emit_id: str, payload: dict[str, Any], cause: str, step: int | None = None) -> None:
+        """Decide an output: it is recorded in the state (outbox) together with its cause."""
         s = self.s
         headers = {k: v for k, v in s.trace.items() if k in TRACE_HEADERS}
         headers.update({"ce_id": emit_id, "ce_type": str(payload["type"]), "saga_id": s.saga_id})
         out = Emit(kind=kind, id=emit_id, key=s.saga_id, payload=payload, headers=headers)
         self.emits.append(out)
         s.outbox.append({
-            "id": emit_id, "kind": kind, "cause": cause, "confirmed": False,
+            "id": emit_id, "kind": kind, "cause": cause, "position": self.position, "confirmed": False,
             "step": None if step is None else self.d.steps[step].name, "payload": payload, "headers": headers,
         })
         if len(s.outbox) > OUTBOX_KEEP:
@@ -478,11 +479,11 @@ def apply(definition: SagaDefinition, state: SagaState | None, event: Event, now
             resend = tuple(
                 Emit(kind=o["kind"], id=o["id"], key=state.saga_id, payload=o["payload"], headers=o["headers"])
                 for o in state.outbox
-                if o["cause"] == event.id and not o["confirmed"]
+                if o["cause"] == event.id and o.get("position", "") == event.position and not o["confirmed"]
             )
             return Transition(state, resend, state.deadline, ("duplicate",), changed=False)
         s = state.copy()
-    run = _Run(definition, s, now)
+    run = _Run(definition, s, now, event.position)
     run.remember(event.id)
     if s.first_seen_at is None:
         s.first_seen_at = event.time

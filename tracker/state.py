@@ -105,5 +105,19 @@ class SagaState:
         except TypeError as exc:
             raise StateError(f"cannot load saga state: {exc}") from None
 
+    def logical(self) -> dict[str, Any]:
+        """The state without wall-clock fields (when records were applied): equal for the same
+        records in the same order, whenever and however often they were applied."""
+        return logical(self.to_dict())
+
     def copy(self) -> SagaState:
         return SagaState.from_dict(self.to_dict())
+
+
+WALL_CLOCK = ("updated_at",)
+
+
+def logical(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if k not in WALL_CLOCK}
+    out["history"] = [{k: v for k, v in h.items() if k != "at"} for h in data.get("history", [])]
+    return out

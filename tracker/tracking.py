@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 import time
 from collections.abc import Callable
 from typing import Any
@@ -70,7 +71,7 @@ class Tracking:
             return None
 
     async def _apply(self, record: Record) -> Transition | None:
-        event = Event.from_dict(orjson.loads(record.value or b"null"))
+        event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
         state = self.load(event.saga_id)
         definition = (self.catalog.definition(state.saga_type, state.version) if state
                       else self.catalog.definition(event.saga_type, event.version))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import faust
+from faust.exceptions import SameNode
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
+from yarl import URL
 import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,7 +41,7 @@ def _json(web: View, body: Any, status: int = 200) -> Response:
     return web.bytes(orjson.dumps(body), content_type="application/json", status=status)
 
 
-def register(app: faust.App, catalog: Catalog, tables: Tables, metrics: Metrics, sweeper: Sweeper) -> None:
+def register(app: faust.App, catalog: Catalog, tables: Tables, metrics: Metrics, sweeper: Sweeper, partitions: int) -> None:
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:
         return _json(web, {"status": "alive"})
@@ -50,10 +57,48 @@ def register(app: faust.App, catalog: Catalog, tables: Tables, metrics: Metrics,
     async def prometheus(web: View, request: Request) -> Response:
         return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    router = Router(app, tables.sagas, partitions)
+
     @app.page("/sagas/{saga_id}")
-    @app.table_route(table=tables.sagas, match_info="saga_id")
     async def get_saga(web: View, request: Request, saga_id: str) -> Response:
-        raw = tables.sagas.get(saga_id.encode())
-        if raw is None:
-            return _json(web, {"error": "not_found", "message": f"no saga with id {saga_id!r}"}, 404)
-        return _json(web, saga_view(catalog, SagaState.from_dict(orjson.loads(raw))))
+        async def local() -> Response:
+            raw = tables.sagas.get(saga_id.encode())
+            if raw is None:
+                return _json(web, {"error": "not_found", "message": f"no saga with id {saga_id!r}"}, 404)
+            return _json(web, saga_view(catalog, SagaState.from_dict(orjson.loads(raw))))
+
+        return await router.route(web, request, saga_id, local)
+
+
+class Router:
+    """Table routing: answer locally for owned keys, forward to the owner otherwise.
+
+    faust's ``table_route`` asks the producer's metadata for the partition of a key, which
+    it lacks until it wrote to the changelog (and the embedded broker sometimes drops);
+    the partition is computed here with the producer's own partitioner (murmur2 over the
+    configured partition count, as for every saga-log record) and the owner's URL comes
+    from the partition assignor, which all workers share.
+    """
+
+    def __init__(self, app: faust.App, table: faust.Table, partitions: int) -> None:
+        self.app, self.table = app, table
+        self.partitions = list(range(partitions))
+        self.partitioner = DefaultPartitioner()
+
+    def owner(self, key: str) -> str | None:
+        partition = self.partitioner(key.encode(), self.partitions, self.partitions)
+        tp = TP(self.table.changelog_topic.get_topic_name(), partition)
+        assignor: Any = self.app.assignor
+        return assignor._tps_url.get(tp)
+
+    async def route(self, web: View, request: Request, key: str,
+                    local: Callable[[], Awaitable[Response]]) -> Response:
+        url = self.owner(key)
+        if url is None:
+            return _json(web, {"error": "unavailable", "message": "the saga's partition has no owner yet (rebalancing)"}, 503)
+        try:
+            return await self.app.router._route_req(URL(url), web.web, request)  # type: ignore[attr-defined]
+        except SameNode:
+            return await local()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return _json(web, {"error": "unavailable", "message": f"the owning worker did not answer: {type(exc).__name__}"}, 503)

@@ -327,3 +327,16 @@ def test_apply_does_not_modify_its_input_state() -> None:
     before = saga.s.to_dict()
     apply(saga.d, saga.s, ev("PaymentAuthorized", 101), 5)
     assert saga.s.to_dict() == before
+
+
+def test_a_new_duplicate_elsewhere_in_the_log_resends_nothing() -> None:
+    from dataclasses import replace
+
+    saga = Saga()
+    saga(ev("OrderCreated", 100))
+    saga(ev("PaymentAuthorized", 101))
+    saga(ev("InventoryReserved", 102))
+    last = replace(ev("ShipmentCreated", 103), position="2/40")
+    assert [e.id for e in saga(last).emits] == ["o-1:saga:SagaCompleted"]
+    assert apply(saga.d, saga.s, replace(last, position="2/41"), 1e9).emits == ()  # a service sent it twice
+    assert [e.id for e in apply(saga.d, saga.s, last, 1e9).emits] == ["o-1:saga:SagaCompleted"]  # redelivery

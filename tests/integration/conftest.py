@@ -1,0 +1,48 @@
+"""The real broker, started once per session; a fresh app id, topics and data per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Kafka, Scenario
+from tracker.broker import EmbeddedBroker
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(log_path=str(ARTIFACTS / "broker.log")) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def kafka(broker: EmbeddedBroker) -> Kafka:
+    return Kafka(broker.bootstrap)
+
+
+@pytest.fixture
+def scenario(kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Scenario]:
+    s = Scenario(kafka, tmp_path, broker.url)
+    yield s
+    s.close()
+    # Keep the worker logs of failed tests.
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        dest = ARTIFACTS / request.node.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in tmp_path.glob("*.log"):
+            shutil.copy(log, dest / log.name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
