@@ -9,22 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faust
+from faust.types import TableT
 
 from tracker.settings import Settings
 
 
 @dataclass(frozen=True)
 class Tables:
-    sagas: faust.Table  # saga id -> JSON saga state
-    deadlines: faust.Table  # "<due ms, 15 digits>|<saga id>" -> JSON {token, saga_type}: ordered by due time
+    sagas: TableT  # saga id -> JSON saga state
+    deadlines: TableT  # "<due ms, 15 digits>|<saga id>" -> JSON {token, saga_type}: ordered by due time
 
 
 def declare(app: faust.App, settings: Settings) -> Tables:
-    # key_type/value_type bytes is what makes faust pick the raw serializer for tables.
-    common = {"partitions": settings.partitions, "default": None, "key_type": bytes, "value_type": bytes}
+    def table(name: str, help: str) -> TableT:
+        # key_type/value_type bytes is what makes faust pick the raw serializer for tables.
+        return app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes, help=help)
+
     return Tables(
-        sagas=app.Table("sagas", help="Saga state by saga id.", **common),
-        deadlines=app.Table("deadlines", help="Pending deadlines ordered by due time.", **common),
+        sagas=table("sagas", "Saga state by saga id."),
+        deadlines=table("deadlines", "Pending deadlines ordered by due time."),
     )
 
 

@@ -33,8 +33,7 @@ def declare(app: faust.App, settings: Settings, catalog: Catalog) -> Topics:
     def owned(name: str) -> faust.TopicT:
         # Created by the tracker with its partition count; keyed by saga id (outputs too,
         # so a saga's events stay in order for consumers and replay).
-        return app.topic(name, partitions=settings.partitions, replicas=settings.replication_factor,
-                         internal=True, **RAW)
+        return app.topic(name, partitions=settings.partitions, replicas=settings.replication_factor, internal=True, **RAW)
 
     return Topics(
         sources=app.topic(*catalog.topics, **RAW),

@@ -7,6 +7,7 @@ creates its inputs (in the demo and tests) and outputs up front instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -20,19 +21,21 @@ def bootstrap_of(url: str) -> str:
     return ",".join(part.split("://", 1)[-1] for part in url.replace(";", ",").split(",") if part)
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1,
-                        config: dict[str, str] | None = None) -> None:
+async def ensure_topics(
+    bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1, config: dict[str, str] | None = None
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(n, partitions, replication, topic_configs=dict(config or RETAIN_WEEK))
-                  for n in dict.fromkeys(names) if n not in existing]
+        wanted = [
+            NewTopic(n, partitions, replication, topic_configs=dict(config or RETAIN_WEEK))
+            for n in dict.fromkeys(names)
+            if n not in existing
+        ]
         for topic in wanted:  # one by one: an existing one must not fail the rest
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 

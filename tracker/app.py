@@ -68,18 +68,27 @@ def faust_app(settings: Settings, broker_url: str) -> faust.App:
     )
 
 
-def build(settings: Settings, catalog: Catalog, *, broker_url: str | None = None,
-          registry: CollectorRegistry | None = None) -> TrackerApp:
+def build(
+    settings: Settings, catalog: Catalog, *, broker_url: str | None = None, registry: CollectorRegistry | None = None
+) -> TrackerApp:
     app = faust_app(settings, broker_url or settings.broker)
     topics = topics_module.declare(app, settings, catalog)
     tables = tables_module.declare(app, settings)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    progress = Progress(app, catalog.topics, settings.saga_log, bootstrap_of(broker_url or settings.broker),
-                        settings.lag_threshold)
+    progress = Progress(
+        app, catalog.topics, settings.saga_log, bootstrap_of(broker_url or settings.broker), settings.lag_threshold
+    )
     dead_letters = DeadLetters(topics.dead_letters, metrics)
     ingest = Ingest(catalog, topics.saga_log, dead_letters, metrics, max_event_bytes=settings.max_event_bytes)
-    tracking = Tracking(catalog, tables, {"compensation": topics.compensations, "outcome": topics.outcomes},
-                        dead_letters, metrics, crash=Crash(settings.crash_point, settings.crash_marker), producer=app.producer)
+    tracking = Tracking(
+        catalog,
+        tables,
+        {"compensation": topics.compensations, "outcome": topics.outcomes},
+        dead_letters,
+        metrics,
+        crash=Crash(settings.crash_point, settings.crash_marker),
+        producer=app.producer,
+    )
     sweeper = Sweeper(app, tables, topics.saga_log, progress, metrics, resend_after=max(30.0, 10 * settings.sweep_interval))
     tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress)
     _wire(tracker)
@@ -113,8 +122,8 @@ def _wire(t: TrackerApp) -> None:
             t.metrics.processing_errors.labels("sweep").inc()
 
     @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-        progress.forget(revoked)
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        progress.forget(args[0] if args else kwargs.get("revoked", ()))
 
     @app.service
     class CloseProgress(faust.Service):  # type: ignore[misc]

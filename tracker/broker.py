@@ -53,7 +53,9 @@ class EmbeddedBroker:
         try:
             self.process = subprocess.Popen(
                 [broker_binary(), "broker", "--listener-url", addr, "--advertised-listener-url", addr],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         finally:
             if out is not subprocess.DEVNULL:

@@ -201,6 +201,12 @@ def correlate(catalog: Catalog, record: Record, *, max_bytes: int) -> Event:
     if correlation_id is not None and len(correlation_id) <= MAX_VALUE_CHARS:
         trace["correlation_id"] = correlation_id
     return Event(
-        saga_id=saga_id, saga_type=definition.name, id=event_id, type=event_type, time=time,
-        keys=keys, trace=trace, source=record.source,
+        saga_id=saga_id,
+        saga_type=definition.name,
+        id=event_id,
+        type=event_type,
+        time=time,
+        keys=keys,
+        trace=trace,
+        source=record.source,
     )

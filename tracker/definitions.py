@@ -236,9 +236,13 @@ def validate(d: SagaDefinition) -> list[str]:
             raise DefinitionError("must be positive or 'none'", saga=saga, step=s.name, field="timeout")
         if s.compensation is not None:
             if not s.compensation.emit:
-                raise DefinitionError("the compensation event type is required", saga=saga, step=s.name, field="compensation.emit")
+                raise DefinitionError(
+                    "the compensation event type is required", saga=saga, step=s.name, field="compensation.emit"
+                )
             if not s.compensation.confirmed_by:
-                raise DefinitionError("name the event that confirms the undo", saga=saga, step=s.name, field="compensation.confirmed_by")
+                raise DefinitionError(
+                    "name the event that confirms the undo", saga=saga, step=s.name, field="compensation.confirmed_by"
+                )
             for t in s.compensation.confirmed_by:
                 claim(t, "compensation confirmation", s.name, "compensation.confirmed_by")
         elif i != len(d.steps) - 1:
@@ -249,7 +253,8 @@ def validate(d: SagaDefinition) -> list[str]:
     if d.start in owner and owner[d.start] != f"completion of step {d.steps[0].name!r}":
         raise DefinitionError(
             f"the start event {d.start!r} is the {owner[d.start]}; it may only complete the first step",
-            saga=saga, field="start",
+            saga=saga,
+            field="start",
         )
     if d.ttl is not None and not d.ttl > 0:
         raise DefinitionError("must be positive or 'none'", saga=saga, field="ttl")
@@ -257,7 +262,8 @@ def validate(d: SagaDefinition) -> list[str]:
     if p.max_attempts < 1 or p.confirm_timeout <= 0 or p.backoff < 1 or p.max_delay <= 0:
         raise DefinitionError(
             "needs max_attempts >= 1, confirm_timeout > 0, backoff >= 1, max_delay > 0",
-            saga=saga, field="compensation_policy",
+            saga=saga,
+            field="compensation_policy",
         )
     lim = d.limits
     if min(lim.seen_ids, lim.history, lim.early_events) < 1 or lim.orphan_after <= 0:
@@ -294,7 +300,9 @@ class _Fields:
     def done(self, prefix: str = "") -> None:
         unknown = sorted(str(k) for k in self.data if k not in self.used)
         if unknown:
-            raise DefinitionError(f"unknown field (known: {', '.join(sorted(self.used))})", **self.where, field=prefix + unknown[0])
+            raise DefinitionError(
+                f"unknown field (known: {', '.join(sorted(self.used))})", **self.where, field=prefix + unknown[0]
+            )
 
 
 def _str_list(f: _Fields, name: str, *, required: bool = False) -> tuple[str, ...]:
@@ -343,7 +351,7 @@ def _step_from(data: Any, where: dict[str, str | None], index: int) -> Step:
         raise f.error("compensation", "is required: give {emit, confirmed_by} or 'none' for an irreversible step")
     comp_raw = f.get("compensation")
     compensation: Compensation | None = None
-    if comp_raw is None or isinstance(comp_raw, str) and comp_raw.strip().lower() == "none":
+    if comp_raw is None or (isinstance(comp_raw, str) and comp_raw.strip().lower() == "none"):
         compensation = None
     else:
         c = _Fields(comp_raw, where, "compensation")
@@ -497,7 +505,9 @@ class Catalog:
                         raise DefinitionError(
                             f"event type {t!r} on topic {topic!r} is also used by saga {other.name!r}; "
                             "an event must belong to one saga type",
-                            file=file, saga=d.name, field="topics",
+                            file=file,
+                            saga=d.name,
+                            field="topics",
                         )
                     by_topic_type[(topic, t)] = d
                 ignored.update((topic, t) for t in d.ignore)

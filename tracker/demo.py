@@ -29,11 +29,12 @@ from tracker.state import TERMINAL
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
     """GET ``url``: (status, decoded JSON), or the text for other content types."""
+
     def body(raw: bytes, content_type: str) -> Any:
         return orjson.loads(raw) if "json" in content_type else raw.decode(errors="replace")
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, body(resp.read(), resp.headers.get("Content-Type", ""))
     except urllib.error.HTTPError as exc:
         return exc.code, body(exc.read(), exc.headers.get("Content-Type", ""))
@@ -63,25 +64,33 @@ def statuses(base: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_demo(settings: Settings, *, sagas: int, rate: float, seed: int, exit_when_done: bool = False,
-             max_wait: float = 240.0) -> int:
+def run_demo(
+    settings: Settings, *, sagas: int, rate: float, seed: int, exit_when_done: bool = False, max_wait: float = 240.0
+) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     catalog = load_catalog(list(settings.definitions) or None)
     port = settings.web_port if settings.web_port != 6066 else free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="saga-demo-") as data, EmbeddedBroker() as broker:
         asyncio.run(ensure_topics(broker.bootstrap, catalog.topics, settings.partitions))
-        env = {**os.environ, "SAGA_TRACKER_BROKER": broker.url, "SAGA_TRACKER_DATA_DIR": data,
-               "SAGA_TRACKER_WEB_PORT": str(port), "SAGA_TRACKER_APP_ID": settings.app_id}
+        env = {
+            **os.environ,
+            "SAGA_TRACKER_BROKER": broker.url,
+            "SAGA_TRACKER_DATA_DIR": data,
+            "SAGA_TRACKER_WEB_PORT": str(port),
+            "SAGA_TRACKER_APP_ID": settings.app_id,
+        }
         worker = subprocess.Popen([sys.executable, "-m", "tracker", "worker"], env=env)
         try:
             wait_ready(base, 60, worker)
-            print(f"\n== saga-tracker demo ==\n  broker:   {broker.url} (embedded Tansu, memory only)\n"
-                  f"  worker:   {base}/sagas/<saga id>, {base}/metrics, {base}/readyz\n"
-                  f"  topics:   services {', '.join(catalog.topics)}; tracker {settings.compensations}, "
-                  f"{settings.outcomes}, {settings.dead_letters}\n"
-                  f"  traffic:  {sagas} sagas, {rate:g}/s, seed {seed}, with failures, stalls, duplicates, reordering\n",
-                  flush=True)
+            print(
+                f"\n== saga-tracker demo ==\n  broker:   {broker.url} (embedded Tansu, memory only)\n"
+                f"  worker:   {base}/sagas/<saga id>, {base}/metrics, {base}/readyz\n"
+                f"  topics:   services {', '.join(catalog.topics)}; tracker {settings.compensations}, "
+                f"{settings.outcomes}, {settings.dead_letters}\n"
+                f"  traffic:  {sagas} sagas, {rate:g}/s, seed {seed}, with failures, stalls, duplicates, reordering\n",
+                flush=True,
+            )
             ids = asyncio.run(_traffic(broker.bootstrap, catalog, settings, sagas, rate, seed, base, max_wait))
             final = statuses(base, ids)
             counts = Counter((s["saga_type"], s["status"]) for s in final.values())
@@ -104,8 +113,9 @@ def run_demo(settings: Settings, *, sagas: int, rate: float, seed: int, exit_whe
                 worker.kill()
 
 
-async def _traffic(bootstrap: str, catalog: Any, settings: Settings, sagas: int, rate: float, seed: int,
-                   base: str, max_wait: float) -> list[str]:
+async def _traffic(
+    bootstrap: str, catalog: Any, settings: Settings, sagas: int, rate: float, seed: int, base: str, max_wait: float
+) -> list[str]:
     services = Services(bootstrap, catalog, settings.compensations, Behaviour(), seed=seed)
     await services.start()
     try:

@@ -37,8 +37,12 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "saga_id": self.saga_id, "saga_type": self.saga_type, "id": self.id,
-            "type": self.type, "time": self.time, "kind": self.kind,
+            "saga_id": self.saga_id,
+            "saga_type": self.saga_type,
+            "id": self.id,
+            "type": self.type,
+            "time": self.time,
+            "kind": self.kind,
         }
         for name in ("version", "token", "source"):
             if getattr(self, name):
@@ -59,19 +63,32 @@ class Event:
             time = data["time"]
             if isinstance(time, bool) or not isinstance(time, (int, float)):
                 raise StateError(f"record time must be a number, got {time!r}")
-            strings = {n: data[n] for n in ("saga_id", "saga_type", "id", "type")}
-            for n, v in strings.items():
+            strings: dict[str, str] = {}
+            for n in ("saga_id", "saga_type", "id", "type"):
+                v = data[n]
                 if not isinstance(v, str) or not v:
                     raise StateError(f"record field {n!r} must be a non-empty string")
-            maps = {n: data.get(n) or {} for n in ("keys", "trace", "action")}
-            for n, v in maps.items():
-                if not isinstance(v, Mapping):
+                strings[n] = v
+            maps: dict[str, Mapping[str, Any]] = {}
+            for n in ("keys", "trace", "action"):
+                m = data.get(n) or {}
+                if not isinstance(m, Mapping):
                     raise StateError(f"record field {n!r} must be an object")
+                maps[n] = m
             version = data.get("version")
             return cls(
-                kind=kind, time=float(time), version=None if version is None else str(version),
-                token=str(data.get("token", "")), source=str(data.get("source", "")),
-                **strings, **maps,
+                saga_id=strings["saga_id"],
+                saga_type=strings["saga_type"],
+                id=strings["id"],
+                type=strings["type"],
+                time=float(time),
+                kind=kind,
+                version=None if version is None else str(version),
+                keys=maps["keys"],
+                trace=maps["trace"],
+                action=maps["action"],
+                token=str(data.get("token", "")),
+                source=str(data.get("source", "")),
             )
         except KeyError as exc:
             raise StateError(f"saga log record misses field {exc.args[0]!r}") from None
@@ -79,5 +96,6 @@ class Event:
 
 def timeout_event(saga_id: str, saga_type: str, token: str, due: float) -> Event:
     """The record a sweeper sends when a deadline is due; its id makes duplicates no-ops."""
-    return Event(saga_id=saga_id, saga_type=saga_type, id=f"timeout:{token}", type="DeadlineReached",
-                 time=due, kind=TIMEOUT, token=token)
+    return Event(
+        saga_id=saga_id, saga_type=saga_type, id=f"timeout:{token}", type="DeadlineReached", time=due, kind=TIMEOUT, token=token
+    )

@@ -7,6 +7,8 @@ its tables), so every record that can change a saga reaches one agent, in order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import faust
 import orjson
@@ -22,14 +24,24 @@ log = logging.getLogger(__name__)
 def record_of(event: faust.EventT) -> Record:
     m = event.message
     ts = m.timestamp
-    headers = [(str(k), v) for k, v in (m.headers or [])]
-    return Record(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value,
-                  headers=headers, timestamp=ts if ts and ts > 0 else None)
+    raw: Any = m.headers or []
+    pairs = raw.items() if isinstance(raw, Mapping) else raw
+    headers = [(str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in pairs]
+    return Record(
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        key=m.key,
+        value=m.value,
+        headers=headers,
+        timestamp=ts if ts and ts > 0 else None,
+    )
 
 
 class Ingest:
-    def __init__(self, catalog: Catalog, saga_log: faust.TopicT, dead_letters: DeadLetters,
-                 metrics: Metrics, *, max_event_bytes: int) -> None:
+    def __init__(
+        self, catalog: Catalog, saga_log: faust.TopicT, dead_letters: DeadLetters, metrics: Metrics, *, max_event_bytes: int
+    ) -> None:
         self.catalog, self.saga_log, self.dead_letters = catalog, saga_log, dead_letters
         self.metrics, self.max_event_bytes = metrics, max_event_bytes
 

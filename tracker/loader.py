@@ -28,7 +28,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def parse_text(text: str, *, file: str) -> list[SagaDefinition]:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise DefinitionError(f"not valid YAML: {exc}", file=file) from None
     return sagas_from_document(data, file=file)

@@ -14,8 +14,8 @@ safe. Rules:
 - after a terminal status, events are recorded and counted but change nothing;
 - a failure event or a stalled step moves the saga to compensating; every completed step
   is then undone newest first. A failure at step i implies the steps before it completed
-  (a service acts only after its predecessor), even if their events are still in flight. After a service failure the services compensate
-  themselves and the tracker only follows; it emits a compensation only when a
+  (a service acts only after its predecessor), even if their events are still in flight.
+  After a service failure the services compensate themselves and the tracker only follows; it emits a compensation only when a
   confirmation is overdue, or at once when a step stalled (nobody else noticed);
 - unconfirmed compensations are re-emitted with backoff, then the saga needs manual help.
 
@@ -107,10 +107,18 @@ class _Run:
         headers.update({"ce_id": emit_id, "ce_type": str(payload["type"]), "saga_id": s.saga_id})
         out = Emit(kind=kind, id=emit_id, key=s.saga_id, payload=payload, headers=headers)
         self.emits.append(out)
-        s.outbox.append({
-            "id": emit_id, "kind": kind, "cause": cause, "position": self.position, "confirmed": False,
-            "step": None if step is None else self.d.steps[step].name, "payload": payload, "headers": headers,
-        })
+        s.outbox.append(
+            {
+                "id": emit_id,
+                "kind": kind,
+                "cause": cause,
+                "position": self.position,
+                "confirmed": False,
+                "step": None if step is None else self.d.steps[step].name,
+                "payload": payload,
+                "headers": headers,
+            }
+        )
         if len(s.outbox) > OUTBOX_KEEP:
             for i, entry in enumerate(s.outbox):
                 if entry["confirmed"] or entry["kind"] == "outcome":
@@ -120,9 +128,14 @@ class _Run:
     def base_payload(self, event_type: str, emit_id: str, at: float, cause: str) -> dict[str, Any]:
         s = self.s
         return {
-            "id": emit_id, "type": event_type, "time": iso(at),
-            "saga_id": s.saga_id, "saga_type": s.saga_type, "saga_version": s.version,
-            "correlation_id": s.trace.get("correlation_id", s.saga_id), "causation_id": cause,
+            "id": emit_id,
+            "type": event_type,
+            "time": iso(at),
+            "saga_id": s.saga_id,
+            "saga_type": s.saga_type,
+            "saga_version": s.version,
+            "correlation_id": s.trace.get("correlation_id", s.saga_id),
+            "causation_id": cause,
             "data": dict(s.keys),
         }
 
@@ -180,7 +193,7 @@ class _Run:
         ``tracker_emits``: the tracker emits the compensations now (a stall nobody else saw);
         otherwise the services were told by the failure event and the tracker only waits.
         """
-        s, d = self.s, self.d
+        s, _d = self.s, self.d
         s.status, s.reason, s.current = st.COMPENSATING, reason, None
         s.compensated_by = "tracker" if tracker_emits else "services"
         for i in reversed(range(len(s.steps))):
@@ -229,7 +242,9 @@ class _Run:
         if st.STEP_COMPENSATING in states:
             return
         if st.COMPENSATION_FAILED in states or st.NO_COMPENSATION in states:
-            manual = [self.d.steps[i].name for i, x in enumerate(s.steps) if x.state in (st.COMPENSATION_FAILED, st.NO_COMPENSATION)]
+            manual = [
+                self.d.steps[i].name for i, x in enumerate(s.steps) if x.state in (st.COMPENSATION_FAILED, st.NO_COMPENSATION)
+            ]
             s.status, s.ended_at = st.FAILED_NEEDS_MANUAL, at
             s.reason = f"{s.reason}; not undone: {', '.join(manual)}"
             self.outcome("SagaFailed", at, cause, steps_not_undone=manual)

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from faust.types import TP
@@ -42,6 +43,9 @@ class Progress:
         self.targets: dict[TP, int] = {}
         self.lags: dict[TP, int] = {}  # last measured, for metrics and the read model
         self._admin: AIOKafkaAdminClient | None = None
+        # Offsets come from a client of their own: on the worker's consumer connection a
+        # ListOffsets request waits behind the in-flight long-poll fetch (0.5 s each).
+        self._offsets: AIOKafkaConsumer | None = None
 
     def processed(self, tp: TP, offset: int) -> None:
         self.next_offset[tp] = offset + 1
@@ -55,6 +59,26 @@ class Progress:
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
+        if self._offsets is not None:
+            await self._offsets.stop()
+            self._offsets = None
+
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return await self._list_offsets(tps, end=True)
+
+    async def earliest_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return await self._list_offsets(tps, end=False)
+
+    async def _list_offsets(self, tps: list[TP], *, end: bool) -> dict[TP, int]:
+        if not tps:
+            return {}
+        if self._offsets is None:
+            client = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            await client.start()
+            self._offsets = client
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        found = await (self._offsets.end_offsets(parts) if end else self._offsets.beginning_offsets(parts))
+        return {TP(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}
 
     async def admin(self) -> AIOKafkaAdminClient:
         if self._admin is None:
@@ -64,7 +88,7 @@ class Progress:
         return self._admin
 
     def source_partitions(self) -> list[TP]:
-        out = []
+        out: list[TP] = []
         for topic in self.source_topics:
             count = self.app.consumer.topic_partitions(topic) or 0
             out.extend(TP(topic, p) for p in range(count))
@@ -74,7 +98,8 @@ class Progress:
         """Next offset the group will process, per partition (local progress wins)."""
         admin = await self.admin()
         committed = await admin.list_consumer_group_offsets(
-            self.app.conf.id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
+            self.app.conf.id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
         out: dict[TP, int] = {}
         unknown = []
         for tp in tps:
@@ -84,7 +109,7 @@ class Progress:
                 unknown.append(tp)
             out[tp] = offset
         if unknown:  # nothing committed yet: the group starts from the earliest offset
-            earliest = await self.app.consumer.earliest_offsets(*unknown)
+            earliest = await self.earliest_offsets(unknown)
             out.update({tp: earliest.get(tp, 0) for tp in unknown})
         for tp in tps:
             if tp in self.next_offset:
@@ -108,7 +133,7 @@ class Progress:
             self.assignment, self.phase, self.targets = assignment, SOURCES, {}
         sources = self.source_partitions()
         own_log = await self.own_log_partitions()
-        highwaters = await self.app.consumer.highwaters(*sources, *own_log)
+        highwaters = await self.end_offsets([*sources, *own_log])
         positions = {**await self.group_positions(sources), **await self.own_positions(own_log)}
         self.lags = {tp: max(0, highwaters.get(tp, 0) - positions[tp]) for tp in positions}
         if self.phase == SOURCES:
@@ -116,7 +141,7 @@ class Progress:
                 self.targets = {tp: highwaters.get(tp, 0) for tp in sources}
             if all(positions[tp] >= target for tp, target in self.targets.items()):
                 await self.app.producer.flush()  # every forwarded event is now in the saga log
-                fresh = await self.app.consumer.highwaters(*own_log)
+                fresh = await self.end_offsets(own_log)
                 self.targets = {tp: fresh.get(tp, 0) for tp in own_log}
                 self.phase = LOG
         if self.phase == LOG:

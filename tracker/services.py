@@ -88,8 +88,13 @@ class Services:
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
-            *self.catalog.topics, self.compensation_topic, bootstrap_servers=self.bootstrap, group_id=self.group,
-            auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
+            *self.catalog.topics,
+            self.compensation_topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
         )
         await self.consumer.start()
         self.spawn(self._consume())
@@ -123,8 +128,14 @@ class Services:
             data.update(customer_id=f"c-{rng.randint(1, 50):03d}", amount=round(rng.uniform(5, 500), 2))
         else:
             data.update(user_id=f"u-{rng.randint(1, 20):02d}")
-        body = {"specversion": "1.0", "id": event_id, "type": event_type, "source": f"/demo/{d.steps[step].name}",
-                "time": iso(time.time()), "data": data}
+        body = {
+            "specversion": "1.0",
+            "id": event_id,
+            "type": event_type,
+            "source": f"/demo/{d.steps[step].name}",
+            "time": iso(time.time()),
+            "data": data,
+        }
         if ref.path[0] != "data":
             body = _merge(body, _nested(ref.path, saga_id))
         return body
@@ -188,8 +199,10 @@ class Services:
         spec = d.steps[step]
         if spec.compensation is None:
             return
-        if request is not None and self.rng(saga_id, step, "ignore", request.get("attempt")).random() < \
-                self.behaviour.ignore_compensation_rate:
+        if (
+            request is not None
+            and self.rng(saga_id, step, "ignore", request.get("attempt")).random() < self.behaviour.ignore_compensation_rate
+        ):
             self.stats["compensation_ignored"] += 1
             log.info("%s: %s service ignores compensation attempt %s", saga_id, spec.name, request.get("attempt"))
             return

@@ -23,31 +23,54 @@ def _doc(text: str, **kw: Any) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    broker: str = _doc("Kafka bootstrap URL(s), e.g. `kafka://kafka-0:9092;kafka-1:9092`. Empty: start the embedded broker.", default="")
+    broker: str = _doc(
+        "Kafka bootstrap URL(s), e.g. `kafka://kafka-0:9092;kafka-1:9092`. Empty: start the embedded broker.", default=""
+    )
     app_id: str = _doc("Application id: consumer group and prefix of every internal topic.", default="saga-tracker")
-    definitions: tuple[str, ...] = _doc("Comma-separated YAML files or directories of saga definitions. Empty: the shipped ones.", default=())
+    definitions: tuple[str, ...] = _doc(
+        "Comma-separated YAML files or directories of saga definitions. Empty: the shipped ones.", default=()
+    )
     data_dir: str = _doc("Directory for RocksDB table state (keep it on a volume).", default="./data")
-    partitions: int = _doc("Partitions of the tracker's internal topics (saga log, tables, outputs). Fixes the parallelism.", default=4)
+    partitions: int = _doc(
+        "Partitions of the tracker's internal topics (saga log, tables, outputs). Fixes the parallelism.", default=4
+    )
     replication_factor: int = _doc("Replication factor of the internal topics.", default=1)
     web_host: str = _doc("Address the HTTP server binds to.", default="127.0.0.1")
     web_port: int = _doc("Port of the HTTP server (metrics, health, read model).", default=6066)
-    canonical_url: str = _doc("URL other workers use to reach this one (table routing). Default `http://<web_host>:<web_port>`.", default="")
-    compensation_topic: str = _doc("Topic the tracker emits compensation events to. Default `<app_id>-compensations`.", default="")
-    outcome_topic: str = _doc("Topic for saga outcome events (completed, compensated, failed). Default `<app_id>-outcomes`.", default="")
+    canonical_url: str = _doc(
+        "URL other workers use to reach this one (table routing). Default `http://<web_host>:<web_port>`.", default=""
+    )
+    compensation_topic: str = _doc(
+        "Topic the tracker emits compensation events to. Default `<app_id>-compensations`.", default=""
+    )
+    outcome_topic: str = _doc(
+        "Topic for saga outcome events (completed, compensated, failed). Default `<app_id>-outcomes`.", default=""
+    )
     dead_letter_topic: str = _doc("Topic for input that cannot be used. Default `<app_id>-dead-letter`.", default="")
     max_event_bytes: int = _doc("Larger input records are dead-lettered as `oversized`.", default=1_048_576)
     sweep_interval: float = _doc("Seconds between scans of the deadline index.", default=1.0)
-    lag_threshold: int = _doc("A worker with more unread records than this on any input partition it owns is 'behind' and fires no timeouts.", default=100)
+    lag_threshold: int = _doc(
+        "A worker with more unread records than this on any input partition it owns is 'behind' and fires no timeouts.",
+        default=100,
+    )
     session_timeout: float = _doc("Kafka consumer session timeout, seconds.", default=30.0)
     heartbeat_interval: float = _doc("Kafka consumer heartbeat interval, seconds.", default=3.0)
     rebalance_timeout: float = _doc("Kafka consumer rebalance timeout, seconds.", default=60.0)
-    producer_max_batch_size: int = _doc("Producer batch size in bytes. The embedded broker needs 1 (see BROKER.md).", default=16384)
+    producer_max_batch_size: int = _doc(
+        "Producer batch size in bytes. The embedded broker needs 1 (see BROKER.md).", default=16384
+    )
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
     log_level: str = _doc("Log level: debug, info, warning, error.", default="info")
-    crash_point: str = _doc("Fault injection for tests only: `before_send` or `after_send` makes the worker exit abruptly "
-                            "around the first compensation send (once, see CRASH_MARKER). Never set in production.", default="")
-    crash_marker: str = _doc("Fault injection for tests only: file created when the injected crash happens; "
-                             "while it exists the crash is not repeated.", default="")
+    crash_point: str = _doc(
+        "Fault injection for tests only: `before_send` or `after_send` makes the worker exit abruptly "
+        "around the first compensation send (once, see CRASH_MARKER). Never set in production.",
+        default="",
+    )
+    crash_marker: str = _doc(
+        "Fault injection for tests only: file created when the injected crash happens; "
+        "while it exists the crash is not repeated.",
+        default="",
+    )
 
     @property
     def embedded(self) -> bool:
@@ -97,10 +120,15 @@ class Settings:
         settings = cls(**values)
         if not settings.broker and "producer_max_batch_size" not in values:
             # The embedded broker reports wrong high-water marks for batched topics.
-            settings = cls(**{**values, "producer_max_batch_size": 1,
-                              "session_timeout": values.get("session_timeout", 6.0),
-                              "heartbeat_interval": values.get("heartbeat_interval", 1.0),
-                              "rebalance_timeout": values.get("rebalance_timeout", 10.0)})
+            settings = cls(
+                **{
+                    **values,
+                    "producer_max_batch_size": 1,
+                    "session_timeout": values.get("session_timeout", 6.0),
+                    "heartbeat_interval": values.get("heartbeat_interval", 1.0),
+                    "rebalance_timeout": values.get("rebalance_timeout", 10.0),
+                }
+            )
         settings.check()
         return settings
 

@@ -26,8 +26,17 @@ log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    def __init__(self, app: faust.App, tables: Tables, saga_log: faust.TopicT, progress: Progress, metrics: Metrics,
-                 *, resend_after: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        tables: Tables,
+        saga_log: faust.TopicT,
+        progress: Progress,
+        metrics: Metrics,
+        *,
+        resend_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
         self.metrics, self.resend_after, self.clock = metrics, resend_after, clock
         self.sent: dict[str, float] = {}  # token -> when this worker sent its timeout record
@@ -75,8 +84,7 @@ class Sweeper:
                 if now - self.sent.get(token, -1e18) < self.resend_after:
                     continue  # already sent; the agent has not applied it yet
                 record = timeout_event(row["saga_id"], row["saga_type"], token, row["due"])
-                await self.saga_log.send(key=row["saga_id"].encode(), value=orjson.dumps(record.to_dict()),
-                                         partition=partition)
+                await self.saga_log.send(key=row["saga_id"].encode(), value=orjson.dumps(record.to_dict()), partition=partition)
                 self.sent[token] = now
                 sent += 1
         self.sent = {t: at for t, at in self.sent.items() if t in live}

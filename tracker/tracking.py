@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -27,8 +27,19 @@ from tracker.metrics import Metrics
 from tracker.state import SagaState
 
 log = logging.getLogger(__name__)
-MILESTONES = frozenset({"started", "completed", "compensating", "compensated", "failed_needs_manual",
-                        "compensation_reemitted", "late_completion", "orphaned", "resolved"})
+MILESTONES = frozenset(
+    {
+        "started",
+        "completed",
+        "compensating",
+        "compensated",
+        "failed_needs_manual",
+        "compensation_reemitted",
+        "late_completion",
+        "orphaned",
+        "resolved",
+    }
+)
 
 
 class Crash:
@@ -49,9 +60,17 @@ class Crash:
 
 
 class Tracking:
-    def __init__(self, catalog: Catalog, tables: Tables, outputs: dict[str, faust.TopicT],
-                 dead_letters: DeadLetters, metrics: Metrics, clock: Callable[[], float] = time.time,
-                 crash: Crash | None = None, producer: Any = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        tables: Tables,
+        outputs: dict[str, faust.TopicT],
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        crash: Crash | None = None,
+        producer: Any = None,
+    ) -> None:
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
         self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
         self.crash, self.producer = crash or Crash("", ""), producer
@@ -73,8 +92,11 @@ class Tracking:
     async def _apply(self, record: Record) -> Transition | None:
         event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
         state = self.load(event.saga_id)
-        definition = (self.catalog.definition(state.saga_type, state.version) if state
-                      else self.catalog.definition(event.saga_type, event.version))
+        definition = (
+            self.catalog.definition(state.saga_type, state.version)
+            if state
+            else self.catalog.definition(event.saga_type, event.version)
+        )
         if definition is None:
             await self.dead_letters.send(record, "unknown_saga_type", f"no definition for {event.saga_type!r}")
             return None
@@ -91,9 +113,14 @@ class Tracking:
         self.metrics.applied(definition.name, event.kind, transition.outcomes)
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state
-            log.info("saga %s (%s) %s%s%s", s.saga_id, s.saga_type, s.status,
-                     f": {s.reason}" if s.reason and s.status != "running" else "",
-                     "".join(f"; emitted {e.id}" for e in transition.emits if e.kind == "compensation"))
+            log.info(
+                "saga %s (%s) %s%s%s",
+                s.saga_id,
+                s.saga_type,
+                s.status,
+                f": {s.reason}" if s.reason and s.status != "running" else "",
+                "".join(f"; emitted {e.id}" for e in transition.emits if e.kind == "compensation"),
+            )
         return transition
 
     def store(self, old: SagaState | None, transition: Transition) -> None:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import faust
-from faust.exceptions import SameNode
-from aiokafka.partitioner import DefaultPartitioner
-from faust.types import TP
-from yarl import URL
 import orjson
+from aiokafka.partitioner import DefaultPartitioner
+from faust.exceptions import SameNode
+from faust.types import TP, TableT
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from yarl import URL
 
 from tables import Tables
 from tracker.definitions import Catalog
@@ -49,8 +48,12 @@ def register(app: faust.App, catalog: Catalog, tables: Tables, metrics: Metrics,
     @app.page("/readyz")
     async def readyz(web: View, request: Request) -> Response:
         ready = not sweeper.recovering()
-        body = {"ready": ready, "behind": sweeper.behind, "catch_up": sweeper.progress.phase,
-                "active_partitions": sweeper.active_partitions()}
+        body = {
+            "ready": ready,
+            "behind": sweeper.behind,
+            "catch_up": sweeper.progress.phase,
+            "active_partitions": sweeper.active_partitions(),
+        }
         return _json(web, body, 200 if ready else 503)
 
     @app.page("/metrics")
@@ -80,7 +83,7 @@ class Router:
     from the partition assignor, which all workers share.
     """
 
-    def __init__(self, app: faust.App, table: faust.Table, partitions: int) -> None:
+    def __init__(self, app: faust.App, table: TableT, partitions: int) -> None:
         self.app, self.table = app, table
         self.partitions = list(range(partitions))
         self.partitioner = DefaultPartitioner()
@@ -91,8 +94,7 @@ class Router:
         assignor: Any = self.app.assignor
         return assignor._tps_url.get(tp)
 
-    async def route(self, web: View, request: Request, key: str,
-                    local: Callable[[], Awaitable[Response]]) -> Response:
+    async def route(self, web: View, request: Request, key: str, local: Callable[[], Awaitable[Response]]) -> Response:
         url = self.owner(key)
         if url is None:
             return _json(web, {"error": "unavailable", "message": "the saga's partition has no owner yet (rebalancing)"}, 503)
@@ -100,5 +102,5 @@ class Router:
             return await self.app.router._route_req(URL(url), web.web, request)  # type: ignore[attr-defined]
         except SameNode:
             return await local()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return _json(web, {"error": "unavailable", "message": f"the owning worker did not answer: {type(exc).__name__}"}, 503)

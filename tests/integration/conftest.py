@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,22 @@ def scenario(kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path, request: pyte
         dest.mkdir(parents=True, exist_ok=True)
         for log in tmp_path.glob("*.log"):
             shutil.copy(log, dest / log.name)
+
+
+@pytest.fixture
+def make_scenario(kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
+    """A scenario with its own step and confirmation timeouts."""
+    made: list[Scenario] = []
+
+    def make(timeout: str = "4s", confirm: str = "2s") -> Scenario:
+        path = tmp_path / f"s{len(made)}"
+        path.mkdir()
+        made.append(Scenario(kafka, path, broker.url, timeout=timeout, confirm=confirm))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

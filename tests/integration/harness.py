@@ -44,17 +44,29 @@ sagas:
     start: ApprovalRequested
     correlation: {{saga_id: data.request_id}}
     steps:
-      - {{name: request, completed_by: ApprovalRequested, compensation: {{emit: WithdrawRequest, confirmed_by: RequestWithdrawn}}}}
+      - {{name: request, completed_by: ApprovalRequested,
+         compensation: {{emit: WithdrawRequest, confirmed_by: RequestWithdrawn}}}}
       - {{name: approval, completed_by: Approved, failed_by: Rejected, timeout: none,
          compensation: {{emit: RevokeApproval, confirmed_by: ApprovalRevoked}}}}
       - {{name: provisioning, completed_by: Provisioned, timeout: {timeout}, compensation: none}}
 """
 
 TOPIC_OF = {
-    "OrderCreated": "orders", "OrderCancelled": "orders", "PaymentAuthorized": "payments", "PaymentDeclined": "payments",
-    "PaymentRefunded": "payments", "InventoryReserved": "inventory", "OutOfStock": "inventory", "StockReleased": "inventory",
-    "ShipmentCreated": "shipping", "ShipmentFailed": "shipping", "ShipmentCancelled": "shipping",
-    "ApprovalRequested": "approvals", "Approved": "approvals", "Rejected": "approvals", "Provisioned": "approvals",
+    "OrderCreated": "orders",
+    "OrderCancelled": "orders",
+    "PaymentAuthorized": "payments",
+    "PaymentDeclined": "payments",
+    "PaymentRefunded": "payments",
+    "InventoryReserved": "inventory",
+    "OutOfStock": "inventory",
+    "StockReleased": "inventory",
+    "ShipmentCreated": "shipping",
+    "ShipmentFailed": "shipping",
+    "ShipmentCancelled": "shipping",
+    "ApprovalRequested": "approvals",
+    "Approved": "approvals",
+    "Rejected": "approvals",
+    "Provisioned": "approvals",
 }
 
 
@@ -81,11 +93,18 @@ class Kafka:
                     await p.send_and_wait(topic, value, key=key, headers=headers)
             finally:
                 await p.stop()
+
         run(go())
 
-    def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool] = lambda m: False,
-             timeout: float = 5.0, partitions: int = 4) -> list[dict[str, Any]]:
+    def read(
+        self,
+        topic: str,
+        until: Callable[[list[dict[str, Any]]], bool] = lambda m: False,
+        timeout: float = 5.0,
+        partitions: int = 4,
+    ) -> list[dict[str, Any]]:
         """Every record of ``topic`` from the beginning, until ``until(records)`` or ``timeout``."""
+
         async def go() -> list[dict[str, Any]]:
             c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
             await c.start()
@@ -100,19 +119,30 @@ class Kafka:
                     batch = await c.getmany(timeout_ms=200)
                     for msgs in batch.values():
                         for m in msgs:
-                            out.append({"key": m.key, "value": m.value, "headers": dict(m.headers or []),
-                                        "partition": m.partition, "offset": m.offset, "timestamp": m.timestamp})
+                            out.append(
+                                {
+                                    "key": m.key,
+                                    "value": m.value,
+                                    "headers": dict(m.headers or []),
+                                    "partition": m.partition,
+                                    "offset": m.offset,
+                                    "timestamp": m.timestamp,
+                                }
+                            )
                     if until(out):
                         break
             finally:
                 await c.stop()
             return out
+
         return run(go())
 
-    def read_json(self, topic: str, until: Callable[[list[dict[str, Any]]], bool] = lambda m: False,
-                  timeout: float = 5.0) -> list[dict[str, Any]]:
-        return [orjson.loads(r["value"]) for r in self.read(topic, lambda rs: until([orjson.loads(r["value"]) for r in rs]),
-                                                           timeout)]
+    def read_json(
+        self, topic: str, until: Callable[[list[dict[str, Any]]], bool] = lambda m: False, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
+        return [
+            orjson.loads(r["value"]) for r in self.read(topic, lambda rs: until([orjson.loads(r["value"]) for r in rs]), timeout)
+        ]
 
 
 class Scenario:
@@ -137,10 +167,22 @@ class Scenario:
         self.workers.append(w)
         return w
 
-    def event(self, event_type: str, saga_id: str, *, event_id: str | None = None, at: float | None = None,
-              field: str = "order_id", headers: list[tuple[str, bytes]] | None = None) -> tuple[str, bytes, bytes, list]:
-        body = {"id": event_id or f"{saga_id}:{event_type}", "type": event_type,
-                "time": at if at is not None else time.time(), "data": {field: saga_id}}
+    def event(
+        self,
+        event_type: str,
+        saga_id: str,
+        *,
+        event_id: str | None = None,
+        at: float | None = None,
+        field: str = "order_id",
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> tuple[str, bytes, bytes, list]:
+        body = {
+            "id": event_id or f"{saga_id}:{event_type}",
+            "type": event_type,
+            "time": at if at is not None else time.time(),
+            "data": {field: saga_id},
+        }
         return (self.prefix + TOPIC_OF[event_type], saga_id.encode(), orjson.dumps(body), headers or [])
 
     def send(self, *events: tuple[str, bytes, bytes, list]) -> None:
@@ -160,19 +202,31 @@ class Worker:
         self.log = scenario.tmp / f"{name}.log"
         self.env = {
             **os.environ,
-            "SAGA_TRACKER_BROKER": scenario.broker_url, "SAGA_TRACKER_APP_ID": scenario.app_id,
-            "SAGA_TRACKER_DEFINITIONS": str(scenario.definitions), "SAGA_TRACKER_DATA_DIR": str(self.data),
-            "SAGA_TRACKER_WEB_PORT": str(self.port), "SAGA_TRACKER_SWEEP_INTERVAL": "0.5",
-            "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "1", "SAGA_TRACKER_SESSION_TIMEOUT": "6",
-            "SAGA_TRACKER_HEARTBEAT_INTERVAL": "1", "SAGA_TRACKER_REBALANCE_TIMEOUT": "10",
-            "SAGA_TRACKER_LOG_LEVEL": "info", **env,
+            "SAGA_TRACKER_BROKER": scenario.broker_url,
+            "SAGA_TRACKER_APP_ID": scenario.app_id,
+            "SAGA_TRACKER_DEFINITIONS": str(scenario.definitions),
+            "SAGA_TRACKER_DATA_DIR": str(self.data),
+            "SAGA_TRACKER_WEB_PORT": str(self.port),
+            "SAGA_TRACKER_SWEEP_INTERVAL": "0.5",
+            "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "1",
+            "SAGA_TRACKER_SESSION_TIMEOUT": "6",
+            "SAGA_TRACKER_HEARTBEAT_INTERVAL": "1",
+            "SAGA_TRACKER_REBALANCE_TIMEOUT": "10",
+            "SAGA_TRACKER_LOG_LEVEL": "info",
+            **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Worker:
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "tracker", "worker"], env=self.env, cwd=ROOT,
-                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tracker", "worker"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         if wait:
             self.wait_ready()
         return self

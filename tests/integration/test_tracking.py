@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 def latest_table_rows(s: Scenario, table: str, until: Callable[[dict[bytes, dict]], bool]) -> dict[bytes, dict]:
     """The table as its changelog topic has it (writes reach it when faust flushes, on commit)."""
+
     def latest(records: list[dict]) -> dict[bytes, dict]:
         rows: dict[bytes, dict] = {}
         for r in records:
@@ -50,15 +51,19 @@ def test_events_in_state_in_the_changelog_backed_table(scenario: Scenario) -> No
     assert a["keys"] == {"order_id": "a-1"}
     history = a["history"]
     # Events may even arrive before the start (then they wait: "early"); the duplicate leaves no trace.
-    assert {h["id"] for h in history} == {f"a-1:{t}" for t in
-                                          ("OrderCreated", "InventoryReserved", "PaymentAuthorized", "ShipmentCreated")}
+    assert {h["id"] for h in history} == {
+        f"a-1:{t}" for t in ("OrderCreated", "InventoryReserved", "PaymentAuthorized", "ShipmentCreated")
+    }
     assert [h["outcome"] for h in history].count("started") == 1
     applied = [h for h in history if h["outcome"] in ("completed", "reordered")]
     assert sorted(h["step"] for h in applied) == ["inventory", "payment", "shipping"]
     b = w.wait_saga("b-1", lambda b: b["status"] == "compensated")
     assert [x["state"] for x in b["steps"]] == ["compensated", "failed", "waiting", "waiting"]
-    rows = latest_table_rows(s, "sagas", lambda r: b"a-1" in r and b"b-1" in r and r[b"a-1"]["status"] == "completed"
-                             and r[b"b-1"]["status"] == "compensated")
+    rows = latest_table_rows(
+        s,
+        "sagas",
+        lambda r: b"a-1" in r and b"b-1" in r and r[b"a-1"]["status"] == "completed" and r[b"b-1"]["status"] == "compensated",
+    )
     assert rows[b"a-1"]["status"] == "completed" and rows[b"b-1"]["status"] == "compensated"
     outcomes = s.kafka.read_json(s.topic("outcomes"), lambda m: len(m) >= 2)
     assert sorted(o["id"] for o in outcomes) == ["a-1:saga:SagaCompleted", "b-1:saga:SagaCompensated"]
@@ -83,8 +88,14 @@ def test_unusable_input_goes_to_the_dead_letter_topic_with_its_reason(scenario: 
     w.wait_saga("good-1", lambda b: b["status"] == "running")  # the rest of the traffic is unaffected
     dead = s.kafka.read(s.topic("dead-letter"), lambda m: len(m) >= len(bad))
     by_key = {r["key"]: r for r in dead}
-    expected = {b"k1": "not_json", b"k2": "not_object", b"k3": "no_saga_id", b"k4": "unknown_event_type",
-                b"k5": "oversized", b"k6": "no_event_type"}
+    expected = {
+        b"k1": "not_json",
+        b"k2": "not_object",
+        b"k3": "no_saga_id",
+        b"k4": "unknown_event_type",
+        b"k5": "oversized",
+        b"k6": "no_event_type",
+    }
     assert {k: r["headers"]["x-dead-letter-reason"].decode() for k, r in by_key.items()} == expected
     first = by_key[b"k1"]
     assert first["value"] == b"\xff\xfenot json" and first["headers"]["h"] == b"v"  # original bytes and headers
@@ -109,8 +120,12 @@ def test_restart_with_local_state_deleted_recovers_every_saga_from_the_changelog
             events += [s.event("InventoryReserved", saga_id), s.event("ShipmentCreated", saga_id)]
     s.send(*events)
     for n in range(12):
-        w.wait_saga(f"r-{n}", lambda b, n=n: b["status"] == ("completed" if n % 3 == 2 else "running")
-                    and len(b["seen"]) == (4 if n % 3 == 2 else 1 + n % 3))
+        w.wait_saga(
+            f"r-{n}",
+            lambda b, n=n: (
+                b["status"] == ("completed" if n % 3 == 2 else "running") and len(b["seen"]) == (4 if n % 3 == 2 else 1 + n % 3)
+            ),
+        )
     before = {f"r-{n}": w.saga(f"r-{n}") for n in range(12)}
     w.stop()
     shutil.rmtree(w.data)

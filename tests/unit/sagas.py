@@ -27,12 +27,28 @@ def order_saga(**overrides: object) -> SagaDefinition:
         limits=Limits(seen_ids=50, history=100, early_events=10, orphan_after=60),
         steps=(
             Step("order", completed_by=("OrderCreated",), compensation=Compensation("CancelOrder", ("OrderCancelled",))),
-            Step("payment", completed_by=("PaymentAuthorized",), failed_by=("PaymentDeclined",), timeout=30,
-                 compensation=Compensation("RefundPayment", ("PaymentRefunded",)), status="PENDING_PAYMENT"),
-            Step("inventory", completed_by=("InventoryReserved",), failed_by=("OutOfStock",), timeout=30,
-                 compensation=Compensation("ReleaseStock", ("StockReleased",))),
-            Step("shipping", completed_by=("ShipmentCreated",), failed_by=("ShipmentFailed",), timeout=60,
-                 compensation=Compensation("CancelShipment", ("ShipmentCancelled",))),
+            Step(
+                "payment",
+                completed_by=("PaymentAuthorized",),
+                failed_by=("PaymentDeclined",),
+                timeout=30,
+                compensation=Compensation("RefundPayment", ("PaymentRefunded",)),
+                status="PENDING_PAYMENT",
+            ),
+            Step(
+                "inventory",
+                completed_by=("InventoryReserved",),
+                failed_by=("OutOfStock",),
+                timeout=30,
+                compensation=Compensation("ReleaseStock", ("StockReleased",)),
+            ),
+            Step(
+                "shipping",
+                completed_by=("ShipmentCreated",),
+                failed_by=("ShipmentFailed",),
+                timeout=60,
+                compensation=Compensation("CancelShipment", ("ShipmentCancelled",)),
+            ),
         ),
     )
     fields.update(overrides)
@@ -43,13 +59,19 @@ COMPLETIONS = ["OrderCreated", "PaymentAuthorized", "InventoryReserved", "Shipme
 
 
 def ev(event_type: str, time: float, event_id: str | None = None, saga_id: str = "o-1", **kw: object) -> Event:
-    return Event(saga_id=saga_id, saga_type="order", id=event_id or f"{event_type}-{time}", type=event_type,
-                 time=time, **kw)  # type: ignore[arg-type]
+    return Event(saga_id=saga_id, saga_type="order", id=event_id or f"{event_type}-{time}", type=event_type, time=time, **kw)  # type: ignore[arg-type]
 
 
 def action(name: str, time: float, event_id: str = "a-1", saga_id: str = "o-1", **extra: object) -> Event:
-    return Event(saga_id=saga_id, saga_type="order", id=event_id, type="OperatorAction", time=time, kind=CONTROL,
-                 action={"action": name, "actor": "alice", **extra})
+    return Event(
+        saga_id=saga_id,
+        saga_type="order",
+        id=event_id,
+        type="OperatorAction",
+        time=time,
+        kind=CONTROL,
+        action={"action": name, "actor": "alice", **extra},
+    )
 
 
 class Saga:

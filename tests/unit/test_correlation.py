@@ -12,24 +12,46 @@ from tracker.loader import load_catalog
 CATALOG = load_catalog()
 
 
-def rec(value: object, topic: str = "payments", key: bytes | None = b"o-1", headers: list | None = None,
-        timestamp: float | None = 1_700_000_000.0) -> Record:
+def rec(
+    value: object,
+    topic: str = "payments",
+    key: bytes | None = b"o-1",
+    headers: list | None = None,
+    timestamp: float | None = 1_700_000_000.0,
+) -> Record:
     raw = value if isinstance(value, bytes) else orjson.dumps(value)
     return Record(topic, 2, 17, key, raw, headers or [], timestamp)
 
 
 def test_cloudevent_json_maps_to_its_saga() -> None:
-    e = correlate(CATALOG, rec({"id": "e-1", "type": "PaymentAuthorized", "time": "2026-01-02T03:04:05.5Z",
-                                "data": {"order_id": "o-9", "customer_id": "c-1"}, "correlation_id": "k-7"},
-                               headers=[("traceparent", b"00-t-s-01")]), max_bytes=10_000)
+    e = correlate(
+        CATALOG,
+        rec(
+            {
+                "id": "e-1",
+                "type": "PaymentAuthorized",
+                "time": "2026-01-02T03:04:05.5Z",
+                "data": {"order_id": "o-9", "customer_id": "c-1"},
+                "correlation_id": "k-7",
+            },
+            headers=[("traceparent", b"00-t-s-01")],
+        ),
+        max_bytes=10_000,
+    )
     assert (e.saga_id, e.saga_type, e.id, e.type) == ("o-9", "order_fulfilment", "e-1", "PaymentAuthorized")
     assert e.time == 1767323045.5 and e.keys == {"order_id": "o-9", "customer_id": "c-1"}
     assert e.trace == {"traceparent": "00-t-s-01", "correlation_id": "k-7"} and e.source == "payments/2/17"
 
 
 def test_binary_cloudevent_headers_and_fallbacks() -> None:
-    e = correlate(CATALOG, rec({"data": {"order_id": 42}, "occurred_at": 1_700_000_001_000},
-                               headers=[("ce_type", b"PaymentDeclined"), ("ce_id", b"h-1")]), max_bytes=10_000)
+    e = correlate(
+        CATALOG,
+        rec(
+            {"data": {"order_id": 42}, "occurred_at": 1_700_000_001_000},
+            headers=[("ce_type", b"PaymentDeclined"), ("ce_id", b"h-1")],
+        ),
+        max_bytes=10_000,
+    )
     assert (e.saga_id, e.type, e.id, e.time) == ("42", "PaymentDeclined", "h-1", 1_700_000_001.0)
     no_id = correlate(CATALOG, rec({"type": "PaymentAuthorized", "data": {"order_id": "o"}}), max_bytes=10_000)
     assert no_id.id == "payments/2/17" and no_id.time == 1_700_000_000.0  # position and record timestamp
@@ -72,9 +94,17 @@ def test_ignored_event_types_are_not_dead_letters() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("2026-01-01T00:00:00Z", 1767225600.0), ("2026-01-01T01:00:00+01:00", 1767225600.0),
-     ("2026-01-01T00:00:00", 1767225600.0), (1767225600, 1767225600.0), (1767225600000, 1767225600.0),
-     ("garbage", None), (True, None), (-5, None), ({}, None)],
+    [
+        ("2026-01-01T00:00:00Z", 1767225600.0),
+        ("2026-01-01T01:00:00+01:00", 1767225600.0),
+        ("2026-01-01T00:00:00", 1767225600.0),
+        (1767225600, 1767225600.0),
+        (1767225600000, 1767225600.0),
+        ("garbage", None),
+        (True, None),
+        (-5, None),
+        ({}, None),
+    ],
 )
 def test_event_times(value: object, expected: float | None) -> None:
     assert parse_time(value) == expected

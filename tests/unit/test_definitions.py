@@ -39,7 +39,11 @@ def test_shipped_definitions_load_without_warnings() -> None:
     order = catalog.current["order_fulfilment"]
     assert [s.name for s in order.steps] == ["order", "payment", "inventory", "shipping"]
     assert [s.compensation.emit for s in order.steps if s.compensation] == [
-        "CancelOrder", "RefundPayment", "ReleaseStock", "CancelShipment"]
+        "CancelOrder",
+        "RefundPayment",
+        "ReleaseStock",
+        "CancelShipment",
+    ]
     task = catalog.current["task_assignment"]
     notification = task.steps[task.step_index("notification")]
     assert notification.compensation is not None and notification.compensation.semantic
@@ -58,7 +62,13 @@ def test_yaml_and_python_build_equal_definitions() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("30s", 30), ("5m", 300), ("1.5h", 5400), ("250ms", 0.25), ("2d", 172800), (45, 45), ("none", None),
+        ("30s", 30),
+        ("5m", 300),
+        ("1.5h", 5400),
+        ("250ms", 0.25),
+        ("2d", 172800),
+        (45, 45),
+        ("none", None),
     ],
 )
 def test_durations(text: object, expected: float | None) -> None:
@@ -79,18 +89,51 @@ def _broken(old: str, new: str) -> str:
 @pytest.mark.parametrize(
     ("text", "saga", "step", "field", "message"),
     [
-        (_broken("        timeout: 90s", "        timeout: 90s\n        retries: 3"), "refund", "payout", "retries", "unknown field"),
+        (
+            _broken("        timeout: 90s", "        timeout: 90s\n        retries: 3"),
+            "refund",
+            "payout",
+            "retries",
+            "unknown field",
+        ),
         (_broken("timeout: 90s", "timeout: soon"), "refund", "payout", "timeout", "duration"),
-        (_broken("    topics: [refunds]\n", "    topics: [refunds]\n    colour: blue\n"), "refund", None, "colour", "unknown field"),
+        (
+            _broken("    topics: [refunds]\n", "    topics: [refunds]\n    colour: blue\n"),
+            "refund",
+            None,
+            "colour",
+            "unknown field",
+        ),
         (_broken("completed_by: [RefundPaid]", "completed_by: []"), "refund", "payout", "completed_by", "must not be empty"),
-        (_broken("failed_by: [RefundRejected]", "failed_by: [RefundRequested]"), "refund", "payout", "failed_by", "already means"),
-        (_broken("{emit: CancelRefund, confirmed_by: RefundCancelled}", "{emit: CancelRefund}"), "refund", "request",
-         "confirmed_by", "required"),
-        (_broken("{emit: CancelRefund, confirmed_by: RefundCancelled}", "{emit: X, confirmed_by: Y, undo: Z}"), "refund",
-         "request", "compensation.undo", "unknown field"),
+        (
+            _broken("failed_by: [RefundRejected]", "failed_by: [RefundRequested]"),
+            "refund",
+            "payout",
+            "failed_by",
+            "already means",
+        ),
+        (
+            _broken("{emit: CancelRefund, confirmed_by: RefundCancelled}", "{emit: CancelRefund}"),
+            "refund",
+            "request",
+            "confirmed_by",
+            "required",
+        ),
+        (
+            _broken("{emit: CancelRefund, confirmed_by: RefundCancelled}", "{emit: X, confirmed_by: Y, undo: Z}"),
+            "refund",
+            "request",
+            "compensation.undo",
+            "unknown field",
+        ),
         (_broken("    start: RefundRequested", "    start: RefundPaid"), "refund", None, "start", "only complete the first step"),
-        (_broken("correlation: {saga_id: data.refund_id}", "correlation: {saga_id: 'data..id'}"), "refund", None,
-         "correlation.saga_id", "invalid field path"),
+        (
+            _broken("correlation: {saga_id: data.refund_id}", "correlation: {saga_id: 'data..id'}"),
+            "refund",
+            None,
+            "correlation.saga_id",
+            "invalid field path",
+        ),
         (_broken("        compensation: none\n", ""), "refund", "payout", "compensation", "required"),
     ],
 )
@@ -103,11 +146,11 @@ def test_errors_name_file_saga_step_and_field(text: str, saga: str, step: str | 
 
 
 def test_duplicate_yaml_keys_and_bad_yaml_are_errors() -> None:
-    with pytest.raises(DefinitionError, match="duplicate key 'name'"):
+    with pytest.raises(DefinitionError, match=r"duplicate key 'name'"):
         parse_text(MINIMAL.replace("  - name: refund\n", "  - name: refund\n    name: again\n"), file="f.yaml")
-    with pytest.raises(DefinitionError, match="f.yaml: not valid YAML"):
+    with pytest.raises(DefinitionError, match=r"f\.yaml: not valid YAML"):
         parse_text("sagas: [", file="f.yaml")
-    with pytest.raises(DefinitionError, match="f.yaml: field 'sagas'"):
+    with pytest.raises(DefinitionError, match=r"f\.yaml: field 'sagas'"):
         parse_text("sagas: []", file="f.yaml")
 
 
@@ -126,8 +169,9 @@ def test_an_event_type_on_a_topic_belongs_to_one_saga() -> None:
 
 def test_versions_are_kept_and_the_last_one_starts_new_sagas() -> None:
     [v1] = parse_text(MINIMAL, file="f.yaml")
-    [v2] = parse_text(MINIMAL.replace("timeout: 90s", "timeout: 2m").replace("name: refund", "name: refund\n    version: 2"),
-                      file="f.yaml")
+    [v2] = parse_text(
+        MINIMAL.replace("timeout: 90s", "timeout: 2m").replace("name: refund", "name: refund\n    version: 2"), file="f.yaml"
+    )
     catalog = Catalog.build([v1, v2])
     assert catalog.definition("refund") is v2 and catalog.definition("refund", "1") is v1
     with pytest.raises(DefinitionError, match="declared twice"):
@@ -146,8 +190,9 @@ def test_validate_command(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(MINIMAL)
     bad.write_text(_broken("timeout: 90s", "timeout: whenever"))
-    ok = subprocess.run([sys.executable, "-m", "tracker", "validate", str(good), *map(str, builtin_paths())],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "tracker", "validate", str(good), *map(str, builtin_paths())], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and "ok:" in ok.stdout and "saga 'refund'" in ok.stdout
     failed = subprocess.run([sys.executable, "-m", "tracker", "validate", str(bad)], capture_output=True, text=True)
     assert failed.returncode == 1

@@ -163,7 +163,7 @@ def test_stale_and_duplicate_timeouts_change_nothing() -> None:
     t = saga(stale)
     assert t.outcomes == ("stale_timeout",) and t.emits == () and saga.s.status == st.RUNNING
     fired = saga.fire()
-    again = apply(saga.d, saga.s, timeout_event("o-1", "order", fired.state.seen[-1][len("timeout:"):], 140), 1e9)  # type: ignore[union-attr]
+    again = apply(saga.d, saga.s, timeout_event("o-1", "order", fired.state.seen[-1][len("timeout:") :], 140), 1e9)  # type: ignore[union-attr]
     assert again.outcomes == ("duplicate",) and not again.changed
 
 

@@ -33,8 +33,13 @@ def scenario(draw: Any) -> list[Event]:
 
 def project(s: st.SagaState) -> tuple[Any, ...]:
     """What must not depend on arrival order."""
-    return (s.status, tuple(x.state for x in s.steps), tuple(x.completed_at for x in s.steps),
-            tuple(x.comp_confirmed_at for x in s.steps), s.compensated_by)
+    return (
+        s.status,
+        tuple(x.state for x in s.steps),
+        tuple(x.completed_at for x in s.steps),
+        tuple(x.comp_confirmed_at for x in s.steps),
+        s.compensated_by,
+    )
 
 
 def run(events: list[Event]) -> tuple[st.SagaState, set[str]]:
