@@ -50,14 +50,17 @@ class Settings:
     max_event_bytes: int = _doc("Larger input records are dead-lettered as `oversized`.", default=1_048_576)
     sweep_interval: float = _doc("Seconds between scans of the deadline index.", default=1.0)
     lag_threshold: int = _doc(
-        "A worker with more unread records than this on any input partition it owns is 'behind' and fires no timeouts.",
+        "After catching up, a worker is 'behind' (fires no timeouts) while an input partition "
+        "has more unprocessed records than this.",
         default=100,
     )
-    session_timeout: float = _doc("Kafka consumer session timeout, seconds.", default=30.0)
-    heartbeat_interval: float = _doc("Kafka consumer heartbeat interval, seconds.", default=3.0)
-    rebalance_timeout: float = _doc("Kafka consumer rebalance timeout, seconds.", default=60.0)
+    session_timeout: float = _doc("Kafka consumer session timeout, seconds (embedded broker: 6).", default=30.0)
+    heartbeat_interval: float = _doc("Kafka consumer heartbeat interval, seconds (embedded broker: 1).", default=3.0)
+    rebalance_timeout: float = _doc("Kafka consumer rebalance timeout, seconds (embedded broker: 10).", default=60.0)
     producer_max_batch_size: int = _doc(
-        "Producer batch size in bytes. The embedded broker needs 1 (see BROKER.md).", default=16384
+        "Producer batch size in bytes. With the embedded broker the default is 1: "
+        "it reports wrong end offsets for batched records.",
+        default=16384,
     )
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
     log_level: str = _doc("Log level: debug, info, warning, error.", default="info")
