@@ -26,6 +26,10 @@ MAX_DEPTH = 64
 class Ignored(Exception):
     """The event type is listed under ``ignore`` by its saga definition."""
 
+    def __init__(self, saga_type: str, event_type: str) -> None:
+        super().__init__(event_type)
+        self.saga_type, self.event_type = saga_type, event_type
+
 
 @dataclass(frozen=True)
 class Record:
@@ -170,8 +174,9 @@ def correlate(catalog: Catalog, record: Record, *, max_bytes: int) -> Event:
     if event_type is None:
         raise CorrelationError("no_event_type", "no event type in the record (field 'type' or header 'ce_type')")
     if definition is None:
-        if (record.topic, event_type) in catalog.ignored:
-            raise Ignored(event_type)
+        ignoring = catalog.ignored.get((record.topic, event_type))
+        if ignoring is not None:
+            raise Ignored(ignoring, event_type)
         shown = event_type if len(event_type) <= 100 else event_type[:100] + "..."
         raise CorrelationError("unknown_event_type", f"event type {shown!r} on topic {record.topic!r} belongs to no saga")
     corr = definition.correlation

@@ -481,7 +481,7 @@ class Catalog:
 
     definitions: tuple[SagaDefinition, ...]
     by_topic_type: Mapping[tuple[str, str], SagaDefinition]
-    ignored: frozenset[tuple[str, str]]
+    ignored: Mapping[tuple[str, str], str]  # (topic, event type) -> the saga type that ignores it
     current: Mapping[str, SagaDefinition]
     versions: Mapping[str, SagaDefinition]
 
@@ -496,7 +496,7 @@ class Catalog:
             versions[d.key] = d
             current[d.name] = d  # the last declared version starts new sagas
         by_topic_type: dict[tuple[str, str], SagaDefinition] = {}
-        ignored: set[tuple[str, str]] = set()
+        ignored: dict[tuple[str, str], str] = {}
         for d in current.values():
             for topic in d.topics:
                 for t in d.event_types():
@@ -510,8 +510,9 @@ class Catalog:
                             field="topics",
                         )
                     by_topic_type[(topic, t)] = d
-                ignored.update((topic, t) for t in d.ignore)
-        return cls(defs, by_topic_type, frozenset(ignored - set(by_topic_type)), current, versions)
+                ignored.update({(topic, t): d.name for t in d.ignore})
+        ignored = {k: v for k, v in ignored.items() if k not in by_topic_type}
+        return cls(defs, by_topic_type, ignored, current, versions)
 
     @property
     def topics(self) -> tuple[str, ...]:

@@ -51,8 +51,7 @@ class Ingest:
         try:
             event = correlate(self.catalog, record, max_bytes=self.max_event_bytes)
         except Ignored as exc:
-            definition = self.catalog.by_topic_type.get((record.topic, str(exc)))
-            self.metrics.ignored.labels(definition.name if definition else "unknown").inc()
+            self.metrics.ignored.labels(exc.saga_type).inc()
             return
         except Exception as exc:  # CorrelationError, or a bug: either way the record is kept
             reason = getattr(exc, "reason", "processing_error")

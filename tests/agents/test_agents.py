@@ -1,0 +1,137 @@
+"""The faust shell with faust's test_context(): agents, tables (memory store) and channels, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tracker.app import TrackerApp, build
+from tracker.correlation import Record
+from tracker.events import Event, timeout_event
+from tracker.loader import load_catalog
+from tracker.settings import Settings
+
+
+@dataclass
+class Shell:
+    tracker: TrackerApp
+    outputs: dict[str, Any]  # name -> subscriber of an in-memory channel
+
+    async def next(self, name: str, timeout: float = 2.0) -> faust.EventT:
+        return await asyncio.wait_for(self.outputs[name].__anext__(), timeout)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.tracker.metrics.registry.get_sample_value(name, labels)
+
+    def saga(self, saga_id: str) -> dict[str, Any] | None:
+        raw = self.tracker.tables.sagas.get(saga_id.encode())
+        return None if raw is None else orjson.loads(raw)
+
+
+@pytest.fixture
+def shell(tmp_path: Path) -> Iterator[Shell]:
+    # The broker URL is never dialled: every topic the shell writes is swapped for a channel.
+    settings = Settings.from_env({"SAGA_TRACKER_BROKER": "kafka://127.0.0.1:9", "SAGA_TRACKER_DATA_DIR": str(tmp_path)})
+    t = build(settings, load_catalog(), registry=CollectorRegistry())
+    app = t.app
+    app.finalize()
+    app.conf.store = "memory://"
+    app.flow_control.resume()
+    channels = {
+        name: app.channel(key_type=bytes, value_type=bytes, maxsize=1000)
+        for name in ("compensation", "outcome", "dead_letter", "saga_log")
+    }
+    t.tracking.outputs.update(compensation=channels["compensation"], outcome=channels["outcome"])
+    t.tracking.dead_letters.topic = channels["dead_letter"]
+    t.ingest.dead_letters.topic = channels["dead_letter"]
+    t.ingest.saga_log = channels["saga_log"]
+    yield Shell(t, {name: ch.__aiter__() for name, ch in channels.items()})
+
+
+@pytest.fixture
+async def track(shell: Shell) -> AsyncIterator[Any]:
+    agent = shell.tracker.app.agents[f"{shell.tracker.settings.app_id}-track"]
+    async with agent.test_context() as ctx:
+        yield ctx
+
+
+def record(event: Event) -> bytes:
+    return orjson.dumps(event.to_dict())
+
+
+def order_event(event_type: str, saga_id: str = "o-1", time: float = 100.0) -> Event:
+    return Event(
+        saga_id=saga_id,
+        saga_type="order_fulfilment",
+        id=f"{saga_id}:{event_type}",
+        type=event_type,
+        time=time,
+        trace={"traceparent": "00-aa-bb-01"},
+    )
+
+
+async def test_track_agent_writes_state_and_deadline_index(shell: Shell, track: Any) -> None:
+    await track.put(record(order_event("OrderCreated")), key=b"o-1")
+    state = shell.saga("o-1")
+    assert state is not None and state["status"] == "running" and state["current"] == 1
+    index = dict(shell.tracker.tables.deadlines.items())
+    assert list(index) == [b"%015d|o-1" % 120_000]  # due at 100 s + 20 s, ordered by due time
+    assert orjson.loads(index[b"%015d|o-1" % 120_000])["token"] == state["deadline"]["token"]
+    await track.put(record(order_event("PaymentAuthorized", time=105.0)), key=b"o-1")
+    assert list(dict(shell.tracker.tables.deadlines.items())) == [b"%015d|o-1" % 125_000]  # moved, old row gone
+    assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="completed") == 1.0
+
+
+async def test_track_agent_sends_compensations_with_trace_headers_and_is_idempotent(shell: Shell, track: Any) -> None:
+    await track.put(record(order_event("OrderCreated")), key=b"o-1")
+    deadline = shell.saga("o-1")["deadline"]  # type: ignore[index]
+    timeout = record(timeout_event("o-1", "order_fulfilment", deadline["token"], deadline["due"]))
+    await track.put(timeout, key=b"o-1")
+    sent = await shell.next("compensation")
+    assert sent.key == b"o-1" and orjson.loads(sent.value)["id"] == "o-1:order:compensate:1"
+    assert dict(sent.message.headers)["traceparent"] == b"00-aa-bb-01"
+    before = shell.saga("o-1")
+    await track.put(timeout, key=b"o-1")  # a new copy of the same timeout record
+    assert shell.saga("o-1") == before
+    with pytest.raises(TimeoutError):
+        await shell.next("compensation", timeout=0.3)
+    assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="duplicate") == 1.0
+
+
+async def test_track_agent_dead_letters_a_broken_log_record_and_keeps_going(shell: Shell, track: Any) -> None:
+    await track.put(b'{"kind": "service"}', key=b"x")
+    dead = await shell.next("dead_letter")
+    headers = dict(dead.message.headers)
+    assert headers["x-dead-letter-reason"] == b"processing_error" and b"misses field" in headers["x-dead-letter-detail"]
+    await track.put(record(order_event("OrderCreated", "o-2")), key=b"o-2")
+    assert shell.saga("o-2") is not None
+    assert shell.metric("saga_tracker_processing_errors_total", stage="tracking") == 1.0
+
+
+async def test_ingest_forwards_by_saga_id_and_dead_letters_the_rest(shell: Shell) -> None:
+    ingest = shell.tracker.ingest
+    good = orjson.dumps({"id": "e-1", "type": "PaymentAuthorized", "time": 100, "data": {"order_id": "o-7"}})
+    await ingest.handle(Record("payments", 3, 12, b"any-key", good, [("traceparent", b"00-x-y-01")], 99.0))
+    forwarded = await shell.next("saga_log")
+    assert forwarded.key == b"o-7"
+    event = Event.from_dict(orjson.loads(forwarded.value))
+    assert (event.saga_type, event.type, event.source, event.trace["traceparent"]) == (
+        "order_fulfilment",
+        "PaymentAuthorized",
+        "payments/3/12",
+        "00-x-y-01",
+    )
+    await ingest.handle(Record("payments", 3, 13, b"k", b"{not json", [], 99.0))
+    dead = await shell.next("dead_letter")
+    assert dict(dead.message.headers)["x-dead-letter-reason"] == b"not_json" and dead.value == b"{not json"
+    await ingest.handle(Record("orders", 0, 1, b"k", orjson.dumps({"type": "OrderViewed", "data": {}}), [], 99.0))
+    assert shell.metric("saga_tracker_ignored_events_total", saga_type="order_fulfilment") == 1.0
+    assert shell.metric("saga_tracker_dead_letters_total", reason="not_json") == 1.0
