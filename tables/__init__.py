@@ -17,6 +17,7 @@ from tracker.settings import Settings
 @dataclass(frozen=True)
 class Tables:
     sagas: TableT  # saga id -> JSON saga state
+    summaries: TableT  # saga id -> JSON summary row, what list and stats queries scan
     deadlines: TableT  # "<due ms, 15 digits>|<saga id>" -> JSON {token, saga_type}: ordered by due time
 
 
@@ -27,6 +28,7 @@ def declare(app: faust.App, settings: Settings) -> Tables:
 
     return Tables(
         sagas=table("sagas", "Saga state by saga id."),
+        summaries=table("summaries", "Saga summary rows by saga id (list and stats queries)."),
         deadlines=table("deadlines", "Pending deadlines ordered by due time."),
     )
 

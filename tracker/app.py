@@ -130,4 +130,4 @@ def _wire(t: TrackerApp) -> None:
         async def on_stop(self) -> None:
             await progress.close()
 
-    web.register(app, t.catalog, t.tables, t.metrics, t.sweeper, t.settings.partitions)
+    web.register(app, web.Api(app, t.settings, t.catalog, t.tables, t.metrics, t.sweeper, t.topics.saga_log))

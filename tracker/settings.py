@@ -63,6 +63,10 @@ class Settings:
         default=16384,
     )
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
+    action_token: str = _doc("Bearer token required for operator actions. Unset: actions are disabled. Never logged.", default="")
+    read_token: str = _doc(
+        "Bearer token required for read endpoints (the action token is accepted too). Unset: reads are open.", default=""
+    )
     log_level: str = _doc("Log level: debug, info, warning, error.", default="info")
     crash_point: str = _doc(
         "Fault injection for tests only: `before_send` or `after_send` makes the worker exit abruptly "
@@ -153,6 +157,8 @@ class Settings:
         """(variable, default, meaning) rows for the README."""
         rows = []
         for f in fields(cls):
+            if f.name.startswith("crash_"):
+                continue  # test-only fault injection: documented in the tests, not for operators
             default = f.default
             shown = ",".join(default) if isinstance(default, tuple) else str(default)
             rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))

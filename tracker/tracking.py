@@ -25,6 +25,7 @@ from tracker.events import Event
 from tracker.machine import Emit, Transition, apply
 from tracker.metrics import Metrics
 from tracker.state import SagaState
+from tracker.summaries import summary
 
 log = logging.getLogger(__name__)
 MILESTONES = frozenset(
@@ -91,6 +92,7 @@ class Tracking:
 
     async def _apply(self, record: Record) -> Transition | None:
         event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
+        key = event.saga_id.encode()
         state = self.load(event.saga_id)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
@@ -103,6 +105,7 @@ class Tracking:
         transition = apply(definition, state, event, self.clock())
         if transition.changed and transition.state is not None:
             self.store(state, transition)
+            self.tables.summaries[key] = orjson.dumps(summary(definition, transition.state))
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
             await self.crash.maybe("before_send")
