@@ -6,6 +6,8 @@ A thin shell: every saga rule is in ``machine``; this module only moves bytes.
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,16 +16,18 @@ from prometheus_client import CollectorRegistry
 
 import tables as tables_module
 import topics as topics_module
-from tables import Tables
+from tables import Tables, pending_prefix
 from topics import Topics
 from tracker import web
 from tracker.admin import bootstrap_of
+from tracker.census import Census
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
 from tracker.ingest import Ingest, record_of
-from tracker.metrics import Metrics
+from tracker.metrics import Metrics, StateCollector
 from tracker.progress import Progress
 from tracker.settings import Settings
+from tracker.state import FAILED_NEEDS_MANUAL
 from tracker.sweeper import Sweeper
 from tracker.tracking import Crash, Tracking
 
@@ -80,19 +84,58 @@ def build(
     )
     dead_letters = DeadLetters(topics.dead_letters, metrics)
     ingest = Ingest(catalog, topics.saga_log, dead_letters, metrics, max_event_bytes=settings.max_event_bytes)
+    census = Census()
     tracking = Tracking(
         catalog,
         tables,
         {"compensation": topics.compensations, "outcome": topics.outcomes},
         dead_letters,
         metrics,
+        census,
         crash=Crash(settings.crash_point, settings.crash_marker),
         producer=app.producer,
     )
-    sweeper = Sweeper(app, tables, topics.saga_log, progress, metrics, resend_after=max(30.0, 10 * settings.sweep_interval))
+    sweeper = Sweeper(
+        app, tables, topics.saga_log, progress, metrics, census, resend_after=max(30.0, 10 * settings.sweep_interval)
+    )
     tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress)
+    metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _wire(tracker)
     return tracker
+
+
+def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
+    """What the state gauges show, from memory and a seek per step: no table scan."""
+    in_flight = census.total()
+    stuck: Counter[tuple[str, str]] = Counter(t.sweeper.due)
+    for (saga_type, status, step), n in in_flight.items():
+        if status == FAILED_NEEDS_MANUAL:
+            stuck[(saga_type, step)] += n
+    now = time.time()
+    oldest: dict[tuple[str, str], float] = {}
+    store: Any = t.tables.pending.data
+    for partition in t.sweeper.active_partitions():
+        db = store._dbs.get(partition)
+        if db is None:
+            continue
+        for d in t.catalog.current.values():
+            for spec in d.steps:
+                prefix = pending_prefix(d.name, spec.name)
+                for k, _ in db.items(from_key=prefix):  # the first key of the prefix is the oldest
+                    if k.startswith(prefix):
+                        age = now - int(k[len(prefix) :].split(b"|", 1)[0]) / 1000
+                        oldest[(d.name, spec.name)] = max(oldest.get((d.name, spec.name), 0.0), age)
+                    break
+    app: Any = t.app
+    recovering = bool(app.in_recovery)
+    return {
+        "in_flight": in_flight,
+        "stuck": stuck,
+        "oldest": oldest,
+        "ready": not t.sweeper.recovering(),
+        "recovering": recovering,
+        "remaining": app.tables.recovery.active_remaining_total() if recovering else 0,
+    }
 
 
 def _wire(t: TrackerApp) -> None:

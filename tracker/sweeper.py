@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import faust
 import orjson
 
 from tables import Tables, due_bound
+from tracker.census import Census
 from tracker.events import timeout_event
 from tracker.metrics import Metrics
 from tracker.progress import Progress
@@ -33,14 +35,16 @@ class Sweeper:
         saga_log: faust.TopicT,
         progress: Progress,
         metrics: Metrics,
+        census: Census,
         *,
         resend_after: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
-        self.metrics, self.resend_after, self.clock = metrics, resend_after, clock
+        self.metrics, self.census, self.resend_after, self.clock = metrics, census, resend_after, clock
         self.sent: dict[str, float] = {}  # token -> when this worker sent its timeout record
         self.behind = True
+        self.due: Counter[tuple[str, str]] = Counter()  # deadlines past due at the last sweep, by type and step
 
     def recovering(self) -> bool:
         app: Any = self.app
@@ -50,11 +54,25 @@ class Sweeper:
         changelog = self.tables.deadlines.changelog_topic.get_topic_name()
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog)
 
+    def refresh_census(self) -> None:
+        """Count the sagas of partitions that became active here; forget those that left."""
+        active = set(self.active_partitions())
+        store: Any = self.tables.summaries.data
+        for partition in active:
+            if not self.census.known(partition):
+                db = store._dbs.get(partition)
+                rows = [] if db is None else [orjson.loads(v) for k, v in db.items() if not k.startswith(b"__faust")]
+                self.census.rebuild(partition, rows)
+        for partition in list(self.census.partitions):
+            if partition not in active:
+                self.census.forget(partition)
+
     async def sweep(self) -> int:
         """One pass; returns how many timeout records were sent."""
         if self.recovering():
             self.set_behind(True)
             return 0
+        self.refresh_census()
         try:
             behind = await self.progress.behind()
         except Exception as exc:  # a broker hiccup: fire nothing this round rather than guess
@@ -63,12 +81,11 @@ class Sweeper:
         for tp, lag in self.progress.lags.items():
             self.metrics.input_lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.set_behind(behind)
-        if behind:
-            return 0
         now = self.clock()
         bound = due_bound(now)
         store: Any = self.tables.deadlines.data
-        sent = due = 0
+        sent = 0
+        due: Counter[tuple[str, str]] = Counter()
         live: set[str] = set()
         for partition in self.active_partitions():
             db = store._dbs.get(partition)  # one RocksDB per partition, keys ordered by due time
@@ -78,7 +95,9 @@ class Sweeper:
                 if key >= bound:
                     break
                 row = orjson.loads(value)
-                due += 1
+                due[(row["saga_type"], row.get("step", ""))] += 1
+                if behind:
+                    continue  # counted as stuck, but its completion may be in the backlog
                 token = row["token"]
                 live.add(token)
                 if now - self.sent.get(token, -1e18) < self.resend_after:
@@ -88,7 +107,7 @@ class Sweeper:
                 self.sent[token] = now
                 sent += 1
         self.sent = {t: at for t, at in self.sent.items() if t in live}
-        self.metrics.deadlines_due.set(due)
+        self.due = due
         if sent:
             self.metrics.timeouts_sent.inc(sent)
         return sent

@@ -17,7 +17,8 @@ from typing import Any
 import faust
 import orjson
 
-from tables import Tables, deadline_key
+from tables import Tables, deadline_key, pending_key
+from tracker.census import Census
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
@@ -68,6 +69,7 @@ class Tracking:
         outputs: dict[str, faust.TopicT],
         dead_letters: DeadLetters,
         metrics: Metrics,
+        census: Census,
         clock: Callable[[], float] = time.time,
         crash: Crash | None = None,
         producer: Any = None,
@@ -75,6 +77,7 @@ class Tracking:
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
         self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
         self.crash, self.producer = crash or Crash("", ""), producer
+        self.census = census
 
     def load(self, saga_id: str) -> SagaState | None:
         raw = self.tables.sagas.get(saga_id.encode())
@@ -104,8 +107,12 @@ class Tracking:
             return None
         transition = apply(definition, state, event, self.clock())
         if transition.changed and transition.state is not None:
-            self.store(state, transition)
-            self.tables.summaries[key] = orjson.dumps(summary(definition, transition.state))
+            old_row = summary(definition, state) if state is not None else None
+            new_row = summary(definition, transition.state)
+            self.store(state, transition, new_row)
+            self.tables.summaries[key] = orjson.dumps(new_row)
+            self.index_pending(old_row, new_row)
+            self.census.change(record.partition, old_row, new_row)
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
             await self.crash.maybe("before_send")
@@ -113,7 +120,7 @@ class Tracking:
             await self.send(emit)
         if compensating:
             await self.crash.maybe("after_send", self.producer)
-        self.metrics.applied(definition.name, event.kind, transition.outcomes)
+        self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state
             log.info(
@@ -126,7 +133,16 @@ class Tracking:
             )
         return transition
 
-    def store(self, old: SagaState | None, transition: Transition) -> None:
+    def index_pending(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        before, after = pending_key(old) if old else None, pending_key(new)
+        if before == after:
+            return
+        if before is not None:
+            self.tables.pending.pop(before, None)
+        if after is not None:
+            self.tables.pending[after] = b""
+
+    def store(self, old: SagaState | None, transition: Transition, row: dict[str, Any]) -> None:
         new = transition.state
         assert new is not None
         key = new.saga_id.encode()
@@ -137,8 +153,14 @@ class Tracking:
         if before is not None:
             self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
         if after is not None:
-            row = {"token": after.token, "saga_id": new.saga_id, "saga_type": new.saga_type, "due": after.due}
-            self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(row)
+            index = {
+                "token": after.token,
+                "saga_id": new.saga_id,
+                "saga_type": new.saga_type,
+                "due": after.due,
+                "step": row["current_step"] or row["status"],
+            }
+            self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(index)
 
     async def send(self, emit: Emit) -> None:
         headers = [(k, v.encode()) for k, v in emit.headers.items()]
