@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--rate", type=float, default=4.0, help="sagas started per second")
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--exit-when-done", action="store_true", help="stop once every saga is terminal")
+    sv = sub.add_parser("services", help="run the demo services and their traffic against SAGA_TRACKER_BROKER")
+    sv.add_argument("--sagas", type=int, default=0, help="sagas to start (0: keep starting them)")
+    sv.add_argument("--rate", type=float, default=2.0, help="sagas started per second")
+    sv.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
@@ -76,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run(settings)
             return 0
+        if args.command == "services":
+            from tracker.demo import run_services
+
+            return run_services(settings, sagas=args.sagas, rate=args.rate, seed=args.seed)
         from tracker.demo import run_demo
 
         return run_demo(settings, sagas=args.sagas, rate=args.rate, seed=args.seed, exit_when_done=args.exit_when_done)

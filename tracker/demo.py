@@ -6,6 +6,7 @@ Prints where to look, follows every saga to a terminal state, and prints a summa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -19,8 +20,9 @@ from typing import Any
 
 import orjson
 
-from tracker.admin import ensure_topics
+from tracker.admin import bootstrap_of, ensure_topics
 from tracker.broker import EmbeddedBroker, free_port
+from tracker.errors import SettingsError
 from tracker.loader import load_catalog
 from tracker.services import Behaviour, Services, generate
 from tracker.settings import Settings
@@ -131,3 +133,31 @@ async def _traffic(
         return ids
     finally:
         await services.stop()
+
+
+def run_services(settings: Settings, *, sagas: int, rate: float, seed: int) -> int:
+    """The demo services alone, against the configured broker (Compose runs them this way)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if settings.embedded:
+        raise SettingsError("set SAGA_TRACKER_BROKER: the demo services join an existing broker")
+    catalog = load_catalog(list(settings.definitions) or None)
+    bootstrap = bootstrap_of(settings.broker)
+
+    async def go() -> None:
+        await ensure_topics(bootstrap, catalog.topics, settings.partitions, settings.replication_factor)
+        services = Services(bootstrap, catalog, settings.compensations, Behaviour(), seed=seed)
+        await services.start()
+        try:
+            n = 0
+            while sagas == 0 or n < sagas:
+                batch = sagas - n if sagas else 100
+                await generate(services, batch, rate, list(catalog.current.values()), start=n)
+                n += batch
+            while True:  # keep answering compensation requests
+                await asyncio.sleep(3600)
+        finally:
+            await services.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(go())
+    return 0

@@ -249,10 +249,10 @@ class Services:
         self.spawn(self.undo(d, str(body["saga_id"]), d.step_index(str(body["step"])), body))
 
 
-async def generate(services: Services, sagas: int, rate: float, types: list[SagaDefinition]) -> list[str]:
+async def generate(services: Services, sagas: int, rate: float, types: list[SagaDefinition], start: int = 0) -> list[str]:
     """Start ``sagas`` sagas, alternating types, ``rate`` per second; return their ids."""
     ids = []
-    for n in range(sagas):
+    for n in range(start, start + sagas):
         d = types[n % len(types)]
         saga_id = f"{'order' if d.name.startswith('order') else 'task'}-{services.seed}-{n:04d}"
         await services.start_saga(d, saga_id)
