@@ -89,8 +89,14 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("started", "outcomes", "stuck", "oldest", "compensation", "lag", "dead letters"):
         assert topic in titles
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:panel{pid}:{ref.lower()}", "expr": expr} for pid, ref, expr in exprs]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:panel{pid}:{ref.lower()}", "expr": expr} for pid, ref, expr in exprs],
+            }
+        ]
+    }
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump(rules))
     assert f"SUCCESS: {len(exprs)} rules found" in run(tool("promtool"), "check", "rules", str(path))
@@ -99,8 +105,9 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
 def test_compose_file_follows_the_compose_specification() -> None:
     run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml"))
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    assert {"kafka", "topic-init", "tracker-1", "tracker-2", "prometheus", "alertmanager", "grafana",
-            "demo-services"} <= set(compose["services"])
+    assert {"kafka", "topic-init", "tracker-1", "tracker-2", "prometheus", "alertmanager", "grafana", "demo-services"} <= set(
+        compose["services"]
+    )
     assert compose["services"]["kafka"]["image"].startswith("apache/kafka:")
     assert compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
     # The topic-init job creates every changelog the tracker declares, compacted.
