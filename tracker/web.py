@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import faust
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
@@ -275,7 +276,23 @@ def guarded(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
     return run
 
 
+@aiohttp.web.middleware
+async def json_errors(request: aiohttp.web.Request, handler: Any) -> aiohttp.web.StreamResponse:
+    """aiohttp's own errors (unknown path, wrong method) in the API's JSON shape."""
+    try:
+        response: aiohttp.web.StreamResponse = await handler(request)
+        return response
+    except aiohttp.web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        return aiohttp.web.json_response({"error": code, "message": exc.reason}, status=exc.status)
+
+
 def register(app: faust.App, api: Api) -> None:
+    web_app: Any = app.web.web_app  # type: ignore[attr-defined]
+    web_app.middlewares.append(json_errors)
+
     def page(path: str) -> Callable[[type[View]], type[View]]:
         return app.page(path)  # type: ignore[return-value]
 

@@ -166,6 +166,12 @@ def test_api_over_two_workers(two_workers: tuple[Scenario, Worker, Worker]) -> N
         status, body = query(w1, **params)
         assert status == 400 and check(spec, "Error", body)["parameter"] == parameter, (params, body)
         assert "Traceback" not in body["message"]
+    for path, code in (("/no/such/path", 404), ("/sagas/a%2Fb%20%3Cb%3E", 404)):
+        status, body = w1.get(path)
+        assert status == code and check(spec, "Error", body)["error"] == "not_found"
+    assert "'a/b <b>'" in w1.get("/sagas/a%2Fb%20%3Cb%3E")[1]["message"]
+    status, body = post(w1, "/sagas/c-1", {})
+    assert status == 405 and check(spec, "Error", body)["error"] == "method_not_allowed"
     for path, name in (("/healthz", "Alive"), ("/readyz", "Ready")):
         for w in (w1, w2):
             status, body = w.get(path)
@@ -218,7 +224,7 @@ def test_operator_actions(two_workers: tuple[Scenario, Worker, Worker]) -> None:
 def test_tokens_protect_reads_and_disable_actions(scenario: Scenario) -> None:
     s = scenario
     w = s.worker(SAGA_TRACKER_READ_TOKEN="read-secret").start()
-    s.send(s.event("OrderCreated", "t-1"))
+    s.send(s.event("OrderCreated", "t/2 <b>"), s.event("OrderCreated", "t-1"))
     for path in ("/sagas", "/sagas/stats", "/sagas/t-1"):
         status, body = w.get(path)
         assert status == 401 and body["error"] == "unauthorized"
@@ -232,6 +238,9 @@ def test_tokens_protect_reads_and_disable_actions(scenario: Scenario) -> None:
         except urllib.error.HTTPError as exc:
             assert exc.code == 404 and time.monotonic() < deadline
             time.sleep(0.3)
+    odd = urllib.request.Request(w.base + "/sagas/t%2F2%20%3Cb%3E", headers={"Authorization": "Bearer read-secret"})
+    with urllib.request.urlopen(odd, timeout=5) as resp:  # an id with a path separator and markup
+        assert orjson.loads(resp.read())["saga_id"] == "t/2 <b>"
     status, body = post(w, "/sagas/t-1/actions", {"action": "resolve", "actor": "a", "reason": "r"}, token="read-secret")
     assert status == 403 and body["error"] == "actions_disabled"
     assert get_json(w.base + "/healthz")[0] == 200 and get_json(w.base + "/metrics")[0] == 200
