@@ -6,7 +6,8 @@ Standard library only. Stored as one JSON object per saga in a changelog-backed 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import copy
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tracker.errors import StateError
@@ -89,7 +90,16 @@ class SagaState:
         return self.status in TERMINAL
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able data (fresh containers: callers may change them)."""
+        out = {f: getattr(self, f) for f in _FIELDS}
+        out["steps"] = [dict(vars(x)) for x in self.steps]
+        out["deadline"] = dict(vars(self.deadline)) if self.deadline is not None else None
+        for name in ("keys", "trace", "counts"):
+            out[name] = dict(out[name])
+        for name in ("seen", "early", "history"):
+            out[name] = list(out[name])
+        out["outbox"] = [dict(o) for o in self.outbox]
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> SagaState:
@@ -111,10 +121,18 @@ class SagaState:
         return logical(self.to_dict())
 
     def copy(self) -> SagaState:
-        return SagaState.from_dict(self.to_dict())
+        """A copy ``apply`` may change without touching this one. History, early-event and
+        seen entries are never changed once appended, so only their lists are copied."""
+        new = copy.copy(self)
+        new.steps = [copy.copy(x) for x in self.steps]
+        new.keys, new.trace, new.counts = dict(self.keys), dict(self.trace), dict(self.counts)
+        new.seen, new.early, new.history = list(self.seen), list(self.early), list(self.history)
+        new.outbox = [dict(o) for o in self.outbox]  # "confirmed" changes in place
+        return new
 
 
 WALL_CLOCK = ("updated_at",)
+_FIELDS = tuple(f.name for f in fields(SagaState))
 
 
 def logical(data: dict[str, Any]) -> dict[str, Any]:

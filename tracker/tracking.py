@@ -146,7 +146,7 @@ class Tracking:
         new = transition.state
         assert new is not None
         key = new.saga_id.encode()
-        self.tables.sagas[key] = orjson.dumps(new.to_dict())
+        self.tables.sagas[key] = orjson.dumps(new)  # orjson writes the dataclasses as to_dict() would
         before, after = old.deadline if old else None, transition.deadline
         if before == after:
             return

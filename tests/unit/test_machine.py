@@ -340,3 +340,27 @@ def test_a_new_duplicate_elsewhere_in_the_log_resends_nothing() -> None:
     assert [e.id for e in saga(last).emits] == ["o-1:saga:SagaCompleted"]
     assert apply(saga.d, saga.s, replace(last, position="2/41"), 1e9).emits == ()  # a service sent it twice
     assert [e.id for e in apply(saga.d, saga.s, last, 1e9).emits] == ["o-1:saga:SagaCompleted"]  # redelivery
+
+
+def test_orjson_encodes_the_state_exactly_as_to_dict() -> None:
+    import orjson  # the shell stores states with orjson's native dataclass encoding
+
+    saga = Saga()
+    saga(ev("OrderCreated", 100, keys={"order_id": "o-1"}, trace={"traceparent": "00-a-b-01"}))
+    saga.fire()
+    assert orjson.loads(orjson.dumps(saga.s)) == saga.s.to_dict()
+    assert st.SagaState.from_dict(orjson.loads(orjson.dumps(saga.s))) == saga.s
+
+
+def test_copies_do_not_share_what_apply_changes() -> None:
+    saga = Saga()
+    saga(ev("OrderCreated", 100))
+    saga(ev("PaymentAuthorized", 101))
+    saga.fire()
+    original = saga.s.to_dict()
+    clone = saga.s.copy()
+    clone.steps[0].state = "x"
+    clone.outbox[0]["confirmed"] = True
+    clone.counts["y"] = 1
+    clone.history.append({"t": 1})
+    assert saga.s.to_dict() == original
