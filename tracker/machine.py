@@ -154,7 +154,7 @@ class _Run:
         if nxt is None:
             s.status, s.current, s.ended_at = st.COMPLETED, None, at
             self.outcome("SagaCompleted", at, e.id)
-            self.outcomes.append("completed")
+            self.outcomes.append("saga_completed")  # "completed" alone is a step's outcome
             return
         if nxt == s.current:
             return

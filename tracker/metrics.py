@@ -21,7 +21,13 @@ from tracker.state import SagaState
 
 # Seconds to hours: choreographed steps take from a second to a working day.
 BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
-_MILESTONES = {"started", "completed", "compensated", "failed_needs_manual"}
+# Machine outcome -> the saga milestone it counts as.
+_MILESTONES = {
+    "started": "started",
+    "saga_completed": "completed",
+    "compensated": "compensated",
+    "failed_needs_manual": "failed_needs_manual",
+}
 
 
 class Metrics:
@@ -122,8 +128,9 @@ class Metrics:
         self.events.labels(saga_type, kind).inc()
         for outcome in outcomes:
             self.transitions.labels(saga_type, outcome).inc()
-            if outcome in _MILESTONES:
-                self.sagas.labels(saga_type, outcome).inc()
+            milestone = _MILESTONES.get(outcome)
+            if milestone is not None:
+                self.sagas.labels(saga_type, milestone).inc()
         if new is None or new is old:
             return
         before = old.steps if old is not None and old.steps else [None] * len(new.steps)

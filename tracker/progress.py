@@ -73,7 +73,7 @@ class Progress:
         if not tps:
             return {}
         if self._offsets is None:
-            client = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            client = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
             await client.start()
             self._offsets = client
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
@@ -82,7 +82,7 @@ class Progress:
 
     async def admin(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
             await admin.start()
             self._admin = admin
         return self._admin

@@ -9,6 +9,7 @@ is behind (see ``progress``), it sends nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from tracker.metrics import Metrics
 from tracker.progress import Progress
 
 log = logging.getLogger(__name__)
+LAG_TIMEOUT = 5.0  # seconds a lag measurement may take before the sweep gives up on it
 
 
 class Sweeper:
@@ -74,7 +76,8 @@ class Sweeper:
             return 0
         self.refresh_census()
         try:
-            behind = await self.progress.behind()
+            # Bounded: a slow broker request must not stall sweeping (the next sweep retries).
+            behind = await asyncio.wait_for(self.progress.behind(), timeout=LAG_TIMEOUT)
         except Exception as exc:  # a broker hiccup: fire nothing this round rather than guess
             log.warning("cannot measure lag, firing no timeouts this sweep: %r", exc)
             behind = True

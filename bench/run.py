@@ -1,0 +1,320 @@
+"""Throughput benchmark: the tracker against the raw lower bound and Quix Streams, in one run.
+
+Same fresh embedded broker, same generated input: N sagas of the shipped order saga, ~300-byte
+JSON events keyed by saga id on 4 partitions, with failures, duplicates and reordering.
+Prints events/s and CPU microseconds per event for each contender, and the ratios.
+
+    python -m bench.run --sagas 20000          # make bench
+    python -m bench.run --sagas 600 --smoke    # the smoke run in make test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from tracker.admin import ensure_topics
+from tracker.broker import EmbeddedBroker, free_port
+from tracker.demo import get_json
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_seconds / self.events * 1e6 if self.events else 0.0
+
+
+def generate(sagas: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """Five events per saga on average: the happy path, or a failure and its undo, a duplicate,
+    and sometimes two events swapped."""
+    rng = random.Random(seed)
+    out: list[tuple[bytes, bytes]] = []
+    t0 = 1_800_000_000.0
+    for n in range(sagas):
+        saga = f"bench-{seed}-{n:07d}"
+        roll = rng.random()
+        if roll < 0.08:
+            types = ["OrderCreated", "PaymentAuthorized", "OutOfStock", "PaymentRefunded", "OrderCancelled"]
+        elif roll < 0.12:
+            types = ["OrderCreated", "PaymentDeclined", "OrderCancelled"]
+        else:
+            types = ["OrderCreated", "PaymentAuthorized", "InventoryReserved", "ShipmentCreated"]
+        events = []
+        for i, t in enumerate(types):
+            body = {
+                "specversion": "1.0",
+                "id": f"{saga}:{i}",
+                "type": t,
+                "source": "/bench",
+                "time": t0 + n * 0.01 + i,
+                "data": {
+                    "order_id": saga,
+                    "customer_id": f"c-{rng.randint(1, 999):03d}",
+                    "amount": round(rng.uniform(5, 500), 2),
+                    "currency": "EUR",
+                    "note": "x" * rng.randint(40, 80),
+                },
+            }
+            events.append((saga.encode(), orjson.dumps(body)))
+        if rng.random() < 0.1:
+            events.append(events[rng.randrange(len(events))])  # a duplicate
+        if rng.random() < 0.15 and len(events) > 2:
+            i = rng.randrange(1, len(events) - 1)
+            events[i], events[i + 1] = events[i + 1], events[i]  # reordered
+        out.extend(events)
+    return out
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    await ensure_topics(bootstrap, [topic], PARTITIONS, config=TOPIC_CONFIG)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        batch = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*batch)
+    finally:
+        await producer.stop()
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def raw(bootstrap: str, topic: str, total: int, data_dir: Path, changelog: bool = True) -> Result:
+    """The floor: aiokafka + orjson + a per-saga state update in rocksdict + changelog writes."""
+    from rocksdict import Rdict
+
+    db = Rdict(str(data_dir / "raw.db"))
+    changelog_topic = f"{topic}-raw-changelog"
+    await ensure_topics(bootstrap, [changelog_topic], PARTITIONS, config={"cleanup.policy": "compact"})
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+    await consumer.start()
+    await producer.start()
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    seen = 0
+    t0, c0 = time.perf_counter(), cpu()
+    pending = []
+    while seen < total:
+        batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+        for tp, messages in batches.items():
+            for m in messages:
+                event = orjson.loads(m.value)
+                key = m.key
+                old = db.get(key)
+                state = orjson.loads(old) if old is not None else {"steps": [], "seen": []}
+                if event["id"] not in state["seen"]:
+                    state["seen"].append(event["id"])
+                    state["steps"].append(event["type"])
+                value = orjson.dumps(state)
+                db[key] = value
+                if changelog:
+                    pending.append(await producer.send(changelog_topic, value, key=key, partition=tp.partition))
+                seen += 1
+        if len(pending) > 10_000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    result = Result("raw aiokafka+rocksdict" + ("+changelog" if changelog else ""), seen, time.perf_counter() - t0, cpu() - c0)
+    await consumer.stop()
+    await producer.stop()
+    db.close()
+    return result
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str) -> tuple[Result, float]:
+    """The real worker, doing its real work, until every input record has been applied."""
+    definitions = (
+        (ROOT / "tracker/sagas/order_fulfilment.yaml")
+        .read_text()
+        .replace("topics: [orders, payments, inventory, shipping]", f"topics: [{topic}]")
+    )
+    (data_dir / "sagas.yaml").write_text(definitions)
+    port = free_port()
+    env = {
+        **os.environ,
+        "SAGA_TRACKER_BROKER": f"kafka://{bootstrap}",
+        "SAGA_TRACKER_APP_ID": app_id,
+        "SAGA_TRACKER_DEFINITIONS": str(data_dir / "sagas.yaml"),
+        "SAGA_TRACKER_DATA_DIR": str(data_dir / "tracker"),
+        "SAGA_TRACKER_WEB_PORT": str(port),
+        "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "1",
+        "SAGA_TRACKER_SESSION_TIMEOUT": "6",
+        "SAGA_TRACKER_HEARTBEAT_INTERVAL": "1",
+        "SAGA_TRACKER_LOG_LEVEL": "warning",
+    }
+    log = open(data_dir / "tracker.log", "wb")  # noqa: SIM115 - closed below
+    command = [sys.executable, "-m", "tracker", "worker"]
+    profile = os.environ.get("BENCH_PROFILE")  # a py-spy flame graph of the worker, e.g. bench/profile.svg
+    if profile:
+        command = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "-r", "200", "--", *command]
+    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        applied = wait_applied(base, total, worker, started=time.monotonic(), timeout=3600)
+        result = Result("tracker (faust worker)", applied[0], applied[1], applied[2])
+        return result, proc_rss_mb(worker_pid(worker))
+    finally:
+        worker.send_signal(2)  # SIGINT: py-spy writes its profile and stops the worker
+        worker.wait(timeout=30)
+        log.close()
+
+
+def worker_pid(process: subprocess.Popen[bytes]) -> int:
+    """The worker's pid (the child when py-spy runs it)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    kids = children.read_text().split() if children.exists() else []
+    return int(kids[0]) if kids and "py-spy" in " ".join(process.args) else process.pid  # type: ignore[arg-type]
+
+
+def wait_applied(
+    base: str, total: int, worker: subprocess.Popen[bytes], started: float, timeout: float
+) -> tuple[int, float, float]:
+    """Poll the worker's metrics: time and CPU from its first applied record to the last."""
+    first: tuple[float, float] | None = None
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the tracker worker exited with {worker.returncode}")
+        try:
+            _status, text = get_json(f"{base}/metrics", timeout=5)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        done = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in str(text).splitlines()
+            if line.startswith("saga_tracker_events_total{") and 'kind="service"' in line
+        )
+        dead = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in str(text).splitlines()
+            if line.startswith("saga_tracker_dead_letters_total{")
+        )
+        if done > 0 and first is None:
+            first = (time.perf_counter(), proc_cpu(worker_pid(worker)))
+        if done + dead >= total and first is not None:
+            return int(done + dead), time.perf_counter() - first[0], proc_cpu(worker_pid(worker)) - first[1]
+        time.sleep(0.1)
+    raise TimeoutError("the tracker did not apply every record in time")
+
+
+def quix(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result | None:
+    """Quix Streams doing the same per-saga state update, with its RocksDB state and changelog."""
+    try:
+        import quixstreams  # noqa: F401
+    except ImportError:
+        return None
+    code = f"""
+import time, resource, json, sys
+from quixstreams import Application
+app = Application(broker_address={bootstrap!r}, consumer_group="bench-quix-{uuid.uuid4().hex[:6]}",
+                  auto_offset_reset="earliest", state_dir={str(data_dir / "quix")!r}, use_changelog_topics=True)
+topic = app.topic({topic!r}, value_deserializer="json")
+seen = [0, None, None]
+def update(value, state):
+    if seen[1] is None:
+        u = resource.getrusage(resource.RUSAGE_SELF); seen[1] = time.perf_counter(); seen[2] = u.ru_utime + u.ru_stime
+    s = state.get("s", {{"steps": [], "seen": []}})
+    if value["id"] not in s["seen"]:
+        s["seen"].append(value["id"]); s["steps"].append(value["type"])
+    state.set("s", s)
+    seen[0] += 1
+    if seen[0] >= {total}:
+        u = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps([seen[0], time.perf_counter() - seen[1], u.ru_utime + u.ru_stime - seen[2]]), flush=True)
+        app.stop()
+sdf = app.dataframe(topic)
+sdf = sdf.update(update, stateful=True)
+app.run()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    if not lines:
+        raise RuntimeError(f"quix run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    events, seconds, cpu_seconds = json.loads(lines[-1])
+    return Result("quix streams 3 (rocksdb+changelog)", events, seconds, cpu_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sagas", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="a small run that checks the harness works")
+    args = parser.parse_args(argv)
+    records = generate(args.sagas, args.seed)
+    topic = f"bench-{uuid.uuid4().hex[:6]}"
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp, EmbeddedBroker() as broker:
+        data = Path(tmp)
+        asyncio.run(produce(broker.bootstrap, topic, records))
+        print(
+            f"input: {len(records)} events of {args.sagas} sagas, avg {sum(len(v) for _, v in records) / len(records):.0f} "
+            f"bytes, {PARTITIONS} partitions",
+            flush=True,
+        )
+        results.append(asyncio.run(raw(broker.bootstrap, topic, len(records), data)))
+        q = None if args.smoke else quix(broker.bootstrap, topic, len(records), data)
+        if q is not None:
+            results.append(q)
+        t, rss = tracker(broker.bootstrap, topic, len(records), data, f"bench-{uuid.uuid4().hex[:6]}")
+        results.append(t)
+    print(f"\n{'contender':38} {'events':>9} {'events/s':>10} {'CPU us/event':>13}")
+    for r in results:
+        print(f"{r.name:38} {r.events:>9} {r.rate:>10.0f} {r.cpu_us:>13.1f}")
+    base, mine = results[0], results[-1]
+    print(f"\ntracker/raw  = {mine.rate / base.rate:.3f}   (target >= 0.6)")
+    if q is not None:
+        print(f"tracker/quix = {mine.rate / q.rate:.3f}   (target >= 1.0)")
+    else:
+        print("tracker/quix = n/a (quixstreams not installed: make bench installs it)")
+    print(f"tracker peak RSS: {rss:.0f} MB")
+    return 0 if all(r.events == len(records) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Metrics derived from transitions, each test with a fresh registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from tests.unit.sagas import COMPLETIONS, Saga, ev
+from tracker.metrics import Metrics
+
+
+def run(saga: Saga, metrics: Metrics, *events: object) -> None:
+    for e in events:
+        before = saga.state
+        t = saga(e) if not isinstance(e, str) else saga.fire()
+        metrics.applied(saga.d, "service", t.outcomes, before, t.state)
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_completed_saga_counts_once_and_each_step_duration_once() -> None:
+    metrics, saga = Metrics(CollectorRegistry()), Saga()
+    run(saga, metrics, *[ev(t, 100 + 10 * i) for i, t in enumerate(COMPLETIONS)])
+    assert value(metrics, "saga_tracker_sagas_total", saga_type="order", outcome="started") == 1
+    assert value(metrics, "saga_tracker_sagas_total", saga_type="order", outcome="completed") == 1
+    assert value(metrics, "saga_tracker_transitions_total", saga_type="order", outcome="completed") == 3
+    assert value(metrics, "saga_tracker_step_duration_seconds_count", saga_type="order", step="payment") == 1
+    assert value(metrics, "saga_tracker_step_duration_seconds_sum", saga_type="order", step="payment") == 10
+    assert value(metrics, "saga_tracker_saga_duration_seconds_sum", saga_type="order", status="completed") == 30
+
+
+def test_timeouts_and_compensation_attempts_by_step() -> None:
+    metrics, saga = Metrics(CollectorRegistry()), Saga()
+    run(
+        saga,
+        metrics,
+        ev("OrderCreated", 100),
+        ev("PaymentAuthorized", 101),
+        "fire",
+        ev("OrderCancelled", 150),
+        "fire",
+        "fire",
+        "fire",
+    )
+    assert value(metrics, "saga_tracker_timeouts_total", saga_type="order", step="inventory") == 1
+    assert value(metrics, "saga_tracker_compensations_emitted_total", saga_type="order", step="payment") == 1
+    assert value(metrics, "saga_tracker_compensations_reemitted_total", saga_type="order", step="payment") == 2
+    assert value(metrics, "saga_tracker_compensations_confirmed_total", saga_type="order", step="order") == 1
+    assert value(metrics, "saga_tracker_sagas_total", saga_type="order", outcome="failed_needs_manual") == 1
+    assert value(metrics, "saga_tracker_sagas_total", saga_type="order", outcome="completed") == 0
