@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration install clean
+BENCH_VENV := .venv-bench
+
+.PHONY: demo test lint typecheck unit integration install clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -19,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/saga-tracker demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check tracker topics tables tests
-	$(BIN)/ruff format --check tracker topics tables tests
+	$(BIN)/ruff check tracker topics tables tests bench
+	$(BIN)/ruff format --check tracker topics tables tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy tracker topics tables
@@ -34,5 +36,14 @@ integration: $(STAMP)
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
+# Quix Streams is installed only for the benchmark, in a venv of its own.
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet quixstreams
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed
+	QUIX_PYTHON=$(BENCH_VENV)/bin/python $(BIN)/python -m bench.run --sagas $${SAGAS:-20000}
+
 clean:
-	rm -rf $(VENV) test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) test-artifacts .pytest_cache .mypy_cache .ruff_cache
