@@ -188,27 +188,16 @@ def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str)
         "SAGA_TRACKER_LOG_LEVEL": "warning",
     }
     log = open(data_dir / "tracker.log", "wb")  # noqa: SIM115 - closed below
-    command = [sys.executable, "-m", "tracker", "worker"]
-    profile = os.environ.get("BENCH_PROFILE")  # a py-spy flame graph of the worker, e.g. bench/profile.svg
-    if profile:
-        command = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "-r", "200", "--", *command]
-    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "tracker", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         applied = wait_applied(base, total, worker, started=time.monotonic(), timeout=3600)
         result = Result("tracker (faust worker)", applied[0], applied[1], applied[2])
-        return result, proc_rss_mb(worker_pid(worker))
+        return result, proc_rss_mb(worker.pid)
     finally:
-        worker.send_signal(2)  # SIGINT: py-spy writes its profile and stops the worker
+        worker.terminate()
         worker.wait(timeout=30)
         log.close()
-
-
-def worker_pid(process: subprocess.Popen[bytes]) -> int:
-    """The worker's pid (the child when py-spy runs it)."""
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-    kids = children.read_text().split() if children.exists() else []
-    return int(kids[0]) if kids and "py-spy" in " ".join(process.args) else process.pid  # type: ignore[arg-type]
 
 
 def wait_applied(
@@ -236,10 +225,30 @@ def wait_applied(
             if line.startswith("saga_tracker_dead_letters_total{")
         )
         if done > 0 and first is None:
-            first = (time.perf_counter(), proc_cpu(worker_pid(worker)))
+            first = (time.perf_counter(), proc_cpu(worker.pid))
+            profile = os.environ.get("BENCH_PROFILE")  # collapsed stacks of the busy worker (py-spy)
+            if profile:
+                spy = str(Path(sys.executable).parent / "py-spy")
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(worker.pid),
+                        "--duration",
+                        os.environ.get("BENCH_PROFILE_SECONDS", "20"),
+                        "--format",
+                        "raw",
+                        "--nonblocking",
+                        "-o",
+                        profile,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
         if done + dead >= total and first is not None:
-            return int(done + dead), time.perf_counter() - first[0], proc_cpu(worker_pid(worker)) - first[1]
-        time.sleep(0.1)
+            return int(done + dead), time.perf_counter() - first[0], proc_cpu(worker.pid) - first[1]
+        time.sleep(0.5)  # polling /metrics costs the worker CPU too: keep it rare
     raise TimeoutError("the tracker did not apply every record in time")
 
 
