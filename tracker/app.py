@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from topics import Topics
 from tracker import web
 from tracker.admin import bootstrap_of
 from tracker.census import Census
+from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
 from tracker.ingest import Ingest, record_of
@@ -141,20 +143,18 @@ def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
 def _wire(t: TrackerApp) -> None:
     app, progress = t.app, t.progress
 
-    # Concurrency 1 everywhere: faust may commit past an in-flight message otherwise (#606).
-    @app.agent(t.topics.sources, name=f"{t.settings.app_id}-ingest", concurrency=1)
-    async def ingest(stream: Any) -> None:
-        async for event in stream.events():
-            record = record_of(event)
-            await t.ingest.handle(record)
-            progress.processed(event.message.tp, record.offset)
+    def agent(topic: faust.TopicT, name: str, handle: Callable[[Record], Awaitable[Any]]) -> None:
+        async def consume(stream: Any) -> None:
+            async for event in stream.events():
+                record = record_of(event)
+                await handle(record)  # never raises: failures are dead-lettered per record
+                progress.processed(event.message.tp, record.offset)
 
-    @app.agent(t.topics.saga_log, name=f"{t.settings.app_id}-track", concurrency=1)
-    async def track(stream: Any) -> None:
-        async for event in stream.events():
-            record = record_of(event)
-            await t.tracking.handle(record)
-            progress.processed(event.message.tp, record.offset)
+        # Concurrency 1: faust may commit past an in-flight message otherwise (#606).
+        app.agent(topic, name=f"{t.settings.app_id}-{name}", concurrency=1)(consume)
+
+    agent(t.topics.sources, "ingest", t.ingest.handle)
+    agent(t.topics.saga_log, "track", t.tracking.handle)
 
     @app.timer(t.settings.sweep_interval)
     async def sweep() -> None:

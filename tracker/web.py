@@ -164,6 +164,12 @@ class Api:
     def local_rows(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for v in self.tables.summaries.values()]  # active partitions only
 
+    def local_page(self, query: Query) -> list[dict[str, Any]]:
+        return query.select(self.local_rows(), time.time())
+
+    def local_stats(self) -> dict[str, Any]:
+        return {**stats(self.local_rows(), time.time()), "lag": self.lag()}
+
     def lag(self) -> dict[str, Any]:
         lags = self.sweeper.progress.lags
         return {
@@ -337,23 +343,23 @@ def register(app: faust.App, api: Api) -> None:
         async def get(self, request: Request, name: str) -> Response:
             return static(self, name)
 
+    def parse(view: View, request: Request) -> Query | Response:
+        try:
+            return Query.parse(dict(request.query), api.catalog)
+        except BadQuery as exc:
+            return error(view, 400, "bad_request", exc.message, parameter=exc.parameter)
+
     @page("/sagas")
     class Sagas(View):
         @guarded
         async def get(self, request: Request) -> Response:
             if denied := read(self, request):
                 return denied
-            try:
-                query = Query.parse(dict(request.query), api.catalog)
-            except BadQuery as exc:
-                return error(self, 400, "bad_request", exc.message, parameter=exc.parameter)
-            now = time.time()
-            pages, missing = await api.fan_out(
-                request,
-                "/internal/sagas",
-                query.to_params(cursor=request.query.get("cursor")),
-                lambda: query.select(api.local_rows(), now),
-            )
+            query = parse(self, request)
+            if not isinstance(query, Query):
+                return query
+            params = query.to_params(cursor=request.query.get("cursor"))
+            pages, missing = await api.fan_out(request, "/internal/sagas", params, lambda: api.local_page(query))
             items, cursor = query.merge(pages)
             return ok(self, {"items": items, "next_cursor": cursor, "partial": bool(missing), "missing_workers": missing})
 
@@ -363,35 +369,28 @@ def register(app: faust.App, api: Api) -> None:
         async def get(self, request: Request) -> Response:
             if denied := read(self, request):
                 return denied
-            now = time.time()
-            parts, missing = await api.fan_out(
-                request, "/internal/stats", {}, lambda: {**stats(api.local_rows(), now), "lag": api.lag()}
-            )
+            parts, missing = await api.fan_out(request, "/internal/stats", {}, api.local_stats)
             merged = merge_stats(parts)
             merged["workers"] = [p["lag"] for p in parts]
             merged["behind"] = any(p["lag"]["behind"] for p in parts)
             merged.update(partial=bool(missing), missing_workers=missing)
             return ok(self, merged)
 
+    # What one worker answers for its own partitions; the public endpoints fan out to these.
     @page("/internal/sagas")
     class InternalSagas(View):
         @guarded
         async def get(self, request: Request) -> Response:
             if denied := read(self, request):
                 return denied
-            try:
-                query = Query.parse(dict(request.query), api.catalog)
-            except BadQuery as exc:
-                return error(self, 400, "bad_request", exc.message, parameter=exc.parameter)
-            return ok(self, query.select(api.local_rows(), time.time()))
+            query = parse(self, request)
+            return ok(self, api.local_page(query)) if isinstance(query, Query) else query
 
     @page("/internal/stats")
     class InternalStats(View):
         @guarded
         async def get(self, request: Request) -> Response:
-            if denied := read(self, request):
-                return denied
-            return ok(self, {**stats(api.local_rows(), time.time()), "lag": api.lag()})
+            return read(self, request) or ok(self, api.local_stats())
 
     @page("/sagas/{saga_id}")
     class Saga(View):

@@ -20,7 +20,7 @@ from aiokafka.structs import TopicPartition
 
 from tracker.admin import ensure_topics
 from tracker.broker import free_port
-from tracker.demo import get_json
+from tracker.demo import get_json, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -239,19 +239,10 @@ class Worker:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited {self.process.returncode}:\n{self.tail()}")
-            try:
-                status, body = get_json(f"{self.base}/readyz", timeout=2)
-                if status == 200 and body.get("ready"):
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"worker {self.name} not ready in {timeout:g}s:\n{self.tail()}")
+        try:
+            wait_ready(self.base, timeout, self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"worker {self.name}: {exc}\n{self.tail()}") from None
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
