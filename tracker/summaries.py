@@ -91,7 +91,11 @@ class Query:
         since = None
         if params.get("updated_since"):
             raw = params["updated_since"]
-            since = parse_time(float(raw) if raw.replace(".", "", 1).isdigit() else raw)
+            try:
+                number: float | str = float(raw) if raw.isascii() else raw
+            except ValueError:
+                number = raw  # not a number: an ISO 8601 time, or nothing
+            since = parse_time(number)
             if since is None:
                 raise BadQuery("updated_since", "must be an ISO 8601 time or epoch seconds")
         sort = params.get("sort") or "updated_at"

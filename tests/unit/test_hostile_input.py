@@ -1,0 +1,130 @@
+"""Outside input never raises anything but the documented errors (fuzzed with hypothesis)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from tracker.correlation import Ignored, Record, correlate
+from tracker.definitions import saga_from_mapping, sagas_from_document
+from tracker.errors import CorrelationError, DefinitionError, StateError
+from tracker.events import Event
+from tracker.loader import load_catalog, parse_text
+from tracker.summaries import BadQuery, Query
+
+CATALOG = load_catalog()
+FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_values = hs.recursive(
+    hs.none() | hs.booleans() | hs.integers(-(2**63), 2**63 - 1) | hs.floats(allow_nan=True) | hs.text(max_size=20),
+    lambda children: hs.lists(children, max_size=4) | hs.dictionaries(hs.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+event_like = hs.fixed_dictionaries(
+    {},
+    optional={
+        "id": json_values,
+        "type": hs.sampled_from(["OrderCreated", "PaymentAuthorized", "OrderViewed", "X"]) | json_values,
+        "time": json_values,
+        "occurred_at": json_values,
+        "correlation_id": json_values,
+        "data": hs.fixed_dictionaries({}, optional={"order_id": json_values, "customer_id": json_values}) | json_values,
+    },
+)
+headers = hs.lists(
+    hs.tuples(
+        hs.sampled_from(["ce_type", "ce_id", "traceparent", "tracestate", "x"]), hs.binary(max_size=30) | hs.just(b"OrderCreated")
+    ),
+    max_size=4,
+)
+
+
+@FAST
+@given(
+    value=hs.binary(max_size=300) | event_like.map(orjson.dumps) | json_values.map(lambda v: orjson.dumps(v)),
+    key=hs.none() | hs.binary(max_size=20),
+    hdrs=headers,
+    ts=hs.none() | hs.floats(-1e12, 1e13),
+    topic=hs.sampled_from(["orders", "payments", "elsewhere"]),
+)
+def test_correlation_raises_only_its_documented_errors(
+    value: bytes, key: bytes | None, hdrs: list[tuple[str, bytes]], ts: float | None, topic: str
+) -> None:
+    try:
+        event = correlate(CATALOG, Record(topic, 0, 1, key, value, hdrs, ts), max_bytes=10_000)
+    except (CorrelationError, Ignored):
+        return
+    assert event.saga_id and event.id and event.type and isinstance(event.time, float)
+    assert Event.from_dict(orjson.loads(orjson.dumps(event.to_dict()))) == event
+
+
+@FAST
+@given(data=json_values | event_like)
+def test_saga_log_records_decode_or_raise_state_error(data: Any) -> None:
+    try:
+        Event.from_dict(data)
+    except StateError:
+        pass
+
+
+@FAST
+@given(
+    params=hs.dictionaries(
+        hs.sampled_from(
+            ["saga_type", "status", "step", "stuck", "key", "updated_since", "sort", "order", "limit", "cursor", "other"]
+        ),
+        hs.text(max_size=30) | hs.sampled_from(["1e400", "-1", "nan", "inf", "500", "true", "order_fulfilment", "WyJ4Il0"]),
+        max_size=6,
+    )
+)
+def test_query_parameters_parse_or_name_the_bad_one(params: dict[str, str]) -> None:
+    try:
+        query = Query.parse(params, CATALOG)
+    except BadQuery as exc:
+        assert exc.parameter in params
+        return
+    query.select([], 0.0)
+    Query.parse(query.to_params(), CATALOG)  # what it prints, it reads back
+
+
+@FAST
+@given(doc=json_values)
+def test_definition_documents_load_or_raise_definition_error(doc: Any) -> None:
+    try:
+        sagas_from_document(doc, file="fuzz.yaml")
+    except DefinitionError:
+        pass
+    try:
+        saga_from_mapping(doc, file="fuzz.yaml")
+    except DefinitionError:
+        pass
+
+
+@FAST
+@given(text=hs.text(max_size=300))
+def test_definition_text_loads_or_raises_definition_error(text: str) -> None:
+    try:
+        parse_text(text, file="fuzz.yaml")
+    except DefinitionError:
+        pass
+
+
+def test_pathological_inputs_are_rejected_with_a_reason() -> None:
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    cases = {
+        b"\xff" * 100: "not_json",
+        b'{"type": "OrderCreated", "data": {"order_id": 123456789012345678901234567890}}': "no_saga_id",
+        deep: "not_json",  # orjson refuses nesting past its limit
+        orjson.dumps({"type": "OrderCreated", "data": {"order_id": "x" * 10_000}}): "saga_id_too_long",
+        orjson.dumps({"type": "OrderCreated", "data": {"order_id": "o"}, "pad": "x" * 10_000_000}): "oversized",
+    }
+    for value, reason in cases.items():
+        try:
+            correlate(CATALOG, Record("orders", 0, 0, None, value, [], 1.0), max_bytes=1_048_576)
+        except CorrelationError as exc:
+            assert exc.reason == reason
+        else:
+            raise AssertionError(reason)
