@@ -87,7 +87,8 @@ def run_demo(
             wait_ready(base, 60, worker)
             print(
                 f"\n== saga-tracker demo ==\n  broker:   {broker.url} (embedded Tansu, memory only)\n"
-                f"  worker:   {base}/sagas/<saga id>, {base}/metrics, {base}/readyz\n"
+                f"  page:     {base}/   (sagas, filters, detail, operator actions)\n"
+                f"  API:      {base}/sagas, {base}/sagas/<saga id>, {base}/sagas/stats, {base}/metrics\n"
                 f"  topics:   services {', '.join(catalog.topics)}; tracker {settings.compensations}, "
                 f"{settings.outcomes}, {settings.dead_letters}\n"
                 f"  traffic:  {sagas} sagas, {rate:g}/s, seed {seed}, with failures, stalls, duplicates, reordering\n",
