@@ -135,3 +135,16 @@ async def test_ingest_forwards_by_saga_id_and_dead_letters_the_rest(shell: Shell
     await ingest.handle(Record("orders", 0, 1, b"k", orjson.dumps({"type": "OrderViewed", "data": {}}), [], 99.0))
     assert shell.metric("saga_tracker_ignored_events_total", saga_type="order_fulfilment") == 1.0
     assert shell.metric("saga_tracker_dead_letters_total", reason="not_json") == 1.0
+
+
+async def test_a_flood_of_bad_input_is_counted_in_full_but_logged_sparingly(
+    shell: Shell, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingest = shell.tracker.ingest
+    for n in range(50):
+        await ingest.handle(Record("orders", 0, n, b"k", orjson.dumps({"type": "Teleported", "data": {}}), [], 1.0))
+    assert shell.metric("saga_tracker_dead_letters_total", reason="unknown_event_type") == 50.0
+    lines = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert len(lines) == 1
+    for _ in range(50):
+        await shell.next("dead_letter")  # every one of them is on the dead-letter topic
