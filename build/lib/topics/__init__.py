@@ -1,0 +1,44 @@
+"""Every Kafka topic the tracker reads or writes, declared in one place.
+
+All of them carry raw bytes: the tracker decodes JSON itself, so a value that is not
+JSON is dead-lettered instead of being thrown into the stream by faust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from tracker.definitions import Catalog
+from tracker.settings import Settings
+
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+@dataclass(frozen=True)
+class Topics:
+    sources: faust.TopicT  # the services' existing topics, as named by the definitions
+    saga_log: faust.TopicT  # internal: service events re-keyed by saga id, timeouts, operator actions
+    compensations: faust.TopicT
+    outcomes: faust.TopicT
+    dead_letters: faust.TopicT
+
+    def internal_names(self) -> list[str]:
+        return [t.get_topic_name() for t in (self.saga_log, self.compensations, self.outcomes, self.dead_letters)]
+
+
+def declare(app: faust.App, settings: Settings, catalog: Catalog) -> Topics:
+    def owned(name: str) -> faust.TopicT:
+        # Created by the tracker with its partition count; keyed by saga id (outputs too,
+        # so a saga's events stay in order for consumers and replay).
+        return app.topic(name, partitions=settings.partitions, replicas=settings.replication_factor, internal=True, **RAW)
+
+    return Topics(
+        sources=app.topic(*catalog.topics, **RAW),
+        saga_log=owned(settings.saga_log),
+        compensations=owned(settings.compensations),
+        outcomes=owned(settings.outcomes),
+        dead_letters=owned(settings.dead_letters),
+    )

@@ -1,0 +1,44 @@
+"""Topic administration: create topics explicitly, with their partitions and configs.
+
+Auto-creation would give unknown topics a broker-chosen partition count; the tracker
+creates its inputs (in the demo and tests) and outputs up front instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+RETAIN_WEEK = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
+
+
+def bootstrap_of(url: str) -> str:
+    """``kafka://a:9092;b:9092`` -> ``a:9092,b:9092``."""
+    return ",".join(part.split("://", 1)[-1] for part in url.replace(";", ",").split(",") if part)
+
+
+async def ensure_topics(
+    bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1, config: dict[str, str] | None = None
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(n, partitions, replication, topic_configs=dict(config or RETAIN_WEEK))
+            for n in dict.fromkeys(names)
+            if n not in existing
+        ]
+        for topic in wanted:  # one by one: an existing one must not fail the rest
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([topic])
+    finally:
+        await admin.close()
+
+
+def ensure_topics_sync(bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1) -> None:
+    asyncio.run(ensure_topics(bootstrap, list(names), partitions, replication))

@@ -1,0 +1,176 @@
+"""The faust app: topics, tables, the ingest and track agents, the sweeper, the web views.
+
+A thin shell: every saga rule is in ``machine``; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+import tables as tables_module
+import topics as topics_module
+from tables import Tables, pending_prefix
+from topics import Topics
+from tracker import web
+from tracker.admin import bootstrap_of
+from tracker.census import Census
+from tracker.correlation import Record
+from tracker.deadletters import DeadLetters
+from tracker.definitions import Catalog
+from tracker.ingest import Ingest, record_of
+from tracker.metrics import Metrics, StateCollector
+from tracker.progress import Progress
+from tracker.settings import Settings
+from tracker.state import FAILED_NEEDS_MANUAL
+from tracker.sweeper import Sweeper
+from tracker.tracking import Crash, Tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackerApp:
+    app: faust.App
+    settings: Settings
+    catalog: Catalog
+    topics: Topics
+    tables: Tables
+    metrics: Metrics
+    ingest: Ingest
+    tracking: Tracking
+    sweeper: Sweeper
+    progress: Progress
+
+
+def faust_app(settings: Settings, broker_url: str) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=broker_url,
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        broker_rebalance_timeout=settings.rebalance_timeout,
+        producer_max_batch_size=settings.producer_max_batch_size,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        canonical_url=settings.canonical_url or f"http://{settings.web_host}:{settings.web_port}",
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def build(
+    settings: Settings, catalog: Catalog, *, broker_url: str | None = None, registry: CollectorRegistry | None = None
+) -> TrackerApp:
+    app = faust_app(settings, broker_url or settings.broker)
+    topics = topics_module.declare(app, settings, catalog)
+    tables = tables_module.declare(app, settings)
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    progress = Progress(
+        app, catalog.topics, settings.saga_log, bootstrap_of(broker_url or settings.broker), settings.lag_threshold
+    )
+    dead_letters = DeadLetters(topics.dead_letters, metrics)
+    ingest = Ingest(catalog, topics.saga_log, dead_letters, metrics, max_event_bytes=settings.max_event_bytes)
+    census = Census()
+    tracking = Tracking(
+        catalog,
+        tables,
+        {"compensation": topics.compensations, "outcome": topics.outcomes},
+        dead_letters,
+        metrics,
+        census,
+        crash=Crash(settings.crash_point, settings.crash_marker),
+        producer=app.producer,
+    )
+    sweeper = Sweeper(
+        app, tables, topics.saga_log, progress, metrics, census, resend_after=max(30.0, 10 * settings.sweep_interval)
+    )
+    tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress)
+    metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
+    _wire(tracker)
+    return tracker
+
+
+def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
+    """What the state gauges show, from memory and a seek per step: no table scan."""
+    in_flight = census.total()
+    stuck: Counter[tuple[str, str]] = Counter(t.sweeper.due)
+    for (saga_type, status, step), n in in_flight.items():
+        if status == FAILED_NEEDS_MANUAL:
+            stuck[(saga_type, step)] += n
+    now = time.time()
+    oldest: dict[tuple[str, str], float] = {}
+    store: Any = t.tables.pending.data
+    for partition in t.sweeper.active_partitions():
+        db = store._dbs.get(partition)
+        if db is None:
+            continue
+        for d in t.catalog.current.values():
+            for spec in d.steps:
+                prefix = pending_prefix(d.name, spec.name)
+                for k, _ in db.items(from_key=prefix):  # the first key of the prefix is the oldest
+                    if k.startswith(prefix):
+                        age = now - int(k[len(prefix) :].split(b"|", 1)[0]) / 1000
+                        oldest[(d.name, spec.name)] = max(oldest.get((d.name, spec.name), 0.0), age)
+                    break
+    app: Any = t.app
+    recovering = bool(app.in_recovery)
+    return {
+        "in_flight": in_flight,
+        "stuck": stuck,
+        "oldest": oldest,
+        "ready": not t.sweeper.recovering(),
+        "recovering": recovering,
+        "remaining": app.tables.recovery.active_remaining_total() if recovering else 0,
+    }
+
+
+def _wire(t: TrackerApp) -> None:
+    app, progress = t.app, t.progress
+
+    def agent(topic: faust.TopicT, name: str, handle: Callable[[Record], Awaitable[Any]]) -> None:
+        async def consume(stream: Any) -> None:
+            async for event in stream.events():
+                record = record_of(event)
+                await handle(record)  # never raises: failures are dead-lettered per record
+                progress.processed(event.message.tp, record.offset)
+
+        # Concurrency 1: faust may commit past an in-flight message otherwise (#606).
+        app.agent(topic, name=f"{t.settings.app_id}-{name}", concurrency=1)(consume)
+
+    agent(t.topics.sources, "ingest", t.ingest.handle)
+    agent(t.topics.saga_log, "track", t.tracking.handle)
+
+    @app.timer(t.settings.sweep_interval)
+    async def sweep() -> None:
+        try:
+            await t.sweeper.sweep()
+        except Exception:  # a timer that raises stops forever: log, count, go on next time
+            log.exception("deadline sweep failed")
+            t.metrics.processing_errors.labels("sweep").inc()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        progress.forget(args[0] if args else kwargs.get("revoked", ()))
+
+    @app.service
+    class CloseProgress(faust.Service):  # type: ignore[misc]
+        async def on_stop(self) -> None:
+            await progress.close()
+
+    web.register(app, web.Api(app, t.settings, t.catalog, t.tables, t.metrics, t.sweeper, t.topics.saga_log))

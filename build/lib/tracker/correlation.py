@@ -1,0 +1,217 @@
+"""Correlation: turn a raw record from a service topic into a saga ``Event``.
+
+Reads nothing but the record and the catalog (no I/O, no clock). Anything that cannot be
+used raises ``CorrelationError`` with a dead-letter reason code; ``Ignored`` means the
+definitions declare the event type irrelevant (counted, not dead-lettered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tracker.definitions import Catalog, FieldRef, SagaDefinition
+from tracker.errors import CorrelationError
+from tracker.events import Event
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+MAX_VALUE_CHARS = 512  # ids, types and business keys longer than this are not identifiers
+MAX_DEPTH = 64
+
+
+class Ignored(Exception):
+    """The event type is listed under ``ignore`` by its saga definition."""
+
+    def __init__(self, saga_type: str, event_type: str) -> None:
+        super().__init__(event_type)
+        self.saga_type, self.event_type = saga_type, event_type
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    timestamp: float | None  # epoch seconds
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def _depth_ok(obj: Any, limit: int) -> bool:
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def decode(record: Record, max_bytes: int) -> dict[str, Any]:
+    value = record.value
+    if value is None:
+        raise CorrelationError("empty", "the record has no value (tombstone)")
+    if len(value) > max_bytes:
+        raise CorrelationError("oversized", f"{len(value)} bytes, the limit is {max_bytes}")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise CorrelationError("not_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise CorrelationError("not_object", f"the JSON value is a {type(obj).__name__}, not an object")
+    if not _depth_ok(obj, MAX_DEPTH):
+        raise CorrelationError("too_deep", f"JSON nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def _header(record: Record, name: str) -> str | None:
+    for k, v in reversed(record.headers):  # the last of repeated headers wins
+        if k == name:
+            if v is None:
+                return None
+            try:
+                return v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorrelationError("bad_header", f"header {name!r} is not UTF-8") from None
+    return None
+
+
+def _lookup(ref: FieldRef, record: Record, body: Mapping[str, Any]) -> Any:
+    if ref.source == "field":
+        node: Any = body
+        for part in ref.path:
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+    if ref.source == "header":
+        return _header(record, ref.path[0])
+    if ref.source == "key":
+        if record.key is None:
+            return None
+        try:
+            return record.key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorrelationError("bad_key", "the record key is not UTF-8") from None
+    return record.timestamp  # "timestamp"
+
+
+def _identifier(value: Any) -> str | None:
+    """Strings and integers identify things; anything else does not."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    return None
+
+
+def _first(refs: Sequence[FieldRef], record: Record, body: Mapping[str, Any]) -> Any:
+    for ref in refs:
+        value = _lookup(ref, record, body)
+        if value is not None:
+            return value
+    return None
+
+
+def parse_time(value: Any) -> float | None:
+    """ISO 8601 (``Z`` or offset; naive means UTC) or epoch seconds/milliseconds."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value) / 1000.0 if abs(value) > 1e11 else float(value)
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        seconds = dt.timestamp()
+    else:
+        return None
+    return seconds if 0 <= seconds < 1e11 else None
+
+
+def _text(what: str, value: Any, reason: str) -> str:
+    text = _identifier(value)
+    if text is None:
+        raise CorrelationError(reason, f"no usable {what} (found {type(value).__name__})")
+    if len(text) > MAX_VALUE_CHARS:
+        raise CorrelationError(f"{what.replace(' ', '_')}_too_long", f"{len(text)} characters, the limit is {MAX_VALUE_CHARS}")
+    return text
+
+
+def correlate(catalog: Catalog, record: Record, *, max_bytes: int) -> Event:
+    """Map one raw record to the saga event it is; raise CorrelationError or Ignored."""
+    body = decode(record, max_bytes)
+    candidates = [d for d in catalog.current.values() if record.topic in d.topics]
+    if not candidates:
+        raise CorrelationError("unknown_topic", f"no saga definition reads topic {record.topic!r}")
+    event_type: str | None = None
+    definition: SagaDefinition | None = None
+    for d in candidates:
+        found = _identifier(_first(d.correlation.event_type, record, body))
+        if found is None:
+            continue
+        event_type = event_type or found
+        if (record.topic, found) in catalog.by_topic_type:
+            event_type, definition = found, catalog.by_topic_type[(record.topic, found)]
+            break
+    if event_type is None:
+        raise CorrelationError("no_event_type", "no event type in the record (field 'type' or header 'ce_type')")
+    if definition is None:
+        ignoring = catalog.ignored.get((record.topic, event_type))
+        if ignoring is not None:
+            raise Ignored(ignoring, event_type)
+        shown = event_type if len(event_type) <= 100 else event_type[:100] + "..."
+        raise CorrelationError("unknown_event_type", f"event type {shown!r} on topic {record.topic!r} belongs to no saga")
+    corr = definition.correlation
+    saga_id = _text("saga id", _first(corr.saga_id_refs(event_type), record, body), "no_saga_id")
+    raw_id = _first(corr.event_id, record, body)
+    # Without an id, the record's position identifies it: redelivery still deduplicates.
+    event_id = record.source if raw_id is None else _text("event id", raw_id, "bad_event_id")
+    raw_time = _first(corr.event_time, record, body)
+    time = parse_time(raw_time) if raw_time is not None else None
+    if time is None:
+        if raw_time is not None and raw_time != record.timestamp:
+            raise CorrelationError("bad_event_time", f"cannot read event time {str(raw_time)[:60]!r}")
+        if record.timestamp is None:
+            raise CorrelationError("bad_event_time", "no event time and no record timestamp")
+        time = record.timestamp
+    keys: dict[str, str] = {}
+    for name, refs in definition.business_keys.items():
+        value = _identifier(_first(refs, record, body))
+        if value is not None and len(value) <= MAX_VALUE_CHARS:
+            keys[name] = value
+    trace: dict[str, str] = {}
+    for name in TRACE_HEADERS:
+        value = _header(record, name)
+        if value is not None and len(value) <= MAX_VALUE_CHARS:
+            trace[name] = value
+    correlation_id = _identifier(body.get("correlation_id")) or _identifier(body.get("correlationid"))
+    if correlation_id is not None and len(correlation_id) <= MAX_VALUE_CHARS:
+        trace["correlation_id"] = correlation_id
+    return Event(
+        saga_id=saga_id,
+        saga_type=definition.name,
+        id=event_id,
+        type=event_type,
+        time=time,
+        keys=keys,
+        trace=trace,
+        source=record.source,
+    )

@@ -1,0 +1,51 @@
+"""The dead-letter topic: input the tracker cannot use, kept with why and where from."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import faust
+
+from tracker.correlation import Record
+from tracker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REASON, DETAIL = "x-dead-letter-reason", "x-dead-letter-detail"
+SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET = "x-source-topic", "x-source-partition", "x-source-offset"
+
+
+LOG_EVERY = 60.0  # seconds: at most one log line per reason per minute; the metric counts them all
+
+
+class DeadLetters:
+    def __init__(self, topic: faust.TopicT, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.topic, self.metrics, self.clock = topic, metrics, clock
+        self.logged: dict[str, tuple[float, int]] = {}  # reason -> (last logged at, suppressed since)
+
+    async def send(self, record: Record, reason: str, detail: str) -> None:
+        """Send the original key, value and headers, plus headers saying why and from where."""
+        headers = [(k, v) for k, v in record.headers if v is not None]
+        headers += [
+            (REASON, reason.encode()),
+            (DETAIL, detail[:1000].encode("utf-8", "replace")),
+            (SOURCE_TOPIC, record.topic.encode()),
+            (SOURCE_PARTITION, str(record.partition).encode()),
+            (SOURCE_OFFSET, str(record.offset).encode()),
+        ]
+        self.metrics.dead_letters.labels(reason).inc()
+        self.log(record, reason, detail)
+        await self.topic.send(key=record.key, value=record.value, headers=headers)
+
+    def log(self, record: Record, reason: str, detail: str) -> None:
+        """A flood of bad input must not flood the log too."""
+        now = self.clock()
+        last, suppressed = self.logged.get(reason, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self.logged[reason] = (last, suppressed + 1)
+            return
+        more = f" (and {suppressed} more since the last report)" if suppressed else ""
+        log.warning("dead-lettered %s: %s: %s%s", record.source, reason, detail[:200], more)
+        self.logged[reason] = (now, 0)

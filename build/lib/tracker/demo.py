@@ -1,0 +1,164 @@
+"""``saga-tracker demo``: embedded broker, a tracker worker and the demo services, with traffic.
+
+Prints where to look, follows every saga to a terminal state, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from tracker.admin import bootstrap_of, ensure_topics
+from tracker.broker import EmbeddedBroker, free_port
+from tracker.errors import SettingsError
+from tracker.loader import load_catalog
+from tracker.services import Behaviour, Services, generate
+from tracker.settings import Settings
+from tracker.state import TERMINAL
+
+
+def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """GET ``url``: (status, decoded JSON), or the text for other content types."""
+
+    def body(raw: bytes, content_type: str) -> Any:
+        return orjson.loads(raw) if "json" in content_type else raw.decode(errors="replace")
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, body(resp.read(), resp.headers.get("Content-Type", ""))
+    except urllib.error.HTTPError as exc:
+        return exc.code, body(exc.read(), exc.headers.get("Content-Type", ""))
+
+
+def wait_ready(base: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {process.returncode}")
+        try:
+            status, body = get_json(f"{base}/readyz", timeout=2)
+            if status == 200 and body.get("ready"):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"worker at {base} not ready within {timeout:g}s")
+
+
+def statuses(base: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for saga_id in ids:
+        status, body = get_json(f"{base}/sagas/{saga_id}")
+        if status == 200:
+            out[saga_id] = body
+    return out
+
+
+def run_demo(
+    settings: Settings, *, sagas: int, rate: float, seed: int, exit_when_done: bool = False, max_wait: float = 240.0
+) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    catalog = load_catalog(list(settings.definitions) or None)
+    port = settings.web_port if settings.web_port != 6066 else free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="saga-demo-") as data, EmbeddedBroker() as broker:
+        asyncio.run(ensure_topics(broker.bootstrap, catalog.topics, settings.partitions))
+        env = {
+            **os.environ,
+            "SAGA_TRACKER_BROKER": broker.url,
+            "SAGA_TRACKER_DATA_DIR": data,
+            "SAGA_TRACKER_WEB_PORT": str(port),
+            "SAGA_TRACKER_APP_ID": settings.app_id,
+        }
+        worker = subprocess.Popen([sys.executable, "-m", "tracker", "worker"], env=env)
+        try:
+            wait_ready(base, 60, worker)
+            print(
+                f"\n== saga-tracker demo ==\n  broker:   {broker.url} (embedded Tansu, memory only)\n"
+                f"  page:     {base}/   (sagas, filters, detail, operator actions)\n"
+                f"  API:      {base}/sagas, {base}/sagas/<saga id>, {base}/sagas/stats, {base}/metrics\n"
+                f"  topics:   services {', '.join(catalog.topics)}; tracker {settings.compensations}, "
+                f"{settings.outcomes}, {settings.dead_letters}\n"
+                f"  traffic:  {sagas} sagas, {rate:g}/s, seed {seed}, with failures, stalls, duplicates, reordering\n",
+                flush=True,
+            )
+            ids = asyncio.run(_traffic(broker.bootstrap, catalog, settings, sagas, rate, seed, base, max_wait))
+            final = statuses(base, ids)
+            counts = Counter((s["saga_type"], s["status"]) for s in final.values())
+            print("\n== outcome ==")
+            for (saga_type, status), n in sorted(counts.items()):
+                print(f"  {saga_type:18} {status:20} {n}")
+            print(f"  tracked {len(final)}/{len(ids)} sagas; try: curl {base}/sagas/{ids[0]}", flush=True)
+            if not exit_when_done:
+                print("Ctrl-C stops the demo.", flush=True)
+                while worker.poll() is None:
+                    time.sleep(1)
+            return 0 if len(final) == len(ids) else 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+async def _traffic(
+    bootstrap: str, catalog: Any, settings: Settings, sagas: int, rate: float, seed: int, base: str, max_wait: float
+) -> list[str]:
+    services = Services(bootstrap, catalog, settings.compensations, Behaviour(), seed=seed)
+    await services.start()
+    try:
+        ids = await generate(services, sagas, rate, list(catalog.current.values()))
+        deadline = time.monotonic() + max_wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(3)
+            current = await asyncio.to_thread(statuses, base, ids)
+            counts = Counter(s["status"] for s in current.values())
+            print("  status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
+            if len(current) == len(ids) and all(s["status"] in TERMINAL for s in current.values()):
+                break
+        return ids
+    finally:
+        await services.stop()
+
+
+def run_services(settings: Settings, *, sagas: int, rate: float, seed: int) -> int:
+    """The demo services alone, against the configured broker (Compose runs them this way)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if settings.embedded:
+        raise SettingsError("set SAGA_TRACKER_BROKER: the demo services join an existing broker")
+    catalog = load_catalog(list(settings.definitions) or None)
+    bootstrap = bootstrap_of(settings.broker)
+
+    async def go() -> None:
+        await ensure_topics(bootstrap, catalog.topics, settings.partitions, settings.replication_factor)
+        services = Services(bootstrap, catalog, settings.compensations, Behaviour(), seed=seed)
+        await services.start()
+        try:
+            n = 0
+            while sagas == 0 or n < sagas:
+                batch = sagas - n if sagas else 100
+                await generate(services, batch, rate, list(catalog.current.values()), start=n)
+                n += batch
+            while True:  # keep answering compensation requests
+                await asyncio.sleep(3600)
+        finally:
+            await services.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(go())
+    return 0

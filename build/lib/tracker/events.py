@@ -1,0 +1,101 @@
+"""Records the machine applies: service events, timeouts and operator actions.
+
+Standard library only. Every record on the tracker's saga log is one of these, keyed by
+saga id, so one agent applies everything that can change a saga, in log order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracker.errors import StateError
+
+SERVICE, TIMEOUT, CONTROL = "service", "timeout", "control"
+KINDS = (SERVICE, TIMEOUT, CONTROL)
+ACTIONS = ("retry_timeout", "force_compensation", "extend_deadline", "resolve")
+
+
+@dataclass(frozen=True)
+class Event:
+    saga_id: str
+    saga_type: str
+    id: str
+    type: str
+    time: float  # event time, epoch seconds
+    kind: str = SERVICE
+    version: str | None = None  # definition version a timeout/action was decided under
+    keys: Mapping[str, str] = field(default_factory=dict)  # business keys found in the event
+    trace: Mapping[str, str] = field(default_factory=dict)  # traceparent, tracestate, correlation id
+    token: str = ""  # timeout: the deadline token it fires
+    action: Mapping[str, Any] = field(default_factory=dict)  # control: action, actor, reason, seconds
+    source: str = ""  # topic/partition/offset of the original record, for the timeline
+    # Position of this record in the saga log, set by the shell (not serialized): a record
+    # seen again at the same position is a redelivery, not a new duplicate.
+    position: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "saga_id": self.saga_id,
+            "saga_type": self.saga_type,
+            "id": self.id,
+            "type": self.type,
+            "time": self.time,
+            "kind": self.kind,
+        }
+        for name in ("version", "token", "source"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        for name in ("keys", "trace", "action"):
+            if getattr(self, name):
+                out[name] = dict(getattr(self, name))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Event:
+        if not isinstance(data, Mapping):
+            raise StateError(f"a saga log record must be an object, got {type(data).__name__}")
+        try:
+            kind = data.get("kind", SERVICE)
+            if kind not in KINDS:
+                raise StateError(f"unknown record kind {kind!r}")
+            time = data["time"]
+            if isinstance(time, bool) or not isinstance(time, (int, float)):
+                raise StateError(f"record time must be a number, got {time!r}")
+            strings: dict[str, str] = {}
+            for n in ("saga_id", "saga_type", "id", "type"):
+                v = data[n]
+                if not isinstance(v, str) or not v:
+                    raise StateError(f"record field {n!r} must be a non-empty string")
+                strings[n] = v
+            maps: dict[str, Mapping[str, Any]] = {}
+            for n in ("keys", "trace", "action"):
+                m = data.get(n) or {}
+                if not isinstance(m, Mapping):
+                    raise StateError(f"record field {n!r} must be an object")
+                maps[n] = m
+            version = data.get("version")
+            return cls(
+                saga_id=strings["saga_id"],
+                saga_type=strings["saga_type"],
+                id=strings["id"],
+                type=strings["type"],
+                time=float(time),
+                kind=kind,
+                version=None if version is None else str(version),
+                keys=maps["keys"],
+                trace=maps["trace"],
+                action=maps["action"],
+                token=str(data.get("token", "")),
+                source=str(data.get("source", "")),
+            )
+        except KeyError as exc:
+            raise StateError(f"saga log record misses field {exc.args[0]!r}") from None
+
+
+def timeout_event(saga_id: str, saga_type: str, token: str, due: float) -> Event:
+    """The record a sweeper sends when a deadline is due; its id makes duplicates no-ops."""
+    return Event(
+        saga_id=saga_id, saga_type=saga_type, id=f"timeout:{token}", type="DeadlineReached", time=due, kind=TIMEOUT, token=token
+    )

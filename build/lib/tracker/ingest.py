@@ -1,0 +1,63 @@
+"""Ingest: read the services' topics, correlate each record, forward it to the saga log.
+
+Re-keys every event by saga id onto the tracker's own saga log (same partition count as
+its tables), so every record that can change a saga reaches one agent, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+import orjson
+
+from tracker.correlation import Ignored, Record, correlate
+from tracker.deadletters import DeadLetters
+from tracker.definitions import Catalog
+from tracker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def record_of(event: faust.EventT) -> Record:
+    m = event.message
+    ts = m.timestamp
+    raw: Any = m.headers or []
+    pairs = raw.items() if isinstance(raw, Mapping) else raw
+    headers = [(str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in pairs]
+    return Record(
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        key=m.key,
+        value=m.value,
+        headers=headers,
+        timestamp=ts if ts and ts > 0 else None,
+    )
+
+
+class Ingest:
+    def __init__(
+        self, catalog: Catalog, saga_log: faust.TopicT, dead_letters: DeadLetters, metrics: Metrics, *, max_event_bytes: int
+    ) -> None:
+        self.catalog, self.saga_log, self.dead_letters = catalog, saga_log, dead_letters
+        self.metrics, self.max_event_bytes = metrics, max_event_bytes
+
+    async def handle(self, record: Record) -> None:
+        """Never raises: what cannot be used is dead-lettered with its reason."""
+        self.metrics.input_records.labels(record.topic).inc()
+        try:
+            event = correlate(self.catalog, record, max_bytes=self.max_event_bytes)
+        except Ignored as exc:
+            self.metrics.ignored.labels(exc.saga_type).inc()
+            return
+        except Exception as exc:  # CorrelationError, or a bug: either way the record is kept
+            reason = getattr(exc, "reason", "processing_error")
+            if reason == "processing_error":
+                log.exception("ingest failed on %s", record.source)
+                self.metrics.processing_errors.labels("ingest").inc()
+            await self.dead_letters.send(record, reason, getattr(exc, "detail", repr(exc)))
+            return
+        await self.saga_log.send(key=event.saga_id.encode(), value=orjson.dumps(event.to_dict()))

@@ -1,0 +1,194 @@
+"""Prometheus metrics, built from an injected registry (one per app; a fresh one per test).
+
+Labels are bounded: saga type, step and outcome names come from the definitions and the
+machine, dead-letter reasons from a fixed set; never a saga id. Counters and histograms
+are updated as records are applied; gauges are read at scrape time from in-memory counts
+and per-step seeks in the owned partitions (``StateCollector``), never from a table scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tracker import state as st
+from tracker.definitions import SagaDefinition
+from tracker.state import SagaState
+
+# Seconds to hours: choreographed steps take from a second to a working day.
+BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
+# Machine outcome -> the saga milestone it counts as.
+_MILESTONES = {
+    "started": "started",
+    "saga_completed": "completed",
+    "compensated": "compensated",
+    "failed_needs_manual": "failed_needs_manual",
+}
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.input_records = Counter(
+            "saga_tracker_input_records_total", "Records read from the services' topics.", ["topic"], registry=r
+        )
+        self.dead_letters = Counter(
+            "saga_tracker_dead_letters_total", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        self.ignored = Counter(
+            "saga_tracker_ignored_events_total", "Events the definitions declare irrelevant.", ["saga_type"], registry=r
+        )
+        self.events = Counter(
+            "saga_tracker_events_total",
+            "Records applied to sagas, by kind (service, timeout, control).",
+            ["saga_type", "kind"],
+            registry=r,
+        )
+        self.transitions = Counter(
+            "saga_tracker_transitions_total",
+            "What applying a record did: completed, reordered, duplicate, early, late, orphaned, rejected, ...",
+            ["saga_type", "outcome"],
+            registry=r,
+        )
+        self.sagas = Counter(
+            "saga_tracker_sagas_total",
+            "Sagas reaching a milestone: started, completed, compensated, failed_needs_manual.",
+            ["saga_type", "outcome"],
+            registry=r,
+        )
+        self.timeouts = Counter(
+            "saga_tracker_timeouts_total",
+            "Step deadlines that passed and started compensation.",
+            ["saga_type", "step"],
+            registry=r,
+        )
+        self.comp_emitted = Counter(
+            "saga_tracker_compensations_emitted_total",
+            "Compensation events emitted by the tracker (first attempt).",
+            ["saga_type", "step"],
+            registry=r,
+        )
+        self.comp_reemitted = Counter(
+            "saga_tracker_compensations_reemitted_total",
+            "Compensation events re-emitted after an unconfirmed attempt.",
+            ["saga_type", "step"],
+            registry=r,
+        )
+        self.comp_confirmed = Counter(
+            "saga_tracker_compensations_confirmed_total",
+            "Compensations confirmed by the services.",
+            ["saga_type", "step"],
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "saga_tracker_step_duration_seconds",
+            "From a step becoming pending to its completion (event times).",
+            ["saga_type", "step"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.saga_duration = Histogram(
+            "saga_tracker_saga_duration_seconds",
+            "From a saga's start to its end state (event times).",
+            ["saga_type", "status"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.emitted = Counter(
+            "saga_tracker_emitted_total",
+            "Events the tracker sent (compensation, outcome), re-sends included.",
+            ["kind"],
+            registry=r,
+        )
+        self.timeouts_sent = Counter(
+            "saga_tracker_timeout_records_sent_total", "Timeout records the sweeper sent for due deadlines.", registry=r
+        )
+        self.timeouts_suppressed = Gauge(
+            "saga_tracker_timeouts_suppressed", "1 while this worker is behind on its input and fires no timeouts.", registry=r
+        )
+        self.input_lag = Gauge(
+            "saga_tracker_input_lag_records",
+            "Unprocessed records per input partition (the group's, for service topics).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.processing_errors = Counter(
+            "saga_tracker_processing_errors_total", "Records whose processing raised (dead-lettered).", ["stage"], registry=r
+        )
+
+    def applied(
+        self, definition: SagaDefinition, kind: str, outcomes: Iterable[str], old: SagaState | None, new: SagaState | None
+    ) -> None:
+        saga_type = definition.name
+        self.events.labels(saga_type, kind).inc()
+        for outcome in outcomes:
+            self.transitions.labels(saga_type, outcome).inc()
+            milestone = _MILESTONES.get(outcome)
+            if milestone is not None:
+                self.sagas.labels(saga_type, milestone).inc()
+        if new is None or new is old:
+            return
+        before = old.steps if old is not None and old.steps else [None] * len(new.steps)
+        for spec, was, now in zip(definition.steps, before, new.steps, strict=False):
+            name = spec.name
+            if now.state == st.TIMED_OUT and (was is None or was.state != st.TIMED_OUT):
+                self.timeouts.labels(saga_type, name).inc()
+            for attempt in range((was.comp_attempts if was else 0) + 1, now.comp_attempts + 1):
+                (self.comp_emitted if attempt == 1 else self.comp_reemitted).labels(saga_type, name).inc()
+            if now.comp_confirmed_at is not None and (was is None or was.comp_confirmed_at is None):
+                self.comp_confirmed.labels(saga_type, name).inc()
+            if now.completed_at is not None and (was is None or was.completed_at is None) and now.started_at is not None:
+                self.step_duration.labels(saga_type, name).observe(max(0.0, now.completed_at - now.started_at))
+        if new.terminal and (old is None or not old.terminal) and new.started_at is not None and new.ended_at is not None:
+            self.saga_duration.labels(saga_type, new.status).observe(max(0.0, new.ended_at - new.started_at))
+
+
+class StateCollector(Collector):
+    """Gauges computed at scrape time from what the worker keeps in memory or can seek to."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "saga_tracker_sagas_in_flight",
+                "Sagas owned by this worker that are not finished, by type, status and pending step.",
+                labels=["saga_type", "status", "step"],
+            ),
+            GaugeMetricFamily(
+                "saga_tracker_sagas_stuck",
+                "Sagas past a deadline nobody acted on yet, or failed_needs_manual, by type and step.",
+                labels=["saga_type", "step"],
+            ),
+            GaugeMetricFamily(
+                "saga_tracker_oldest_in_flight_age_seconds",
+                "Age of the oldest saga pending at each step (since the step became pending).",
+                labels=["saga_type", "step"],
+            ),
+            GaugeMetricFamily("saga_tracker_ready", "1 when partitions are assigned and tables recovered."),
+            GaugeMetricFamily("saga_tracker_recovering", "1 while table state is being recovered from changelogs."),
+            GaugeMetricFamily("saga_tracker_recovery_remaining_records", "Changelog records left to recover."),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight, stuck, oldest, ready, recovering, remaining = self._families()
+        data = self.read()
+        for (saga_type, status, step), n in sorted(data["in_flight"].items()):
+            in_flight.add_metric([saga_type, status, step], n)
+        for (saga_type, step), n in sorted(data["stuck"].items()):
+            stuck.add_metric([saga_type, step], n)
+        for (saga_type, step), age in sorted(data["oldest"].items()):
+            oldest.add_metric([saga_type, step], age)
+        ready.add_metric([], 1 if data["ready"] else 0)
+        recovering.add_metric([], 1 if data["recovering"] else 0)
+        remaining.add_metric([], data["remaining"])
+        yield from (in_flight, stuck, oldest, ready, recovering, remaining)

@@ -1,0 +1,309 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at /openapi.json.
+
+Its schemas are JSON Schema 2020-12: the tests validate real responses against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tracker import state as st
+from tracker.events import ACTIONS
+from tracker.summaries import MAX_LIMIT, SORTS
+
+NUM = {"type": "number"}
+NUM_OR_NULL = {"type": ["number", "null"]}
+STR_OR_NULL = {"type": ["string", "null"]}
+STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool = False) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": required if required is not None else list(props),
+        "additionalProperties": extra,
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj(
+        {"error": {"type": "string"}, "message": {"type": "string"}, "parameter": {"type": "string"}}, ["error", "message"]
+    ),
+    "Step": _obj(
+        {
+            "name": {"type": "string"},
+            "state": {"type": "string"},
+            "started_at": NUM_OR_NULL,
+            "due": NUM_OR_NULL,
+            "completed_at": NUM_OR_NULL,
+            "completed_by": STR_OR_NULL,
+            "failed_at": NUM_OR_NULL,
+            "out_of_order": {"type": "boolean"},
+            "comp_attempts": {"type": "integer"},
+            "comp_started_at": NUM_OR_NULL,
+            "comp_due": NUM_OR_NULL,
+            "comp_confirmed_at": NUM_OR_NULL,
+            "comp_by_tracker": {"type": "boolean"},
+            "compensation": STR_OR_NULL,
+        }
+    ),
+    "HistoryEntry": _obj(
+        {
+            "t": NUM,
+            "at": NUM,
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "kind": {"type": "string"},
+            "outcome": {"type": "string"},
+            "step": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+        ["t", "at", "id", "type", "kind", "outcome"],
+    ),
+    "OutboxEntry": _obj(
+        {
+            "id": {"type": "string"},
+            "kind": {"enum": ["compensation", "outcome"]},
+            "cause": {"type": "string"},
+            "position": {"type": "string"},
+            "confirmed": {"type": "boolean"},
+            "step": STR_OR_NULL,
+            "payload": {"type": "object"},
+            "headers": STR_MAP,
+        }
+    ),
+    "Saga": _obj(
+        {
+            "saga_id": {"type": "string"},
+            "saga_type": {"type": "string"},
+            "version": {"type": "string"},
+            "status": {"enum": list(st.STATUSES)},
+            "visible_status": {"type": "string"},
+            "current": {"type": ["integer", "null"]},
+            "current_step": STR_OR_NULL,
+            "awaiting": _obj(
+                {"step": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}}, "deadline": NUM_OR_NULL}
+            ),
+            "started_at": NUM_OR_NULL,
+            "ended_at": NUM_OR_NULL,
+            "first_seen_at": NUM_OR_NULL,
+            "updated_at": NUM_OR_NULL,
+            "reason": {"type": "string"},
+            "compensated_by": {"type": "string"},
+            "steps": {"type": "array", "items": _ref("Step")},
+            "keys": STR_MAP,
+            "trace": STR_MAP,
+            "seen": {"type": "array", "items": {"type": "string"}},
+            "early": {"type": "array", "items": {"type": "object"}},
+            "orphaned": {"type": "boolean"},
+            "history": {"type": "array", "items": _ref("HistoryEntry")},
+            "history_dropped": {"type": "integer"},
+            "outbox": {"type": "array", "items": _ref("OutboxEntry")},
+            "deadline": {"oneOf": [{"type": "null"}, _obj({"token": {"type": "string"}, "due": NUM})]},
+            "deadline_seq": {"type": "integer"},
+            "ttl_due": NUM_OR_NULL,
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "resolution": {"type": ["object", "null"]},
+        },
+        [
+            "saga_id",
+            "saga_type",
+            "version",
+            "status",
+            "visible_status",
+            "current_step",
+            "steps",
+            "history",
+            "outbox",
+            "keys",
+            "deadline",
+        ],
+    ),
+    "SagaSummary": _obj(
+        {
+            "saga_id": {"type": "string"},
+            "saga_type": {"type": "string"},
+            "version": {"type": "string"},
+            "status": {"enum": list(st.STATUSES)},
+            "visible_status": {"type": "string"},
+            "current_step": STR_OR_NULL,
+            "pending_since": NUM_OR_NULL,
+            "started_at": NUM_OR_NULL,
+            "updated_at": NUM_OR_NULL,
+            "ended_at": NUM_OR_NULL,
+            "deadline": NUM_OR_NULL,
+            "keys": STR_MAP,
+            "orphaned": {"type": "boolean"},
+            "reason": {"type": "string"},
+        }
+    ),
+    "SagaList": _obj(
+        {
+            "items": {"type": "array", "items": _ref("SagaSummary")},
+            "next_cursor": STR_OR_NULL,
+            "partial": {"type": "boolean"},
+            "missing_workers": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "WorkerLag": _obj(
+        {
+            "worker": {"type": "string"},
+            "behind": {"type": "boolean"},
+            "catch_up": {"enum": ["sources", "log", "live"]},
+            "input_lag": {"type": "object", "additionalProperties": {"type": "integer"}},
+        }
+    ),
+    "Stats": _obj(
+        {
+            "counts": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}}},
+            "stuck": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "oldest_in_flight_seconds": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": NUM},
+            },
+            "workers": {"type": "array", "items": _ref("WorkerLag")},
+            "behind": {"type": "boolean"},
+            "partial": {"type": "boolean"},
+            "missing_workers": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "ActionRequest": _obj(
+        {
+            "action": {"enum": list(ACTIONS)},
+            "actor": {"type": "string", "minLength": 1, "maxLength": 200},
+            "reason": {"type": "string", "maxLength": 2000},
+            "seconds": {"type": "number", "exclusiveMinimum": 0},
+            "id": {"type": "string", "maxLength": 200},
+        },
+        ["action", "actor"],
+    ),
+    "ActionAccepted": _obj(
+        {"accepted": {"const": True}, "id": {"type": "string"}, "saga_id": {"type": "string"}, "action": {"enum": list(ACTIONS)}}
+    ),
+    "Ready": _obj(
+        {
+            "ready": {"type": "boolean"},
+            "active_partitions": {"type": "array", "items": {"type": "integer"}},
+            "worker": {"type": "string"},
+            "behind": {"type": "boolean"},
+            "catch_up": {"enum": ["sources", "log", "live"]},
+            "input_lag": {"type": "object", "additionalProperties": {"type": "integer"}},
+        }
+    ),
+    "Alive": _obj({"status": {"const": "alive"}}),
+}
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+ERRORS = {
+    "400": _json("Error", "A bad parameter; `parameter` names it."),
+    "401": _json("Error", "A token is required and was missing or wrong."),
+    "500": _json("Error", "An unexpected failure (details in the worker log)."),
+    "503": _json("Error", "The owning worker is unknown or did not answer (rebalancing)."),
+}
+
+
+def _param(name: str, description: str, schema: dict[str, Any], where: str = "query") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "description": description, "schema": schema}
+
+
+def document() -> dict[str, Any]:
+    saga_id = _param("saga_id", "The saga id (e.g. the order id).", {"type": "string"}, "path")
+    list_params = [
+        _param("saga_type", "Only sagas of this type.", {"type": "string"}),
+        _param("status", "Only sagas with this status.", {"enum": list(st.STATUSES)}),
+        _param("step", "Only sagas whose pending step is this one.", {"type": "string"}),
+        _param("stuck", "Past a deadline nobody acted on, or failed_needs_manual.", {"enum": ["true", "false"]}),
+        _param("key", "A saga id or a business key value found in the events (e.g. an order id).", {"type": "string"}),
+        _param("updated_since", "ISO 8601 time or epoch seconds.", {"type": "string"}),
+        _param("sort", "Sort field.", {"enum": list(SORTS)}),
+        _param("order", "asc or desc (default desc, asc for saga_id).", {"enum": ["asc", "desc"]}),
+        _param("limit", f"Page size, 1 to {MAX_LIMIT} (default 50).", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+        _param("cursor", "`next_cursor` of the previous page.", {"type": "string"}),
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "saga-tracker",
+            "version": "1",
+            "description": "Status of choreographed sagas, and operator actions on them.",
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "SAGA_TRACKER_ACTION_TOKEN or SAGA_TRACKER_READ_TOKEN",
+                }
+            },
+        },
+        "paths": {
+            "/sagas": {
+                "get": {
+                    "summary": "List sagas of every worker, filtered, sorted, paginated by cursor.",
+                    "parameters": list_params,
+                    "security": [{}, {"bearer": []}],
+                    "responses": {"200": _json("SagaList", "One page; `partial` if a worker did not answer."), **ERRORS},
+                }
+            },
+            "/sagas/stats": {
+                "get": {
+                    "summary": "Counts by type and status, stuck counts, oldest in-flight age per step, lag.",
+                    "security": [{}, {"bearer": []}],
+                    "responses": {"200": _json("Stats", "Fleet-wide figures."), **ERRORS},
+                }
+            },
+            "/sagas/{saga_id}": {
+                "get": {
+                    "summary": "One saga's full status, from the worker that owns it.",
+                    "parameters": [saga_id],
+                    "security": [{}, {"bearer": []}],
+                    "responses": {"200": _json("Saga", "The saga."), "404": _json("Error", "No such saga."), **ERRORS},
+                }
+            },
+            "/sagas/{saga_id}/actions": {
+                "post": {
+                    "summary": "Queue an operator action (applied through the saga log; audited and idempotent).",
+                    "parameters": [
+                        saga_id,
+                        _param("Idempotency-Key", "Makes retries of the same action a no-op.", {"type": "string"}, "header"),
+                    ],
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ActionRequest")}}},
+                    "responses": {
+                        "202": _json("ActionAccepted", "Queued; its outcome appears in the saga's history."),
+                        "403": _json("Error", "Actions are disabled (no action token configured)."),
+                        "404": _json("Error", "No such saga."),
+                        **ERRORS,
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "The process is alive.", "responses": {"200": _json("Alive", "Alive.")}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Partitions assigned and tables recovered.",
+                    "responses": {"200": _json("Ready", "Ready."), "503": _json("Ready", "Not ready.")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this worker.",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }

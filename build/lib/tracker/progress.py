@@ -1,0 +1,154 @@
+"""Is this worker behind on its input? If so it fires no timeouts.
+
+A deadline can look due only because its completion is still in a backlog: after a
+restart, a rebalance, a recovery or a replay. So after every change of assignment a
+worker goes through catch-up, and fires nothing until it is done:
+
+1. ``sources``: the consumer group's committed offsets on *every* partition of the
+   services' topics (whichever worker owns them; offsets this worker processed itself
+   count at once) reach the end offsets read when the assignment changed;
+2. ``log``: then, with the producer flushed so every forwarded event is in the log, the
+   end offsets of this worker's own saga-log partitions are read, and it processes up to
+   them.
+
+After that (``live``), a worker is behind while any input partition, of the whole group
+for service topics or of its own for the saga log, has more than ``lag_threshold``
+records not yet processed (committed, for other workers' partitions).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+SOURCES, LOG, LIVE = "sources", "log", "live"
+
+
+class Progress:
+    def __init__(self, app: Any, source_topics: Iterable[str], saga_log: str, bootstrap: str, lag_threshold: int) -> None:
+        self.app, self.saga_log, self.bootstrap = app, saga_log, bootstrap
+        self.source_topics = tuple(source_topics)
+        self.lag_threshold = lag_threshold
+        self.next_offset: dict[TP, int] = {}  # next offset to process, per partition, this worker
+        self.phase = SOURCES
+        self.assignment: frozenset[TP] = frozenset()
+        self.targets: dict[TP, int] = {}
+        self.lags: dict[TP, int] = {}  # last measured, for metrics and the read model
+        self._admin: AIOKafkaAdminClient | None = None
+        # Offsets come from a client of their own: on the worker's consumer connection a
+        # ListOffsets request waits behind the in-flight long-poll fetch (0.5 s each).
+        self._offsets: AIOKafkaConsumer | None = None
+
+    def processed(self, tp: TP, offset: int) -> None:
+        self.next_offset[tp] = offset + 1
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self.next_offset.pop(tp, None)
+        self.phase = SOURCES  # a rebalance starts a new catch-up
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+        if self._offsets is not None:
+            await self._offsets.stop()
+            self._offsets = None
+
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return await self._list_offsets(tps, end=True)
+
+    async def earliest_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return await self._list_offsets(tps, end=False)
+
+    async def _list_offsets(self, tps: list[TP], *, end: bool) -> dict[TP, int]:
+        if not tps:
+            return {}
+        if self._offsets is None:
+            client = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
+            await client.start()
+            self._offsets = client
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        found = await (self._offsets.end_offsets(parts) if end else self._offsets.beginning_offsets(parts))
+        return {TP(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}
+
+    async def admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    def source_partitions(self) -> list[TP]:
+        out: list[TP] = []
+        for topic in self.source_topics:
+            count = self.app.consumer.topic_partitions(topic) or 0
+            out.extend(TP(topic, p) for p in range(count))
+        return out
+
+    async def group_positions(self, tps: list[TP]) -> dict[TP, int]:
+        """Next offset the group will process, per partition (local progress wins)."""
+        admin = await self.admin()
+        committed = await admin.list_consumer_group_offsets(
+            self.app.conf.id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
+        out: dict[TP, int] = {}
+        unknown = []
+        for tp in tps:
+            meta = committed.get(TopicPartition(tp.topic, tp.partition))
+            offset = meta.offset if meta is not None else -1
+            if offset < 0:
+                unknown.append(tp)
+            out[tp] = offset
+        if unknown:  # nothing committed yet: the group starts from the earliest offset
+            earliest = await self.earliest_offsets(unknown)
+            out.update({tp: earliest.get(tp, 0) for tp in unknown})
+        for tp in tps:
+            if tp in self.next_offset:
+                out[tp] = max(out[tp], self.next_offset[tp])
+        return out
+
+    async def own_log_partitions(self) -> list[TP]:
+        return sorted(tp for tp in self.app.consumer.assignment() if tp.topic == self.saga_log)
+
+    async def own_positions(self, tps: list[TP]) -> dict[TP, int]:
+        out = {}
+        for tp in tps:
+            nxt = self.next_offset.get(tp)
+            out[tp] = nxt if nxt is not None else (await self.app.consumer.position(tp) or 0)
+        return out
+
+    async def behind(self) -> bool:
+        """Measure and decide; raises on broker errors (the caller then fires nothing)."""
+        assignment = frozenset(self.app.consumer.assignment())
+        if assignment != self.assignment:
+            self.assignment, self.phase, self.targets = assignment, SOURCES, {}
+        sources = self.source_partitions()
+        own_log = await self.own_log_partitions()
+        highwaters = await self.end_offsets([*sources, *own_log])
+        positions = {**await self.group_positions(sources), **await self.own_positions(own_log)}
+        self.lags = {tp: max(0, highwaters.get(tp, 0) - positions[tp]) for tp in positions}
+        if self.phase == SOURCES:
+            if not self.targets:
+                self.targets = {tp: highwaters.get(tp, 0) for tp in sources}
+            if all(positions[tp] >= target for tp, target in self.targets.items()):
+                await self.app.producer.flush()  # every forwarded event is now in the saga log
+                fresh = await self.end_offsets(own_log)
+                self.targets = {tp: fresh.get(tp, 0) for tp in own_log}
+                self.phase = LOG
+        if self.phase == LOG:
+            own = await self.own_positions(own_log)
+            if all(own[tp] >= target for tp, target in self.targets.items()):
+                self.phase = LIVE
+                log.info("caught up on input: timeouts enabled")
+        if self.phase != LIVE:
+            return True
+        return any(lag > self.lag_threshold for lag in self.lags.values())

@@ -1,0 +1,165 @@
+"""All configuration, read once from the environment into a frozen object.
+
+Every variable is ``SAGA_TRACKER_*``; the README's configuration table is generated
+from ``Settings.documentation()`` so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tracker.errors import SettingsError
+
+PREFIX = "SAGA_TRACKER_"
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = _doc(
+        "Kafka bootstrap URL(s), e.g. `kafka://kafka-0:9092;kafka-1:9092`. Empty: start the embedded broker.", default=""
+    )
+    app_id: str = _doc("Application id: consumer group and prefix of every internal topic.", default="saga-tracker")
+    definitions: tuple[str, ...] = _doc(
+        "Comma-separated YAML files or directories of saga definitions. Empty: the shipped ones.", default=()
+    )
+    data_dir: str = _doc("Directory for RocksDB table state (keep it on a volume).", default="./data")
+    partitions: int = _doc(
+        "Partitions of the tracker's internal topics (saga log, tables, outputs). Fixes the parallelism.", default=4
+    )
+    replication_factor: int = _doc("Replication factor of the internal topics.", default=1)
+    web_host: str = _doc("Address the HTTP server binds to.", default="127.0.0.1")
+    web_port: int = _doc("Port of the HTTP server (metrics, health, read model).", default=6066)
+    canonical_url: str = _doc(
+        "URL other workers use to reach this one (table routing). Default `http://<web_host>:<web_port>`.", default=""
+    )
+    compensation_topic: str = _doc(
+        "Topic the tracker emits compensation events to. Default `<app_id>-compensations`.", default=""
+    )
+    outcome_topic: str = _doc(
+        "Topic for saga outcome events (completed, compensated, failed). Default `<app_id>-outcomes`.", default=""
+    )
+    dead_letter_topic: str = _doc("Topic for input that cannot be used. Default `<app_id>-dead-letter`.", default="")
+    max_event_bytes: int = _doc("Larger input records are dead-lettered as `oversized`.", default=1_048_576)
+    sweep_interval: float = _doc("Seconds between scans of the deadline index.", default=1.0)
+    lag_threshold: int = _doc(
+        "After catching up, a worker is 'behind' (fires no timeouts) while an input partition "
+        "has more unprocessed records than this.",
+        default=100,
+    )
+    session_timeout: float = _doc("Kafka consumer session timeout, seconds (embedded broker: 6).", default=30.0)
+    heartbeat_interval: float = _doc("Kafka consumer heartbeat interval, seconds (embedded broker: 1).", default=3.0)
+    rebalance_timeout: float = _doc("Kafka consumer rebalance timeout, seconds (embedded broker: 10).", default=60.0)
+    producer_max_batch_size: int = _doc(
+        "Producer batch size in bytes. With the embedded broker the default is 1: "
+        "it reports wrong end offsets for batched records.",
+        default=16384,
+    )
+    standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
+    action_token: str = _doc("Bearer token required for operator actions. Unset: actions are disabled. Never logged.", default="")
+    read_token: str = _doc(
+        "Bearer token required for read endpoints (the action token is accepted too). Unset: reads are open.", default=""
+    )
+    log_level: str = _doc("Log level: debug, info, warning, error.", default="info")
+    crash_point: str = _doc(
+        "Fault injection for tests only: `before_send` or `after_send` makes the worker exit abruptly "
+        "around the first compensation send (once, see CRASH_MARKER). Never set in production.",
+        default="",
+    )
+    crash_marker: str = _doc(
+        "Fault injection for tests only: file created when the injected crash happens; "
+        "while it exists the crash is not repeated.",
+        default="",
+    )
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker
+
+    @property
+    def compensations(self) -> str:
+        return self.compensation_topic or f"{self.app_id}-compensations"
+
+    @property
+    def outcomes(self) -> str:
+        return self.outcome_topic or f"{self.app_id}-outcomes"
+
+    @property
+    def dead_letters(self) -> str:
+        return self.dead_letter_topic or f"{self.app_id}-dead-letter"
+
+    @property
+    def saga_log(self) -> str:
+        return f"{self.app_id}-saga-log"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            raw = raw.strip()
+            try:
+                if f.type == "int":
+                    values[f.name] = int(raw)
+                elif f.type == "float":
+                    values[f.name] = float(raw)
+                elif f.type == "tuple[str, ...]":
+                    values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r}: expected {f.type}") from None
+        settings = cls(**values)
+        if not settings.broker and "producer_max_batch_size" not in values:
+            # The embedded broker reports wrong high-water marks for batched topics.
+            settings = cls(
+                **{
+                    **values,
+                    "producer_max_batch_size": 1,
+                    "session_timeout": values.get("session_timeout", 6.0),
+                    "heartbeat_interval": values.get("heartbeat_interval", 1.0),
+                    "rebalance_timeout": values.get("rebalance_timeout", 10.0),
+                }
+            )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name in ("partitions", "replication_factor", "max_event_bytes", "lag_threshold"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if not 0 < self.web_port < 65536:
+            raise SettingsError(f"{PREFIX}WEB_PORT must be a port number")
+        if self.sweep_interval <= 0 or self.session_timeout <= 0:
+            raise SettingsError(f"{PREFIX}SWEEP_INTERVAL and {PREFIX}SESSION_TIMEOUT must be positive")
+        if self.crash_point not in ("", "before_send", "after_send"):
+            raise SettingsError(f"{PREFIX}CRASH_POINT must be before_send or after_send")
+        if self.broker and not self.broker.startswith(("kafka://", "aiokafka://")):
+            raise SettingsError(f"{PREFIX}BROKER must look like kafka://host:9092, got {self.broker!r}")
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) rows for the README."""
+        rows = []
+        for f in fields(cls):
+            if f.name.startswith("crash_"):
+                continue  # test-only fault injection: documented in the tests, not for operators
+            default = f.default
+            shown = ",".join(default) if isinstance(default, tuple) else str(default)
+            rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))
+        return rows

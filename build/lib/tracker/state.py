@@ -1,0 +1,141 @@
+"""Per-saga state: what the tracker knows about one business transaction.
+
+Standard library only. Stored as one JSON object per saga in a changelog-backed table;
+``to_dict``/``from_dict`` are the only (de)serialization, so old rows keep loading.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from tracker.errors import StateError
+
+# Saga statuses.
+AWAITING_START = "awaiting_start"  # events arrived before the start event
+RUNNING = "running"
+COMPENSATING = "compensating"
+COMPLETED = "completed"
+COMPENSATED = "compensated"
+FAILED_NEEDS_MANUAL = "failed_needs_manual"
+RESOLVED = "resolved"  # an operator closed a failed_needs_manual saga
+TERMINAL = frozenset({COMPLETED, COMPENSATED, FAILED_NEEDS_MANUAL, RESOLVED})
+STATUSES = (AWAITING_START, RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED_NEEDS_MANUAL, RESOLVED)
+
+# Step states.
+WAITING = "waiting"  # not reached yet
+ACTIVE = "active"  # the pending step, awaiting its completion
+DONE = "done"
+FAILED = "failed"  # a service reported failure
+TIMED_OUT = "timed_out"  # stalled past its deadline
+STEP_COMPENSATING = "compensating"  # awaiting confirmation of its undo
+STEP_COMPENSATED = "compensated"
+NO_COMPENSATION = "no_compensation"  # irreversible: needs semantic or manual follow-up
+COMPENSATION_FAILED = "compensation_failed"  # undo never confirmed after every attempt
+
+
+@dataclass
+class StepState:
+    state: str = WAITING
+    started_at: float | None = None  # when it became pending
+    due: float | None = None  # step deadline (None: no limit)
+    completed_at: float | None = None
+    completed_by: str | None = None  # event id
+    failed_at: float | None = None
+    out_of_order: bool = False  # completed before an earlier step
+    comp_attempts: int = 0  # compensation events the tracker emitted
+    comp_started_at: float | None = None
+    comp_due: float | None = None  # when the confirmation is overdue
+    comp_confirmed_at: float | None = None
+    comp_by_tracker: bool = False
+
+
+@dataclass
+class Deadline:
+    token: str
+    due: float
+
+
+@dataclass
+class SagaState:
+    saga_id: str
+    saga_type: str
+    version: str
+    status: str = AWAITING_START
+    current: int | None = None  # index of the pending step while running
+    started_at: float | None = None
+    ended_at: float | None = None
+    first_seen_at: float | None = None
+    updated_at: float | None = None  # wall clock of the last change (not part of the digest)
+    reason: str = ""  # why it is compensating / failed
+    compensated_by: str = ""  # "tracker" (it emits the undo events) or "services" (they undo themselves)
+    steps: list[StepState] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+    trace: dict[str, str] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)  # applied ids, bounded, oldest first
+    early: list[dict[str, Any]] = field(default_factory=list)  # events waiting for the start
+    orphaned: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    history_dropped: int = 0
+    outbox: list[dict[str, Any]] = field(default_factory=list)  # every output decided, with its cause
+    deadline: Deadline | None = None
+    deadline_seq: int = 0
+    ttl_due: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # duplicates, late, reordered, early...
+    resolution: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (fresh containers: callers may change them)."""
+        out = {f: getattr(self, f) for f in _FIELDS}
+        out["steps"] = [dict(vars(x)) for x in self.steps]
+        out["deadline"] = dict(vars(self.deadline)) if self.deadline is not None else None
+        for name in ("keys", "trace", "counts"):
+            out[name] = dict(out[name])
+        for name in ("seen", "early", "history"):
+            out[name] = list(out[name])
+        out["outbox"] = [dict(o) for o in self.outbox]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SagaState:
+        if not isinstance(data, dict):
+            raise StateError("a stored saga state must be an object")
+        known = {f.name for f in fields(cls)}
+        try:
+            values = {k: v for k, v in data.items() if k in known}
+            values["steps"] = [StepState(**s) for s in values.get("steps", [])]
+            dl = values.get("deadline")
+            values["deadline"] = Deadline(**dl) if dl else None
+            return cls(**values)
+        except TypeError as exc:
+            raise StateError(f"cannot load saga state: {exc}") from None
+
+    def logical(self) -> dict[str, Any]:
+        """The state without wall-clock fields (when records were applied): equal for the same
+        records in the same order, whenever and however often they were applied."""
+        return logical(self.to_dict())
+
+    def copy(self) -> SagaState:
+        """A copy ``apply`` may change without touching this one. History, early-event and
+        seen entries are never changed once appended, so only their lists are copied."""
+        new = copy.copy(self)
+        new.steps = [copy.copy(x) for x in self.steps]
+        new.keys, new.trace, new.counts = dict(self.keys), dict(self.trace), dict(self.counts)
+        new.seen, new.early, new.history = list(self.seen), list(self.early), list(self.history)
+        new.outbox = [dict(o) for o in self.outbox]  # "confirmed" changes in place
+        return new
+
+
+WALL_CLOCK = ("updated_at",)
+_FIELDS = tuple(f.name for f in fields(SagaState))
+
+
+def logical(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if k not in WALL_CLOCK}
+    out["history"] = [{k: v for k, v in h.items() if k != "at"} for h in data.get("history", [])]
+    return out

@@ -1,0 +1,122 @@
+"""Sweeper: find due deadlines and send timeout records into the saga log.
+
+Runs on every worker and reads only the deadline index partitions that worker owns as
+active. A deadline index partition is a RocksDB ordered by due time, so a sweep reads
+only due rows. The sweeper never writes state: the track agent applies the timeout
+record through the machine, which ignores stale or duplicate tokens. While the worker
+is behind (see ``progress``), it sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import faust
+import orjson
+
+from tables import Tables, due_bound
+from tracker.census import Census
+from tracker.events import timeout_event
+from tracker.metrics import Metrics
+from tracker.progress import Progress
+
+log = logging.getLogger(__name__)
+LAG_TIMEOUT = 5.0  # seconds a lag measurement may take before the sweep gives up on it
+
+
+class Sweeper:
+    def __init__(
+        self,
+        app: faust.App,
+        tables: Tables,
+        saga_log: faust.TopicT,
+        progress: Progress,
+        metrics: Metrics,
+        census: Census,
+        *,
+        resend_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
+        self.metrics, self.census, self.resend_after, self.clock = metrics, census, resend_after, clock
+        self.sent: dict[str, float] = {}  # token -> when this worker sent its timeout record
+        self.behind = True
+        self.due: Counter[tuple[str, str]] = Counter()  # deadlines past due at the last sweep, by type and step
+
+    def recovering(self) -> bool:
+        app: Any = self.app
+        return bool(app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set())
+
+    def active_partitions(self) -> list[int]:
+        changelog = self.tables.deadlines.changelog_topic.get_topic_name()
+        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog)
+
+    def refresh_census(self) -> None:
+        """Count the sagas of partitions that became active here; forget those that left."""
+        active = set(self.active_partitions())
+        store: Any = self.tables.summaries.data
+        for partition in active:
+            if not self.census.known(partition):
+                db = store._dbs.get(partition)
+                rows = [] if db is None else [orjson.loads(v) for k, v in db.items() if not k.startswith(b"__faust")]
+                self.census.rebuild(partition, rows)
+        for partition in list(self.census.partitions):
+            if partition not in active:
+                self.census.forget(partition)
+
+    async def sweep(self) -> int:
+        """One pass; returns how many timeout records were sent."""
+        if self.recovering():
+            self.set_behind(True)
+            return 0
+        self.refresh_census()
+        try:
+            # Bounded: a slow broker request must not stall sweeping (the next sweep retries).
+            behind = await asyncio.wait_for(self.progress.behind(), timeout=LAG_TIMEOUT)
+        except Exception as exc:  # a broker hiccup: fire nothing this round rather than guess
+            log.warning("cannot measure lag, firing no timeouts this sweep: %r", exc)
+            behind = True
+        for tp, lag in self.progress.lags.items():
+            self.metrics.input_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.set_behind(behind)
+        now = self.clock()
+        bound = due_bound(now)
+        store: Any = self.tables.deadlines.data
+        sent = 0
+        due: Counter[tuple[str, str]] = Counter()
+        live: set[str] = set()
+        for partition in self.active_partitions():
+            db = store._dbs.get(partition)  # one RocksDB per partition, keys ordered by due time
+            if db is None:
+                continue
+            for key, value in db.items(from_key=b"0"):
+                if key >= bound:
+                    break
+                row = orjson.loads(value)
+                due[(row["saga_type"], row.get("step", ""))] += 1
+                if behind:
+                    continue  # counted as stuck, but its completion may be in the backlog
+                token = row["token"]
+                live.add(token)
+                if now - self.sent.get(token, -1e18) < self.resend_after:
+                    continue  # already sent; the agent has not applied it yet
+                record = timeout_event(row["saga_id"], row["saga_type"], token, row["due"])
+                await self.saga_log.send(key=row["saga_id"].encode(), value=orjson.dumps(record.to_dict()), partition=partition)
+                self.sent[token] = now
+                sent += 1
+        self.sent = {t: at for t, at in self.sent.items() if t in live}
+        self.due = due
+        if sent:
+            self.metrics.timeouts_sent.inc(sent)
+        return sent
+
+    def set_behind(self, behind: bool) -> None:
+        if behind != self.behind:
+            log.info("timeouts %s", "suppressed: worker is behind on its input" if behind else "enabled: caught up")
+        self.behind = behind
+        self.metrics.timeouts_suppressed.set(1 if behind else 0)

@@ -1,0 +1,168 @@
+"""Tracking: apply each saga log record through the pure machine and store the result.
+
+The only writer of saga state. Per record: load the saga, ``apply``, write the new state
+and its deadline index row, then send what the machine decided. The decision is in the
+state before the send, and a redelivered record re-sends the same unconfirmed ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import faust
+import orjson
+
+from tables import Tables, deadline_key, pending_key
+from tracker.census import Census
+from tracker.correlation import Record
+from tracker.deadletters import DeadLetters
+from tracker.definitions import Catalog
+from tracker.events import Event
+from tracker.machine import Emit, Transition, apply
+from tracker.metrics import Metrics
+from tracker.state import SagaState
+from tracker.summaries import summary
+
+log = logging.getLogger(__name__)
+MILESTONES = frozenset(
+    {
+        "started",
+        "completed",
+        "compensating",
+        "compensated",
+        "failed_needs_manual",
+        "compensation_reemitted",
+        "late_completion",
+        "orphaned",
+        "resolved",
+    }
+)
+
+
+class Crash:
+    """Fault injection for the crash tests: exit abruptly at a point, once (a marker file remembers)."""
+
+    def __init__(self, point: str, marker: str) -> None:
+        self.point, self.marker = point, marker
+
+    async def maybe(self, point: str, app_producer: Any = None) -> None:
+        if self.point != point or not self.marker or os.path.exists(self.marker):
+            return
+        if app_producer is not None:
+            await app_producer.flush()  # "after_send": the emits are on the broker
+        with open(self.marker, "w") as f:
+            f.write(point)
+        log.error("injected crash at %s", point)
+        os._exit(137)
+
+
+class Tracking:
+    def __init__(
+        self,
+        catalog: Catalog,
+        tables: Tables,
+        outputs: dict[str, faust.TopicT],
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        census: Census,
+        clock: Callable[[], float] = time.time,
+        crash: Crash | None = None,
+        producer: Any = None,
+    ) -> None:
+        self.catalog, self.tables, self.outputs = catalog, tables, outputs
+        self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
+        self.crash, self.producer = crash or Crash("", ""), producer
+        self.census = census
+
+    def load(self, saga_id: str) -> SagaState | None:
+        raw = self.tables.sagas.get(saga_id.encode())
+        return None if raw is None else SagaState.from_dict(orjson.loads(raw))
+
+    async def handle(self, record: Record) -> Transition | None:
+        """Never raises: a record that cannot be applied is dead-lettered with the reason."""
+        try:
+            return await self._apply(record)
+        except Exception as exc:
+            log.exception("tracking failed on %s", record.source)
+            self.metrics.processing_errors.labels("tracking").inc()
+            await self.dead_letters.send(record, getattr(exc, "reason", "processing_error"), repr(exc))
+            return None
+
+    async def _apply(self, record: Record) -> Transition | None:
+        event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
+        key = event.saga_id.encode()
+        state = self.load(event.saga_id)
+        definition = (
+            self.catalog.definition(state.saga_type, state.version)
+            if state
+            else self.catalog.definition(event.saga_type, event.version)
+        )
+        if definition is None:
+            await self.dead_letters.send(record, "unknown_saga_type", f"no definition for {event.saga_type!r}")
+            return None
+        transition = apply(definition, state, event, self.clock())
+        if transition.changed and transition.state is not None:
+            old_row = summary(definition, state) if state is not None else None
+            new_row = summary(definition, transition.state)
+            self.store(state, transition, new_row)
+            self.tables.summaries[key] = orjson.dumps(new_row)
+            self.index_pending(old_row, new_row)
+            self.census.change(record.partition, old_row, new_row)
+        compensating = any(e.kind == "compensation" for e in transition.emits)
+        if compensating:
+            await self.crash.maybe("before_send")
+        for emit in transition.emits:
+            await self.send(emit)
+        if compensating:
+            await self.crash.maybe("after_send", self.producer)
+        self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
+        if transition.state is not None and MILESTONES.intersection(transition.outcomes):
+            s = transition.state
+            log.info(
+                "saga %s (%s) %s%s%s",
+                s.saga_id,
+                s.saga_type,
+                s.status,
+                f": {s.reason}" if s.reason and s.status != "running" else "",
+                "".join(f"; emitted {e.id}" for e in transition.emits if e.kind == "compensation"),
+            )
+        return transition
+
+    def index_pending(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        before, after = pending_key(old) if old else None, pending_key(new)
+        if before == after:
+            return
+        if before is not None:
+            self.tables.pending.pop(before, None)
+        if after is not None:
+            self.tables.pending[after] = b""
+
+    def store(self, old: SagaState | None, transition: Transition, row: dict[str, Any]) -> None:
+        new = transition.state
+        assert new is not None
+        key = new.saga_id.encode()
+        self.tables.sagas[key] = orjson.dumps(new)  # orjson writes the dataclasses as to_dict() would
+        before, after = old.deadline if old else None, transition.deadline
+        if before == after:
+            return
+        if before is not None:
+            self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
+        if after is not None:
+            index = {
+                "token": after.token,
+                "saga_id": new.saga_id,
+                "saga_type": new.saga_type,
+                "due": after.due,
+                "step": row["current_step"] or row["status"],
+            }
+            self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(index)
+
+    async def send(self, emit: Emit) -> None:
+        headers = [(k, v.encode()) for k, v in emit.headers.items()]
+        await self.outputs[emit.kind].send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
+        self.metrics.emitted.labels(emit.kind).inc()

@@ -1,0 +1,35 @@
+"""Run a tracker worker: the faust worker, with the embedded broker when no Kafka is configured."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import ExitStack
+
+import faust
+
+from tracker.admin import bootstrap_of, ensure_topics_sync
+from tracker.app import build
+from tracker.broker import EmbeddedBroker
+from tracker.loader import load_catalog
+from tracker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings) -> None:
+    catalog = load_catalog(list(settings.definitions) or None)
+    for warning in catalog.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    with ExitStack() as stack:
+        url = settings.broker
+        if settings.embedded:
+            broker = stack.enter_context(EmbeddedBroker())
+            url = broker.url
+            print(f"embedded broker (Tansu, memory only) at {broker.bootstrap}", file=sys.stderr)
+            # The services' topics exist in a real deployment; the embedded broker starts empty.
+            ensure_topics_sync(broker.bootstrap, catalog.topics, settings.partitions)
+        tracker = build(settings, catalog, broker_url=url)
+        log.info("tracking %s on %s", ", ".join(d.key for d in catalog.definitions), bootstrap_of(url))
+        worker = faust.Worker(tracker.app, loglevel=settings.log_level.upper())
+        worker.execute_from_commandline()
