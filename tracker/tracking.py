@@ -21,7 +21,7 @@ from tables import Tables, deadline_key, pending_key
 from tracker.census import Census
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
-from tracker.definitions import Catalog
+from tracker.definitions import Catalog, SagaDefinition
 from tracker.events import Event
 from tracker.machine import Emit, Transition, apply
 from tracker.metrics import Metrics
@@ -95,7 +95,6 @@ class Tracking:
 
     async def _apply(self, record: Record) -> Transition | None:
         event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
-        key = event.saga_id.encode()
         state = self.load(event.saga_id)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
@@ -107,11 +106,7 @@ class Tracking:
             return None
         transition = apply(definition, state, event, self.clock())
         if transition.changed and transition.state is not None:
-            old_row = summary(definition, state) if state is not None else None
-            new_row = summary(definition, transition.state)
-            self.store(state, transition, new_row)
-            self.tables.summaries[key] = orjson.dumps(new_row)
-            self.index_pending(old_row, new_row)
+            old_row, new_row = self.store(definition, state, transition)
             self.census.change(record.partition, old_row, new_row)
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
@@ -142,25 +137,33 @@ class Tracking:
         if after is not None:
             self.tables.pending[after] = b""
 
-    def store(self, old: SagaState | None, transition: Transition, row: dict[str, Any]) -> None:
+    def store(
+        self, definition: SagaDefinition, old: SagaState | None, transition: Transition
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Write the saga and the rows derived from it (summary, pending and deadline indexes);
+        return its summary rows before and after."""
         new = transition.state
         assert new is not None
         key = new.saga_id.encode()
+        old_row = summary(definition, old) if old is not None else None
+        row = summary(definition, new)
         self.tables.sagas[key] = orjson.dumps(new)  # orjson writes the dataclasses as to_dict() would
+        self.tables.summaries[key] = orjson.dumps(row)
+        self.index_pending(old_row, row)
         before, after = old.deadline if old else None, transition.deadline
-        if before == after:
-            return
-        if before is not None:
-            self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
-        if after is not None:
-            index = {
-                "token": after.token,
-                "saga_id": new.saga_id,
-                "saga_type": new.saga_type,
-                "due": after.due,
-                "step": row["current_step"] or row["status"],
-            }
-            self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(index)
+        if before != after:
+            if before is not None:
+                self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
+            if after is not None:
+                index = {
+                    "token": after.token,
+                    "saga_id": new.saga_id,
+                    "saga_type": new.saga_type,
+                    "due": after.due,
+                    "step": row["current_step"] or row["status"],
+                }
+                self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(index)
+        return old_row, row
 
     async def send(self, emit: Emit) -> None:
         headers = [(k, v.encode()) for k, v in emit.headers.items()]

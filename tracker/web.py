@@ -239,7 +239,10 @@ class Api:
         key = request.headers.get("Idempotency-Key") or body.get("id") or uuid.uuid4().hex
         if not isinstance(key, str) or not 0 < len(key) <= 200:
             return error(web, 400, "bad_request", "the idempotency key must be 1 to 200 characters", parameter="id")
-        saga = await self.find(saga_id, request)
+        try:
+            saga = await self.find(saga_id, request)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return error(web, 503, "unavailable", f"the owning worker did not answer: {type(exc).__name__}")
         if saga is None:
             return error(web, 404, "not_found", f"no saga with id {saga_id!r}")
         event = Event(
