@@ -154,6 +154,20 @@ async def raw(bootstrap: str, topic: str, total: int, data_dir: Path, changelog:
     return result
 
 
+def stop(worker: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds: a benchmark never leaves a worker behind."""
+    t0 = time.perf_counter()
+    worker.terminate()
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+        print(f"warning: the worker did not stop within {grace:g}s of SIGTERM and was killed", file=sys.stderr)
+    else:
+        print(f"worker stopped in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -195,8 +209,7 @@ def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str)
         result = Result("tracker (faust worker)", applied[0], applied[1], applied[2])
         return result, proc_rss_mb(worker.pid)
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop(worker)
         log.close()
 
 
