@@ -6,6 +6,7 @@ Both are co-partitioned with the saga log (same partition count, key = saga id f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +38,13 @@ def declare(app: faust.App, settings: Settings) -> Tables:
 
 
 def deadline_key(due: float, saga_id: str) -> bytes:
-    return f"{round(due * 1000):015d}|{saga_id}".encode()
+    # Rounded up, and "now" rounded down: a deadline is never swept before it is due.
+    return f"{math.ceil(due * 1000):015d}|{saga_id}".encode()
 
 
 def due_bound(now: float) -> bytes:
     """Every deadline key due at or before ``now`` sorts before this key."""
-    return f"{round(now * 1000):015d}}}".encode()  # '}' sorts after '|'
+    return f"{math.floor(now * 1000):015d}}}".encode()  # '}' sorts after '|'
 
 
 def pending_prefix(saga_type: str, step: str) -> bytes:

@@ -95,7 +95,6 @@ def build(
         metrics,
         census,
         crash=Crash(settings.crash_point, settings.crash_marker),
-        producer=app.producer,
     )
     sweeper = Sweeper(
         app, tables, topics.saga_log, progress, metrics, census, resend_after=max(30.0, 10 * settings.sweep_interval)

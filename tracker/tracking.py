@@ -7,6 +7,7 @@ state before the send, and a redelivered record re-sends the same unconfirmed id
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -50,11 +51,13 @@ class Crash:
     def __init__(self, point: str, marker: str) -> None:
         self.point, self.marker = point, marker
 
-    async def maybe(self, point: str, app_producer: Any = None) -> None:
+    async def maybe(self, point: str, delivered: list[Any] | None = None) -> None:
         if self.point != point or not self.marker or os.path.exists(self.marker):
             return
-        if app_producer is not None:
-            await app_producer.flush()  # "after_send": the emits are on the broker
+        if delivered:
+            # "after_send": the emitted records are on the broker (faust's producer.flush()
+            # does not return when awaited from inside an agent).
+            await asyncio.wait_for(asyncio.gather(*delivered), timeout=30)
         with open(self.marker, "w") as f:
             f.write(point)
         log.error("injected crash at %s", point)
@@ -72,11 +75,10 @@ class Tracking:
         census: Census,
         clock: Callable[[], float] = time.time,
         crash: Crash | None = None,
-        producer: Any = None,
     ) -> None:
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
         self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
-        self.crash, self.producer = crash or Crash("", ""), producer
+        self.crash = crash or Crash("", "")
         self.census = census
 
     def load(self, saga_id: str) -> SagaState | None:
@@ -108,13 +110,17 @@ class Tracking:
         if transition.changed and transition.state is not None:
             old_row, new_row = self.store(definition, state, transition)
             self.census.change(record.partition, old_row, new_row)
+        if "stale_timeout" in transition.outcomes and transition.state is not None:
+            # An index row whose deadline has moved on must not be swept again and again.
+            current = transition.state.deadline
+            if current is None or deadline_key(current.due, event.saga_id) != deadline_key(event.time, event.saga_id):
+                self.tables.deadlines.pop(deadline_key(event.time, event.saga_id), None)
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
             await self.crash.maybe("before_send")
-        for emit in transition.emits:
-            await self.send(emit)
+        sent = [await self.send(emit) for emit in transition.emits]
         if compensating:
-            await self.crash.maybe("after_send", self.producer)
+            await self.crash.maybe("after_send", sent)
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state
@@ -165,7 +171,9 @@ class Tracking:
                 self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(index)
         return old_row, row
 
-    async def send(self, emit: Emit) -> None:
+    async def send(self, emit: Emit) -> Any:
+        """Queue one output; returns its delivery future."""
         headers = [(k, v.encode()) for k, v in emit.headers.items()]
-        await self.outputs[emit.kind].send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
+        delivery = await self.outputs[emit.kind].send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
         self.metrics.emitted.labels(emit.kind).inc()
+        return delivery

@@ -35,7 +35,7 @@ def test_events_in_state_in_the_changelog_backed_table(scenario: Scenario) -> No
     w = s.worker().start()
     s.send(s.event("OrderCreated", "a-1"), s.event("InventoryReserved", "a-1"))
     # Inventory is recorded before the payment it depends on has arrived.
-    w.wait_saga("a-1", lambda b: b["steps"][2]["state"] == "done")
+    w.wait_saga("a-1", lambda b: bool(b["steps"]) and b["steps"][2]["state"] == "done")
     s.send(
         s.event("PaymentAuthorized", "a-1"),
         s.event("PaymentAuthorized", "a-1"),  # duplicate (same id)
