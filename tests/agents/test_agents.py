@@ -148,3 +148,19 @@ async def test_a_flood_of_bad_input_is_counted_in_full_but_logged_sparingly(
     assert len(lines) == 1
     for _ in range(50):
         await shell.next("dead_letter")  # every one of them is on the dead-letter topic
+
+
+async def test_a_stale_deadline_row_is_removed_when_its_timeout_arrives(shell: Shell, track: Any) -> None:
+    await track.put(record(order_event("OrderCreated")), key=b"o-1")
+    stale = shell.saga("o-1")["deadline"]  # type: ignore[index]
+    # As after a partial changelog recovery: the saga moved on, its old index row did not go.
+    state = shell.saga("o-1")
+    assert state is not None
+    state["deadline"] = {"token": "9@999000", "due": 999.0}
+    state["steps"][1]["due"] = 999.0
+    shell.tracker.tables.sagas.data[b"o-1"] = orjson.dumps(state)
+    assert b"%015d|o-1" % 120_000 in dict(shell.tracker.tables.deadlines.items())
+    await track.put(record(timeout_event("o-1", "order_fulfilment", stale["token"], stale["due"])), key=b"o-1")
+    assert b"%015d|o-1" % 120_000 not in dict(shell.tracker.tables.deadlines.items())
+    assert shell.saga("o-1")["status"] == "running"  # type: ignore[index]
+    assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="stale_timeout") == 1.0
