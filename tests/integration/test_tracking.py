@@ -27,7 +27,9 @@ def latest_table_rows(s: Scenario, table: str, until: Callable[[dict[bytes, dict
                 rows[r["key"]] = orjson.loads(r["value"])
         return rows
 
-    return latest(s.kafka.read(f"{s.app_id}-{table}-changelog", lambda records: until(latest(records)), timeout=15))
+    # 60 s: on the embedded broker a producer can lose a topic's metadata and wait out
+    # aiokafka's 40 s request timeout before the changelog record goes out (seen once in CI).
+    return latest(s.kafka.read(f"{s.app_id}-{table}-changelog", lambda records: until(latest(records)), timeout=60))
 
 
 def test_events_in_state_in_the_changelog_backed_table(scenario: Scenario) -> None:
