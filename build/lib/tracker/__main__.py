@@ -1,5 +1,0 @@
-import sys
-
-from tracker.cli import main
-
-sys.exit(main())
