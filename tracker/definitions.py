@@ -8,7 +8,7 @@ field; unknown fields are errors, never ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -527,7 +527,3 @@ class Catalog:
 
     def warnings(self) -> list[str]:
         return [w for d in self.definitions for w in d.warnings]
-
-
-def catalog_of(definitions: Sequence[SagaDefinition]) -> Catalog:
-    return Catalog.build(definitions)

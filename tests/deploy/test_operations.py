@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from tables import Tables
+from tests.tools import tool
 from tracker.loader import builtin_paths
 from tracker.metrics import Metrics, StateCollector
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-BIN = Path(sys.executable).parent
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing (CI=true: a missing tool fails the run)")
-        pytest.skip(f"{name} is missing")
-    return found
 
 
 def run(*args: str, cwd: Path = ROOT) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import broker, kafka, make_scenario, pytest_runtest_makereport  # noqa: F401
+from tests.tools import missing
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 ARGS = [
@@ -24,20 +25,14 @@ ARGS = [
 ]
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing (CI=true: a missing tool fails the run)")
-    pytest.skip(f"{what} is missing")
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("the playwright Python package")
+        missing("the playwright Python package")
     if not CHROMIUM.exists():
-        _missing(f"Chromium at {CHROMIUM} (Debian package chromium)")
+        missing(f"Chromium at {CHROMIUM} (Debian package chromium)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         yield b

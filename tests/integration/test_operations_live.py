@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,20 +12,12 @@ import pytest
 import yaml
 
 from tests.integration.harness import Scenario, Worker
+from tests.tools import tool
 from tracker.broker import free_port
 from tracker.demo import get_json
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def need(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing (CI=true: a missing tool fails the run)")
-        pytest.skip(f"{name} is missing (Debian package prometheus)")
-    return found
 
 
 def samples(text: str, name: str) -> dict[str, float]:
@@ -42,7 +32,7 @@ def scrape(w: Worker) -> str:
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Callable[[Worker], str]]:
-    binary = need("prometheus")
+    binary = tool("prometheus", "prometheus")
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(worker: Worker) -> str:
@@ -93,7 +83,7 @@ def test_prometheus_scrapes_the_worker_and_the_stuck_saga_alert_fires(
     while time.monotonic() < deadline and len(samples(scrape(w), "saga_tracker_sagas_stuck")) != 1:
         time.sleep(0.2)
     text = scrape(w)
-    promtool = subprocess.run([need("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    promtool = subprocess.run([tool("promtool", "prometheus"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert promtool.returncode == 0, promtool.stdout + promtool.stderr
     assert samples(text, "saga_tracker_sagas_stuck") == {'saga_type="order",step=""': 1.0}
     assert samples(text, "saga_tracker_compensations_reemitted_total")['saga_type="order",step="payment"'] == 2.0
