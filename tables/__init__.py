@@ -37,6 +37,15 @@ def declare(app: faust.App, settings: Settings) -> Tables:
     )
 
 
+def partition_db(table: TableT, partition: int) -> Any | None:
+    """The RocksDB (rocksdict) of one partition of a table, keys in order; None if not open here.
+
+    faust has no public API for one partition's store: this is the single place that reaches in.
+    """
+    store: Any = table.data
+    return store._dbs.get(partition)
+
+
 def deadline_key(due: float, saga_id: str) -> bytes:
     # Rounded up, and "now" rounded down: a deadline is never swept before it is due.
     return f"{math.ceil(due * 1000):015d}|{saga_id}".encode()

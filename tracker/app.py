@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 import tables as tables_module
 import topics as topics_module
-from tables import Tables, pending_prefix
+from tables import Tables, partition_db, pending_prefix
 from topics import Topics
 from tracker import web
 from tracker.admin import bootstrap_of
@@ -114,9 +114,8 @@ def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
             stuck[(saga_type, step)] += n
     now = time.time()
     oldest: dict[tuple[str, str], float] = {}
-    store: Any = t.tables.pending.data
     for partition in t.sweeper.active_partitions():
-        db = store._dbs.get(partition)
+        db = partition_db(t.tables.pending, partition)
         if db is None:
             continue
         for d in t.catalog.current.values():

@@ -19,7 +19,7 @@ from typing import Any
 import faust
 import orjson
 
-from tables import Tables, due_bound
+from tables import Tables, due_bound, partition_db
 from tracker.census import Census
 from tracker.events import timeout_event
 from tracker.metrics import Metrics
@@ -59,10 +59,9 @@ class Sweeper:
     def refresh_census(self) -> None:
         """Count the sagas of partitions that became active here; forget those that left."""
         active = set(self.active_partitions())
-        store: Any = self.tables.summaries.data
         for partition in active:
             if not self.census.known(partition):
-                db = store._dbs.get(partition)
+                db = partition_db(self.tables.summaries, partition)
                 rows = [] if db is None else [orjson.loads(v) for k, v in db.items() if not k.startswith(b"__faust")]
                 self.census.rebuild(partition, rows)
         for partition in list(self.census.partitions):
@@ -86,12 +85,11 @@ class Sweeper:
         self.set_behind(behind)
         now = self.clock()
         bound = due_bound(now)
-        store: Any = self.tables.deadlines.data
         sent = 0
         due: Counter[tuple[str, str]] = Counter()
         live: set[str] = set()
         for partition in self.active_partitions():
-            db = store._dbs.get(partition)  # one RocksDB per partition, keys ordered by due time
+            db = partition_db(self.tables.deadlines, partition)  # keys ordered by due time
             if db is None:
                 continue
             for key, value in db.items(from_key=b"0"):
