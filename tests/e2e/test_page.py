@@ -28,6 +28,9 @@ def test_stuck_saga_forced_to_compensate_from_the_page(make_scenario: Callable[.
     s.send(*events)
     w.wait_saga("stuck-2", lambda b: b["visible_status"] == "PENDING_INVENTORY")
     time.sleep(1.5)  # past the 1 s deadlines
+    # The API first, so a slow worker under CI load fails here with its log, not as a page timeout.
+    w.wait_listed(6)
+    w.wait_listed(3, "stuck=true")
 
     page = browser.new_page(viewport={"width": 1366, "height": 800})
     errors: list[str] = []

@@ -32,17 +32,23 @@ def scenario(kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path, request: pyte
     s = Scenario(kafka, tmp_path, broker.url)
     yield s
     s.close()
-    # Keep the worker logs of failed tests.
+    keep_logs(request, tmp_path)
+
+
+def keep_logs(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Copy the worker logs of a failed test to the artifacts directory (CI keeps nothing else)."""
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         dest = ARTIFACTS / request.node.name
         dest.mkdir(parents=True, exist_ok=True)
-        for log in tmp_path.glob("*.log"):
-            shutil.copy(log, dest / log.name)
+        for log in tmp_path.rglob("*.log"):
+            shutil.copy(log, dest / f"{log.parent.name}-{log.name}")
 
 
 @pytest.fixture
-def make_scenario(kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
+def make_scenario(
+    kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Scenario]]:
     """A scenario with its own step and confirmation timeouts."""
     made: list[Scenario] = []
 
@@ -55,6 +61,7 @@ def make_scenario(kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path) -> Itera
     yield make
     for s in made:
         s.close()
+    keep_logs(request, tmp_path)
 
 
 @pytest.hookimpl(hookwrapper=True)

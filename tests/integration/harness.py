@@ -267,6 +267,20 @@ class Worker:
             time.sleep(0.25)
         raise AssertionError(f"saga {saga_id} never satisfied the check; last: {last}\n{self.tail()}")
 
+    def wait_listed(self, count: int, query: str = "", timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Wait until `GET /sagas?query` lists exactly `count` sagas."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                status, last = self.get(f"/sagas?limit=100&{query}")
+            except OSError:
+                status = 0
+            if status == 200 and len(last["items"]) == count and not last["partial"]:
+                return list(last["items"])
+            time.sleep(0.25)
+        raise AssertionError(f"never listed {count} sagas for {query!r}; last: {last}\n{self.tail()}")
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
