@@ -12,9 +12,10 @@ from typing import Any
 
 from tracker.errors import StateError
 
-SERVICE, TIMEOUT, CONTROL = "service", "timeout", "control"
-KINDS = (SERVICE, TIMEOUT, CONTROL)
-ACTIONS = ("retry_timeout", "force_compensation", "extend_deadline", "resolve")
+SERVICE, TIMEOUT, CONTROL, DECISION = "service", "timeout", "control", "decision"
+KINDS = (SERVICE, TIMEOUT, CONTROL, DECISION)
+ACTIONS = ("retry_timeout", "force_compensation", "extend_deadline", "resolve")  # what operators may ask
+MARK_PARTIAL = "mark_partial"  # control action sent only by replay: history before the window is gone
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Event:
     keys: Mapping[str, str] = field(default_factory=dict)  # business keys found in the event
     trace: Mapping[str, str] = field(default_factory=dict)  # traceparent, tracestate, correlation id
     token: str = ""  # timeout: the deadline token it fires
-    action: Mapping[str, Any] = field(default_factory=dict)  # control: action, actor, reason, seconds
+    # control: action, actor, reason, seconds; decision: {"of": timeout|control, "anchor", "due", "action"}
+    action: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""  # topic/partition/offset of the original record, for the timeline
     # Position of this record in the saga log, set by the shell (not serialized): a record
     # seen again at the same position is a redelivery, not a new duplicate.
@@ -99,3 +101,29 @@ def timeout_event(saga_id: str, saga_type: str, token: str, due: float) -> Event
     return Event(
         saga_id=saga_id, saga_type=saga_type, id=f"timeout:{token}", type="DeadlineReached", time=due, kind=TIMEOUT, token=token
     )
+
+
+def decision_event(payload: Any) -> Event:
+    """The record a replaying generation applies for a decision another generation took
+    (the payload of a ``decision`` output); raises ``StateError`` when it is malformed."""
+    if not isinstance(payload, Mapping) or payload.get("of") not in (TIMEOUT, CONTROL):
+        raise StateError("a decision must be an object with 'of' = timeout or control")
+    anchor = payload.get("anchor")
+    if not isinstance(anchor, Mapping):
+        raise StateError("a decision must carry its anchor")
+    spec: dict[str, Any] = {"of": payload["of"], "anchor": dict(anchor)}
+    if payload["of"] == CONTROL:
+        spec["action"] = dict(payload.get("action") or {})
+    base = Event.from_dict(
+        {
+            "saga_id": payload.get("saga_id"),
+            "saga_type": payload.get("saga_type"),
+            "id": payload.get("id"),
+            "type": "SagaDecision",
+            "time": payload.get("time"),
+            "kind": DECISION,
+            "version": payload.get("saga_version"),
+            "action": spec,
+        }
+    )
+    return base

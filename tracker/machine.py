@@ -17,29 +17,34 @@ safe. Rules:
   (a service acts only after its predecessor), even if their events are still in flight.
   After a service failure the services compensate themselves and the tracker only follows; it emits a compensation only when a
   confirmation is overdue, or at once when a step stalled (nobody else noticed);
-- unconfirmed compensations are re-emitted with backoff, then the saga needs manual help.
+- unconfirmed compensations are re-emitted with backoff, then the saga needs manual help;
+- every timeout or operator action that takes effect is also emitted as a ``decision``
+  with the point (anchor: status, pending step, next due time) where it was taken. A
+  replaying generation receives those decisions as records and applies each one when its
+  saga reaches the same anchor (parking it until then), instead of deciding again.
 
 Deadlines are derived from event times, never from ``now``; ``now`` is only recorded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tracker import state as st
 from tracker.definitions import SagaDefinition
-from tracker.events import CONTROL, SERVICE, TIMEOUT, Event
+from tracker.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, TIMEOUT, Event, timeout_event
 from tracker.state import Deadline, SagaState, StepState
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 OUTBOX_KEEP = 200  # confirmed outputs kept for the timeline; unconfirmed ones are always kept
+PARKED_KEEP = 50  # recorded decisions waiting for their anchor, per saga
 
 
 @dataclass(frozen=True)
 class Emit:
-    """An output the shell must send: kind ``compensation`` or ``outcome``, keyed by saga id."""
+    """An output the shell must send: kind ``compensation``, ``outcome`` or ``decision``, keyed by saga id."""
 
     kind: str
     id: str
@@ -121,7 +126,7 @@ class _Run:
         )
         if len(s.outbox) > OUTBOX_KEEP:
             for i, entry in enumerate(s.outbox):
-                if entry["confirmed"] or entry["kind"] == "outcome":
+                if entry["confirmed"] or entry["kind"] != "compensation":
                     del s.outbox[i]
                     break
 
@@ -165,6 +170,9 @@ class _Run:
         step.state, step.started_at = st.ACTIVE, started
         timeout = d.steps[nxt].timeout
         step.due = None if timeout is None else started + timeout
+        # A recorded decision taken at this very point goes first: live, it was taken before
+        # any event that may still be waiting here (early completions) was applied.
+        self.drain()
 
     def start(self, e: Event) -> None:
         s, d = self.s, self.d
@@ -412,6 +420,10 @@ class _Run:
         s, a = self.s, e.action
         action, actor, why = a.get("action"), a.get("actor", "?"), a.get("reason", "")
         detail = f"by {actor}" + (f": {why}" if why else "")
+        if action == MARK_PARTIAL:
+            s.partial = True
+            self.record(e, "partial", detail=why or "events before the replay window are no longer retained")
+            return None
 
         def reject(msg: str) -> None:
             self.record(e, "rejected", detail=f"{action} {detail}: {msg}")
@@ -456,27 +468,102 @@ class _Run:
             return reject("unknown action")
         return None
 
+    # --- recorded decisions (replay) ------------------------------------------------------
+
+    def decide(self, e: Event, anchor: dict[str, Any]) -> None:
+        """Record a timeout or action that took effect, for generations that replay this one."""
+        payload: dict[str, Any] = {
+            "id": e.id,
+            "type": "SagaDecision",
+            "saga_id": self.s.saga_id,
+            "saga_type": self.s.saga_type,
+            "saga_version": self.s.version,
+            "time": e.time,
+            "of": e.kind,
+            "anchor": anchor,
+        }
+        if e.kind == TIMEOUT:
+            payload["token"] = e.token
+        else:
+            payload["action"] = dict(e.action)
+        self.emit("decision", e.id, payload, e.id)
+
+    def recorded(self, e: Event) -> None:
+        """A decision another generation took: apply it at its anchor, park it until then."""
+        if len(self.s.parked) >= PARKED_KEEP:
+            self.count("parked_overflow")
+            self.record(e, "parked_overflow", detail=f"more than {PARKED_KEEP} recorded decisions waiting")
+            return
+        self.s.parked.append(e.to_dict())
+        self.drain()
+        if any(p["id"] == e.id for p in self.s.parked):
+            self.record(e, "parked", detail=f"recorded {e.action.get('of')} waits for {e.action.get('anchor')}")
+
+    def drain(self) -> None:
+        """Apply every parked decision whose anchor is where the saga is now."""
+        progress = True
+        while progress and self.s.parked:
+            progress = False
+            here = anchor(self.d, self.s)
+            for i, raw in enumerate(self.s.parked):
+                if raw["action"].get("anchor") == here:
+                    del self.s.parked[i]
+                    self.perform(Event.from_dict(raw))
+                    progress = True
+                    break
+
+    def perform(self, e: Event) -> None:
+        spec = e.action
+        if spec.get("of") == TIMEOUT:
+            self.deadline_reached(e.time, e)  # a timeout's time is its deadline's due time
+        else:
+            self.control(replace(e, kind=CONTROL, action=spec.get("action") or {}))
+
     # --- the next deadline ---------------------------------------------------------------
 
     def next_deadline(self) -> Deadline | None:
-        s, d = self.s, self.d
-        candidates: list[float] = []
-        if s.status == st.AWAITING_START and not s.orphaned and s.first_seen_at is not None:
-            candidates.append(s.first_seen_at + d.limits.orphan_after)
-        elif s.status == st.RUNNING:
-            if s.current is not None and s.steps[s.current].due is not None:
-                candidates.append(s.steps[s.current].due)  # type: ignore[arg-type]
-            if s.ttl_due is not None:
-                candidates.append(s.ttl_due)
-        elif s.status == st.COMPENSATING:
-            candidates.extend(x.comp_due for x in s.steps if x.state == st.STEP_COMPENSATING and x.comp_due is not None)
-        if not candidates:
+        s = self.s
+        due = next_due(self.d, s)
+        if due is None:
             return None
-        due = min(candidates)
         if s.deadline is not None and s.deadline.due == due:
             return s.deadline
         s.deadline_seq += 1
         return Deadline(token=f"{s.deadline_seq}@{round(due * 1000)}", due=due)
+
+
+def next_due(d: SagaDefinition, s: SagaState) -> float | None:
+    """When the saga next needs the tracker if nothing arrives: the earliest of its deadlines."""
+    candidates: list[float] = []
+    if s.status == st.AWAITING_START and not s.orphaned and s.first_seen_at is not None:
+        candidates.append(s.first_seen_at + d.limits.orphan_after)
+    elif s.status == st.RUNNING:
+        if s.current is not None and s.steps[s.current].due is not None:
+            candidates.append(s.steps[s.current].due)  # type: ignore[arg-type]
+        if s.ttl_due is not None:
+            candidates.append(s.ttl_due)
+    elif s.status == st.COMPENSATING:
+        candidates.extend(x.comp_due for x in s.steps if x.state == st.STEP_COMPENSATING and x.comp_due is not None)
+    return min(candidates) if candidates else None
+
+
+def anchor(d: SagaDefinition, s: SagaState) -> dict[str, Any]:
+    """Where a saga is, in terms that do not depend on arrival order: status, pending step
+    and next due time (milliseconds). A recorded decision is re-applied at the same anchor."""
+    due = next_due(d, s)
+    return {
+        "status": s.status,
+        "step": None if s.current is None else d.steps[s.current].name,
+        "due": None if due is None else round(due * 1000),
+    }
+
+
+def virtual_timeout(state: SagaState | None, at: float) -> Event | None:
+    """The timeout a saga's deadline fires before an event at time ``at``, deciding in event
+    time (a shadow run over history); None when nothing is due by then."""
+    if state is None or state.deadline is None or state.deadline.due >= at:
+        return None
+    return timeout_event(state.saga_id, state.saga_type, state.deadline.token, state.deadline.due)
 
 
 def new_state(definition: SagaDefinition, event: Event) -> SagaState:
@@ -486,7 +573,7 @@ def new_state(definition: SagaDefinition, event: Event) -> SagaState:
 def apply(definition: SagaDefinition, state: SagaState | None, event: Event, now: float) -> Transition:
     """Apply one record to one saga. ``state`` is not modified; the new state is returned."""
     if state is None:
-        if event.kind != SERVICE:
+        if event.kind not in (SERVICE, DECISION):
             return Transition(None, outcomes=("unknown_saga",), changed=False)
         s = new_state(definition, event)
     else:
@@ -500,14 +587,22 @@ def apply(definition: SagaDefinition, state: SagaState | None, event: Event, now
         s = state.copy()
     run = _Run(definition, s, now, event.position)
     run.remember(event.id)
-    if s.first_seen_at is None:
+    if s.first_seen_at is None and event.kind != DECISION:
         s.first_seen_at = event.time
+    before = anchor(definition, s)
     if event.kind == SERVICE:
         run.service(event)
     elif event.kind == TIMEOUT:
         run.timeout(event)
+        if "stale_timeout" not in run.outcomes:
+            run.decide(event, before)
     elif event.kind == CONTROL:
         run.control(event)
+        if event.action.get("action") != MARK_PARTIAL and "rejected" not in run.outcomes:
+            run.decide(event, before)
+    elif event.kind == DECISION:
+        run.recorded(event)
+    run.drain()
     s.updated_at = now
     s.deadline = run.next_deadline()
     return Transition(s, tuple(run.emits), s.deadline, tuple(run.outcomes))

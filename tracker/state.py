@@ -84,6 +84,10 @@ class SagaState:
     ttl_due: float | None = None
     counts: dict[str, int] = field(default_factory=dict)  # duplicates, late, reordered, early...
     resolution: dict[str, Any] | None = None
+    # Replay: decisions another generation took, waiting until this saga reaches the point
+    # (anchor) where they were taken; and whether history before the replay window is missing.
+    parked: list[dict[str, Any]] = field(default_factory=list)
+    partial: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -96,7 +100,7 @@ class SagaState:
         out["deadline"] = dict(vars(self.deadline)) if self.deadline is not None else None
         for name in ("keys", "trace", "counts"):
             out[name] = dict(out[name])
-        for name in ("seen", "early", "history"):
+        for name in ("seen", "early", "history", "parked"):
             out[name] = list(out[name])
         out["outbox"] = [dict(o) for o in self.outbox]
         return out
@@ -127,6 +131,7 @@ class SagaState:
         new.steps = [copy.copy(x) for x in self.steps]
         new.keys, new.trace, new.counts = dict(self.keys), dict(self.trace), dict(self.counts)
         new.seen, new.early, new.history = list(self.seen), list(self.early), list(self.history)
+        new.parked = list(self.parked)
         new.outbox = [dict(o) for o in self.outbox]  # "confirmed" changes in place
         return new
 
@@ -139,3 +144,37 @@ def logical(data: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in data.items() if k not in WALL_CLOCK}
     out["history"] = [{k: v for k, v in h.items() if k != "at"} for h in data.get("history", [])]
     return out
+
+
+def outcome_view(data: dict[str, Any], step_names: list[str] | None = None) -> dict[str, Any]:
+    """What a saga came to, independent of the order its records arrived in.
+
+    Two generations read the services' topics in different interleavings (a replay merges
+    them by timestamp; live consumption does not), so the history order, deadline tokens
+    and ``seen`` lists may differ while the saga is the same. Replay digests compare this.
+    """
+    steps = data.get("steps") or []
+    names = step_names or [str(i) for i in range(len(steps))]
+    return {
+        "saga_id": data["saga_id"],
+        "saga_type": data["saga_type"],
+        "version": data["version"],
+        "status": data["status"],
+        "current": data.get("current"),
+        "started_at": data.get("started_at"),
+        "reason": data.get("reason", ""),
+        "partial": data.get("partial", False),
+        "keys": dict(sorted((data.get("keys") or {}).items())),
+        "steps": {
+            names[i]: {
+                "state": x.get("state"),
+                "completed_at": x.get("completed_at"),
+                "failed_at": x.get("failed_at"),
+                "comp_attempts": x.get("comp_attempts", 0),
+                "comp_confirmed_at": x.get("comp_confirmed_at"),
+            }
+            for i, x in enumerate(steps)
+        },
+        "emitted": sorted(o["id"] for o in data.get("outbox") or [] if o.get("kind") != "decision"),
+        "deadline": None if not data.get("deadline") else data["deadline"]["due"],
+    }
