@@ -19,14 +19,17 @@ RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer":
 
 @dataclass(frozen=True)
 class Topics:
-    sources: faust.TopicT  # the services' existing topics, as named by the definitions
-    saga_log: faust.TopicT  # internal: service events re-keyed by saga id, timeouts, operator actions
+    sources: faust.TopicT  # the services' existing topics, as named by the definitions, and decisions
+    saga_log: faust.TopicT  # this generation's: service events re-keyed by saga id, timeouts, operator actions
     compensations: faust.TopicT
     outcomes: faust.TopicT
     dead_letters: faust.TopicT
+    decisions: faust.TopicT  # shared by generations: timeouts and actions the promoted one took
+    shadow: faust.TopicT  # this generation's would-be outputs while it is not promoted
 
     def internal_names(self) -> list[str]:
-        return [t.get_topic_name() for t in (self.saga_log, self.compensations, self.outcomes, self.dead_letters)]
+        owned = (self.saga_log, self.compensations, self.outcomes, self.dead_letters, self.decisions, self.shadow)
+        return [t.get_topic_name() for t in owned]
 
 
 def declare(app: faust.App, settings: Settings, catalog: Catalog) -> Topics:
@@ -36,9 +39,11 @@ def declare(app: faust.App, settings: Settings, catalog: Catalog) -> Topics:
         return app.topic(name, partitions=settings.partitions, replicas=settings.replication_factor, internal=True, **RAW)
 
     return Topics(
-        sources=app.topic(*catalog.topics, **RAW),
+        sources=app.topic(*catalog.topics, settings.decisions, **RAW),
         saga_log=owned(settings.saga_log),
         compensations=owned(settings.compensations),
         outcomes=owned(settings.outcomes),
         dead_letters=owned(settings.dead_letters),
+        decisions=owned(settings.decisions),
+        shadow=owned(settings.shadow_outputs),
     )

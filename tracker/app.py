@@ -25,6 +25,7 @@ from tracker.census import Census
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
+from tracker.generations import Generations
 from tracker.ingest import Ingest, record_of
 from tracker.metrics import Metrics, StateCollector
 from tracker.progress import Progress
@@ -48,11 +49,12 @@ class TrackerApp:
     tracking: Tracking
     sweeper: Sweeper
     progress: Progress
+    generations: Generations
 
 
 def faust_app(settings: Settings, broker_url: str) -> faust.App:
     return faust.App(
-        settings.app_id,
+        settings.group_id,
         broker=broker_url,
         store="rocksdb://",
         datadir=settings.data_dir,
@@ -78,28 +80,50 @@ def build(
     settings: Settings, catalog: Catalog, *, broker_url: str | None = None, registry: CollectorRegistry | None = None
 ) -> TrackerApp:
     app = faust_app(settings, broker_url or settings.broker)
+    bootstrap = bootstrap_of(broker_url or settings.broker)
     topics = topics_module.declare(app, settings, catalog)
     tables = tables_module.declare(app, settings)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    progress = Progress(
-        app, catalog.topics, settings.saga_log, bootstrap_of(broker_url or settings.broker), settings.lag_threshold
-    )
+    progress = Progress(app, [*catalog.topics, settings.decisions], settings.saga_log, bootstrap, settings.lag_threshold)
+    generations = Generations(bootstrap, settings.generations, settings.generation, settings.shadow, str(app.conf.canonical_url))
     dead_letters = DeadLetters(topics.dead_letters, metrics)
-    ingest = Ingest(catalog, topics.saga_log, dead_letters, metrics, max_event_bytes=settings.max_event_bytes)
+    ingest = Ingest(
+        catalog,
+        topics.saga_log,
+        dead_letters,
+        metrics,
+        max_event_bytes=settings.max_event_bytes,
+        decisions=settings.decisions,
+        generation=settings.generation,
+    )
     census = Census()
     tracking = Tracking(
         catalog,
         tables,
-        {"compensation": topics.compensations, "outcome": topics.outcomes},
+        {
+            "compensation": topics.compensations,
+            "outcome": topics.outcomes,
+            "decision": topics.decisions,
+            "shadow": topics.shadow,
+        },
         dead_letters,
         metrics,
         census,
         crash=Crash(settings.crash_point, settings.crash_marker),
+        role=generations,
     )
     sweeper = Sweeper(
-        app, tables, topics.saga_log, progress, metrics, census, resend_after=max(30.0, 10 * settings.sweep_interval)
+        app,
+        tables,
+        topics.saga_log,
+        progress,
+        metrics,
+        census,
+        resend_after=max(30.0, 10 * settings.sweep_interval),
+        # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
+        may_fire=lambda: generations.active or generations.shadow,
     )
-    tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress)
+    tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress, generations)
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _wire(tracker)
     return tracker
@@ -149,7 +173,7 @@ def _wire(t: TrackerApp) -> None:
                 progress.processed(event.message.tp, record.offset)
 
         # Concurrency 1: faust may commit past an in-flight message otherwise (#606).
-        app.agent(topic, name=f"{t.settings.app_id}-{name}", concurrency=1)(consume)
+        app.agent(topic, name=f"{t.settings.group_id}-{name}", concurrency=1)(consume)
 
     agent(t.topics.sources, "ingest", t.ingest.handle)
     agent(t.topics.saga_log, "track", t.tracking.handle)
@@ -167,8 +191,14 @@ def _wire(t: TrackerApp) -> None:
         progress.forget(args[0] if args else kwargs.get("revoked", ()))
 
     @app.service
-    class CloseProgress(faust.Service):  # type: ignore[misc]
+    class Background(faust.Service):  # type: ignore[misc]
+        """The generations registry, and the lag clients closed on the way out."""
+
+        async def on_start(self) -> None:
+            await t.generations.start()
+
         async def on_stop(self) -> None:
+            await t.generations.stop()
             await progress.close()
 
-    web.register(app, web.Api(app, t.settings, t.catalog, t.tables, t.metrics, t.sweeper, t.topics.saga_log))
+    web.register(app, web.Api(app, t.settings, t.catalog, t.tables, t.metrics, t.sweeper, t.topics.saga_log), t.generations)

@@ -1,7 +1,9 @@
 """Ingest: read the services' topics, correlate each record, forward it to the saga log.
 
 Re-keys every event by saga id onto the tracker's own saga log (same partition count as
-its tables), so every record that can change a saga reaches one agent, in order.
+its tables), so every record that can change a saga reaches one agent, in order. Also
+forwards the decisions other generations took (see ``generations``), so a generation
+that is not promoted follows them instead of deciding again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ import orjson
 from tracker.correlation import Ignored, Record, correlate
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
+from tracker.errors import CorrelationError, StateError
+from tracker.events import Event, decision_event
 from tracker.metrics import Metrics
+
+GENERATION_HEADER = "saga_tracker_generation"  # on every output: which generation sent it
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +46,27 @@ def record_of(event: faust.EventT) -> Record:
 
 class Ingest:
     def __init__(
-        self, catalog: Catalog, saga_log: faust.TopicT, dead_letters: DeadLetters, metrics: Metrics, *, max_event_bytes: int
+        self,
+        catalog: Catalog,
+        saga_log: faust.TopicT,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        *,
+        max_event_bytes: int,
+        decisions: str = "",
+        generation: int = 1,
     ) -> None:
         self.catalog, self.saga_log, self.dead_letters = catalog, saga_log, dead_letters
         self.metrics, self.max_event_bytes = metrics, max_event_bytes
+        self.decisions, self.generation = decisions, generation
 
     async def handle(self, record: Record) -> None:
         """Never raises: what cannot be used is dead-lettered with its reason."""
         self.metrics.input_records.labels(record.topic).inc()
         try:
-            event = correlate(self.catalog, record, max_bytes=self.max_event_bytes)
+            event = self.event_of(record)
+            if event is None:
+                return
         except Ignored as exc:
             self.metrics.ignored.labels(exc.saga_type).inc()
             return
@@ -61,3 +78,24 @@ class Ingest:
             await self.dead_letters.send(record, reason, getattr(exc, "detail", repr(exc)))
             return
         await self.saga_log.send(key=event.saga_id.encode(), value=orjson.dumps(event.to_dict()))
+
+    def event_of(self, record: Record) -> Event | None:
+        """The saga-log record for an input record; None for this generation's own decisions."""
+        if record.topic != self.decisions:
+            return correlate(self.catalog, record, max_bytes=self.max_event_bytes)
+        if decided_by(record) == self.generation:
+            return None  # this generation took it: already in its state
+        try:
+            return decision_event(orjson.loads(record.value or b"null"))
+        except (StateError, orjson.JSONDecodeError) as exc:
+            raise CorrelationError("bad_decision", str(exc)) from None
+
+
+def decided_by(record: Record) -> int | None:
+    for k, v in record.headers:
+        if k == GENERATION_HEADER:
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None

@@ -68,7 +68,7 @@ SCHEMAS: dict[str, Any] = {
     "OutboxEntry": _obj(
         {
             "id": {"type": "string"},
-            "kind": {"enum": ["compensation", "outcome"]},
+            "kind": {"enum": ["compensation", "outcome", "decision"]},
             "cause": {"type": "string"},
             "position": {"type": "string"},
             "confirmed": {"type": "boolean"},
@@ -101,6 +101,8 @@ SCHEMAS: dict[str, Any] = {
             "seen": {"type": "array", "items": {"type": "string"}},
             "early": {"type": "array", "items": {"type": "object"}},
             "orphaned": {"type": "boolean"},
+            "partial": {"type": "boolean", "description": "Replay: events before the retained window are missing."},
+            "parked": {"type": "array", "items": {"type": "object"}, "description": "Recorded decisions awaiting their anchor."},
             "history": {"type": "array", "items": _ref("HistoryEntry")},
             "history_dropped": {"type": "integer"},
             "outbox": {"type": "array", "items": _ref("OutboxEntry")},
@@ -139,6 +141,7 @@ SCHEMAS: dict[str, Any] = {
             "deadline": NUM_OR_NULL,
             "keys": STR_MAP,
             "orphaned": {"type": "boolean"},
+            "partial": {"type": "boolean"},
             "reason": {"type": "string"},
         }
     ),
@@ -193,6 +196,9 @@ SCHEMAS: dict[str, Any] = {
             "behind": {"type": "boolean"},
             "catch_up": {"enum": ["sources", "log", "live"]},
             "input_lag": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "generation": {"type": "integer", "minimum": 1, "description": "This worker's state generation."},
+            "promoted": {"type": "integer", "minimum": 1, "description": "The generation that serves and acts."},
+            "shadow": {"type": "boolean"},
         }
     ),
     "Alive": _obj({"status": {"const": "alive"}}),

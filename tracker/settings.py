@@ -46,7 +46,20 @@ class Settings:
     outcome_topic: str = _doc(
         "Topic for saga outcome events (completed, compensated, failed). Default `<app_id>-outcomes`.", default=""
     )
-    dead_letter_topic: str = _doc("Topic for input that cannot be used. Default `<app_id>-dead-letter`.", default="")
+    dead_letter_topic: str = _doc(
+        "Topic for input that cannot be used. Default `<group>-dead-letter` (see GENERATION).", default=""
+    )
+    generation: int = _doc(
+        "State generation this worker belongs to. Each has its own consumer group, saga log and changelog "
+        "topics, named `<app_id>` for generation 1 and `<app_id>-g<N>` after (see Replay). Only the promoted "
+        "generation fires timeouts and emits to the services.",
+        default=1,
+    )
+    shadow: bool = _doc(
+        "A shadow generation (replay with changed definitions): never promoted, its would-be outputs go to "
+        "`<group>-shadow`, and it decides timeouts in event time.",
+        default=False,
+    )
     max_event_bytes: int = _doc("Larger input records are dead-lettered as `oversized`.", default=1_048_576)
     sweep_interval: float = _doc("Seconds between scans of the deadline index.", default=1.0)
     lag_threshold: int = _doc(
@@ -92,12 +105,32 @@ class Settings:
         return self.outcome_topic or f"{self.app_id}-outcomes"
 
     @property
+    def group_id(self) -> str:
+        """The faust app id of this generation: consumer group and prefix of its own topics."""
+        return group_of(self.app_id, self.generation)
+
+    @property
     def dead_letters(self) -> str:
-        return self.dead_letter_topic or f"{self.app_id}-dead-letter"
+        return self.dead_letter_topic or f"{self.group_id}-dead-letter"
 
     @property
     def saga_log(self) -> str:
-        return f"{self.app_id}-saga-log"
+        return f"{self.group_id}-saga-log"
+
+    @property
+    def shadow_outputs(self) -> str:
+        """Where a generation that is not promoted sends what it would have emitted."""
+        return f"{self.group_id}-shadow"
+
+    @property
+    def decisions(self) -> str:
+        """Shared by every generation: the timeouts and actions the promoted one took."""
+        return f"{self.app_id}-decisions"
+
+    @property
+    def generations(self) -> str:
+        """Shared, one partition: which generation is promoted, and the workers of each."""
+        return f"{self.app_id}-generations"
 
     @property
     def data_path(self) -> Path:
@@ -118,6 +151,10 @@ class Settings:
                     values[f.name] = int(raw)
                 elif f.type == "float":
                     values[f.name] = float(raw)
+                elif f.type == "bool":
+                    if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                        raise ValueError(raw)
+                    values[f.name] = raw.lower() in ("1", "true", "yes")
                 elif f.type == "tuple[str, ...]":
                     values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
                 else:
@@ -140,7 +177,7 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        for name in ("partitions", "replication_factor", "max_event_bytes", "lag_threshold"):
+        for name in ("partitions", "replication_factor", "max_event_bytes", "lag_threshold", "generation"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if not 0 < self.web_port < 65536:
@@ -163,3 +200,12 @@ class Settings:
             shown = ",".join(default) if isinstance(default, tuple) else str(default)
             rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))
         return rows
+
+
+def group_of(app_id: str, generation: int) -> str:
+    return app_id if generation == 1 else f"{app_id}-g{generation}"
+
+
+def changelog(app_id: str, generation: int, table: str) -> str:
+    """faust's name for a table's changelog topic."""
+    return f"{group_of(app_id, generation)}-{table}-changelog"

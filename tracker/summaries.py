@@ -41,6 +41,7 @@ def summary(definition: SagaDefinition, s: SagaState) -> dict[str, Any]:
         "deadline": s.deadline.due if s.deadline else None,
         "keys": dict(s.keys),
         "orphaned": s.orphaned,
+        "partial": s.partial,
         "reason": s.reason,
     }
 

@@ -41,9 +41,11 @@ class Sweeper:
         *,
         resend_after: float,
         clock: Callable[[], float] = time.time,
+        may_fire: Callable[[], bool] = lambda: True,
     ) -> None:
         self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
         self.metrics, self.census, self.resend_after, self.clock = metrics, census, resend_after, clock
+        self.may_fire = may_fire
         self.sent: dict[str, float] = {}  # token -> when this worker sent its timeout record
         self.behind = True
         self.due: Counter[tuple[str, str]] = Counter()  # deadlines past due at the last sweep, by type and step
@@ -83,6 +85,7 @@ class Sweeper:
         for tp, lag in self.progress.lags.items():
             self.metrics.input_lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.set_behind(behind)
+        fire = not behind and self.may_fire()
         now = self.clock()
         bound = due_bound(now)
         sent = 0
@@ -97,8 +100,8 @@ class Sweeper:
                     break
                 row = orjson.loads(value)
                 due[(row["saga_type"], row.get("step", ""))] += 1
-                if behind:
-                    continue  # counted as stuck, but its completion may be in the backlog
+                if not fire:
+                    continue  # counted as stuck; its completion may be in the backlog, or not ours to decide
                 token = row["token"]
                 live.add(token)
                 if now - self.sent.get(token, -1e18) < self.resend_after:

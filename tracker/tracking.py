@@ -12,8 +12,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import faust
 import orjson
@@ -23,8 +23,9 @@ from tracker.census import Census
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog, SagaDefinition
-from tracker.events import Event
-from tracker.machine import Emit, Transition, apply
+from tracker.events import SERVICE, Event
+from tracker.ingest import GENERATION_HEADER
+from tracker.machine import Emit, Transition, apply, virtual_timeout
 from tracker.metrics import Metrics
 from tracker.state import SagaState
 from tracker.summaries import summary
@@ -57,11 +58,28 @@ class Crash:
         if delivered:
             # "after_send": the emitted records are on the broker (faust's producer.flush()
             # does not return when awaited from inside an agent).
-            await asyncio.wait_for(asyncio.gather(*delivered), timeout=30)
+            await asyncio.wait_for(asyncio.gather(*[d for d in delivered if d is not None]), timeout=30)
         with open(self.marker, "w") as f:
             f.write(point)
         log.error("injected crash at %s", point)
         os._exit(137)
+
+
+class Role(Protocol):
+    generation: int
+    shadow: bool
+
+    @property
+    def active(self) -> bool: ...
+
+
+@dataclass
+class Promoted:
+    """The role of a lone generation 1 (agent tests, and before any replay)."""
+
+    generation: int = 1
+    shadow: bool = False
+    active: bool = True
 
 
 class Tracking:
@@ -75,11 +93,14 @@ class Tracking:
         census: Census,
         clock: Callable[[], float] = time.time,
         crash: Crash | None = None,
+        role: Role | None = None,
     ) -> None:
+        """``outputs``: topic by emit kind (compensation, outcome, decision) and ``shadow``."""
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
         self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
         self.crash = crash or Crash("", "")
         self.census = census
+        self.role: Role = role or Promoted()
 
     def load(self, saga_id: str) -> SagaState | None:
         raw = self.tables.sagas.get(saga_id.encode())
@@ -97,6 +118,16 @@ class Tracking:
 
     async def _apply(self, record: Record) -> Transition | None:
         event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
+        if self.role.shadow and event.kind == SERVICE:
+            # A shadow run over history decides in event time: a deadline that passed before
+            # this event fires first (what the changed definition would have done live).
+            while (due := virtual_timeout(self.load(event.saga_id), event.time)) is not None:
+                done = await self._apply_event(replace(due, position=event.position), record)
+                if done is None or not done.changed:
+                    break
+        return await self._apply_event(event, record)
+
+    async def _apply_event(self, event: Event, record: Record) -> Transition | None:
         state = self.load(event.saga_id)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
@@ -172,8 +203,19 @@ class Tracking:
         return old_row, row
 
     async def send(self, emit: Emit) -> Any:
-        """Queue one output; returns its delivery future."""
+        """Queue one output; returns its delivery future (None when there is nothing to send).
+
+        Only the promoted generation acts on the world and records decisions; any other
+        sends what it would have emitted to its shadow topic (decisions: nothing).
+        """
         headers = [(k, v.encode()) for k, v in emit.headers.items()]
-        delivery = await self.outputs[emit.kind].send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
-        self.metrics.emitted.labels(emit.kind).inc()
+        headers.append((GENERATION_HEADER, str(self.role.generation).encode()))
+        topic = self.outputs[emit.kind]
+        if not self.role.active:
+            if emit.kind == "decision":
+                return None
+            topic = self.outputs["shadow"]
+            headers.append(("saga_tracker_kind", emit.kind.encode()))
+        delivery = await topic.send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
+        self.metrics.emitted.labels(emit.kind if self.role.active else "shadow").inc()
         return delivery

@@ -5,6 +5,11 @@ and ``GET /sagas/stats`` fan out to every worker (each scans the summaries of th
 it owns) and merge: no global table to keep consistent, and each worker reads only its own
 RocksDB. Writes: operator actions become control records on the saga log, applied by the
 track agent like everything else. Errors are JSON with a status; never a stack trace.
+
+Generations: a worker of a generation that is not promoted forwards ``/sagas`` requests
+to a worker of the promoted one (falling back to its own state for reads when none
+answers), so a promotion switches the read model without a failed request. Every
+response says which generation answered (``X-Saga-Generation``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from yarl import URL
 from tables import Tables
 from tracker.definitions import Catalog
 from tracker.events import ACTIONS, CONTROL, Event
+from tracker.generations import Generations
 from tracker.machine import visible_status
 from tracker.metrics import Metrics
 from tracker.openapi import document as openapi_document
@@ -298,9 +304,51 @@ async def json_errors(request: aiohttp.web.Request, handler: Any) -> aiohttp.web
         return aiohttp.web.json_response({"error": code, "message": exc.reason}, status=exc.status)
 
 
-def register(app: faust.App, api: Api) -> None:
+GENERATION = "X-Saga-Generation"
+FORWARDED = "X-Saga-Tracker-Forwarded"
+HOP_HEADERS = ("Authorization", "Content-Type", "Accept")
+
+
+def promoted_generation(generations: Generations) -> Callable[..., Awaitable[aiohttp.web.StreamResponse]]:
+    """Middleware: answer read-model requests from the promoted generation."""
+    session: dict[str, aiohttp.ClientSession] = {}
+
+    async def forward(request: aiohttp.web.Request, url: str) -> aiohttp.web.Response:
+        if "s" not in session:
+            session["s"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT))
+        headers = {k: request.headers[k] for k in HOP_HEADERS if k in request.headers}
+        headers[FORWARDED] = "1"
+        body = await request.read()
+        async with session["s"].request(request.method, url + request.path_qs, headers=headers, data=body) as r:
+            payload = await r.read()
+            out = aiohttp.web.Response(body=payload, status=r.status, content_type=r.content_type)
+            out.headers[GENERATION] = r.headers.get(GENERATION, str(generations.registry.active))
+            return out
+
+    @aiohttp.web.middleware
+    async def middleware(request: aiohttp.web.Request, handler: Any) -> aiohttp.web.StreamResponse:
+        peer = generations.active_peer()
+        if peer is not None and request.path.startswith("/sagas") and FORWARDED not in request.headers:
+            try:
+                return await forward(request, peer)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if request.method != "GET":  # an action must reach the generation that acts
+                    return aiohttp.web.json_response(
+                        {"error": "unavailable", "message": f"the promoted generation did not answer: {exc!r}"}, status=503
+                    )
+                log.warning("promoted generation at %s did not answer (%r): serving this generation's state", peer, exc)
+        response: aiohttp.web.StreamResponse = await handler(request)
+        if GENERATION not in response.headers:
+            response.headers[GENERATION] = str(generations.generation)
+        return response
+
+    return middleware
+
+
+def register(app: faust.App, api: Api, generations: Generations) -> None:
     web_app: Any = app.web.web_app  # type: ignore[attr-defined]
     web_app.middlewares.append(json_errors)
+    web_app.middlewares.append(promoted_generation(generations))
 
     def page(path: str) -> Callable[[type[View]], type[View]]:
         return app.page(path)  # type: ignore[return-value]
@@ -319,7 +367,14 @@ def register(app: faust.App, api: Api) -> None:
         @guarded
         async def get(self, request: Request) -> Response:
             ready = not api.sweeper.recovering()
-            body = {"ready": ready, "active_partitions": api.sweeper.active_partitions(), **api.lag()}
+            body = {
+                "ready": ready,
+                "active_partitions": api.sweeper.active_partitions(),
+                "generation": generations.generation,
+                "promoted": generations.registry.active,
+                "shadow": generations.shadow,
+                **api.lag(),
+            }
             return ok(self, body, 200 if ready else 503)
 
     @page("/metrics")

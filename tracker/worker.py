@@ -29,6 +29,8 @@ def run(settings: Settings) -> None:
             print(f"embedded broker (Tansu, memory only) at {broker.bootstrap}", file=sys.stderr)
             # The services' topics exist in a real deployment; the embedded broker starts empty.
             ensure_topics_sync(broker.bootstrap, catalog.topics, settings.partitions)
+        # Read by the ingest agent of every generation: it must exist with the saga log's partitions.
+        ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
         tracker = build(settings, catalog, broker_url=url)
         log.info("tracking %s on %s", ", ".join(d.key for d in catalog.definitions), bootstrap_of(url))
         worker = faust.Worker(tracker.app, loglevel=settings.log_level.upper())

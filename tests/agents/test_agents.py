@@ -47,9 +47,9 @@ def shell(tmp_path: Path) -> Iterator[Shell]:
     app.flow_control.resume()
     channels = {
         name: app.channel(key_type=bytes, value_type=bytes, maxsize=1000)
-        for name in ("compensation", "outcome", "dead_letter", "saga_log")
+        for name in ("compensation", "outcome", "decision", "dead_letter", "saga_log")
     }
-    t.tracking.outputs.update(compensation=channels["compensation"], outcome=channels["outcome"])
+    t.tracking.outputs.update(compensation=channels["compensation"], outcome=channels["outcome"], decision=channels["decision"])
     t.tracking.dead_letters.topic = channels["dead_letter"]
     t.ingest.dead_letters.topic = channels["dead_letter"]
     t.ingest.saga_log = channels["saga_log"]

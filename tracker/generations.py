@@ -1,0 +1,183 @@
+"""Generations: which state generation is promoted, and where each one's workers are.
+
+A generation is a complete copy of the tracker's state (its own consumer group, saga log
+and changelog topics) built from the same input. Replay builds a new one while the
+promoted one keeps serving; ``promote`` switches. The shared, compacted, one-partition
+``<app_id>-generations`` topic holds:
+
+- ``active`` -> ``{"generation": N, "at": ...}``: the promoted generation (1 until a promotion);
+- ``generation:<N>`` -> how generation N was built (replay window, definitions, shadow);
+- ``worker:<N>:<url>`` -> ``{"generation": N, "url": ..., "at": ...}``: heartbeats, so a worker
+  of any generation can forward read-model requests to a worker of the promoted one.
+
+Only the promoted generation fires timeouts, emits to the services and records decisions;
+the others follow (their would-be outputs go to their shadow topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from tracker.admin import ensure_topics
+
+log = logging.getLogger(__name__)
+HEARTBEAT = 3.0  # seconds between a worker's announcements
+FRESH = 15.0  # a worker not heard from for longer is not forwarded to
+COMPACT = {"cleanup.policy": "compact", "retention.ms": "-1"}
+
+
+@dataclass
+class Registry:
+    """What the generations topic says, folded record by record (no I/O: testable)."""
+
+    active: int = 1
+    builds: dict[int, dict[str, Any]] = field(default_factory=dict)
+    workers: dict[int, dict[str, float]] = field(default_factory=dict)  # generation -> url -> last heard
+
+    def fold(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        name = key.decode(errors="replace")
+        try:
+            body = orjson.loads(value) if value is not None else None
+        except orjson.JSONDecodeError:
+            log.warning("ignoring a malformed record %r on the generations topic", name)
+            return
+        if name == "active" and isinstance(body, dict) and isinstance(body.get("generation"), int):
+            self.active = body["generation"]
+        elif name.startswith("generation:") and isinstance(body, dict):
+            with contextlib.suppress(ValueError):
+                self.builds[int(name.split(":", 1)[1])] = body
+        elif name.startswith("worker:") and isinstance(body, dict):
+            gen, url = body.get("generation"), body.get("url")
+            if isinstance(gen, int) and isinstance(url, str):
+                self.workers.setdefault(gen, {})[url] = float(body.get("at", 0))
+
+    def peer(self, generation: int, now: float, exclude: str = "") -> str | None:
+        """The most recently heard worker of a generation, if it was heard lately."""
+        heard = [(at, url) for url, at in self.workers.get(generation, {}).items() if url != exclude and now - at < FRESH]
+        return max(heard)[1] if heard else None
+
+
+class Generations:
+    """This worker's view of the registry, kept current by a background task."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, generation: int, shadow: bool, url: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.bootstrap, self.topic, self.generation, self.shadow, self.url = bootstrap, topic, generation, shadow, url
+        self.registry = Registry()
+        self.clock = clock
+        self.loaded = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def active(self) -> bool:
+        """Promoted: fires timeouts, emits to the services, records decisions."""
+        return not self.shadow and self.registry.active == self.generation
+
+    def active_peer(self) -> str | None:
+        """A worker of the promoted generation to forward reads to, when this one is not it."""
+        if self.active or self.shadow:
+            return None
+        return self.registry.peer(self.registry.active, self.clock(), exclude=self.url)
+
+    async def start(self) -> None:
+        await ensure_topics(self.bootstrap, [self.topic], 1, config=COMPACT)
+        self._tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._announce())]
+        # Until the registry is read this worker must not act as the promoted one.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.loaded.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _follow(self) -> None:
+        tp = TopicPartition(self.topic, 0)
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            try:
+                await consumer.start()
+                consumer.assign([tp])
+                await consumer.seek_to_beginning(tp)
+                end = (await consumer.end_offsets([tp]))[tp]
+                if end == 0:
+                    self.loaded.set()
+                while True:
+                    batch = await consumer.getmany(tp, timeout_ms=500)
+                    for msg in batch.get(tp, []):
+                        before = self.registry.active
+                        self.registry.fold(msg.key, msg.value)
+                        if self.registry.active != before and self.loaded.is_set():
+                            log.info("generation %d promoted (this worker: generation %d)", self.registry.active, self.generation)
+                        if msg.offset + 1 >= end:
+                            self.loaded.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the registry must survive a broker hiccup
+                log.warning("reading %s failed, retrying: %r", self.topic, exc)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _announce(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1)
+        await producer.start()
+        try:
+            while True:
+                body = {"generation": self.generation, "url": self.url, "shadow": self.shadow, "at": self.clock()}
+                with contextlib.suppress(Exception):
+                    await producer.send_and_wait(
+                        self.topic, key=f"worker:{self.generation}:{self.url}".encode(), value=orjson.dumps(body)
+                    )
+                await asyncio.sleep(HEARTBEAT)
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+
+async def read_registry(bootstrap: str, topic: str) -> Registry:
+    """The registry as it stands now (for the command line)."""
+    await ensure_topics(bootstrap, [topic], 1, config=COMPACT)
+    registry = Registry()
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        position = 0
+        while position < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for msg in batch.get(tp, []):
+                registry.fold(msg.key, msg.value)
+                position = msg.offset + 1
+    finally:
+        await consumer.stop()
+    return registry
+
+
+async def write(bootstrap: str, topic: str, key: str, body: dict[str, Any]) -> None:
+    await ensure_topics(bootstrap, [topic], 1, config=COMPACT)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=1)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, key=key.encode(), value=orjson.dumps(body))
+    finally:
+        await producer.stop()
