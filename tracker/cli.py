@@ -1,10 +1,15 @@
-"""The ``saga-tracker`` command: worker, broker, validate, demo."""
+"""The ``saga-tracker`` command: worker, broker, validate, demo, services, and the replay
+commands (replay, promote, retire, generations)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import sys
 import time
+from datetime import datetime
+from typing import Any
 
 from tracker.errors import TrackerError
 
@@ -49,6 +54,167 @@ def _broker(port: int | None) -> int:
     return 0
 
 
+def _when(text: str) -> float:
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (epoch seconds or ISO 8601)") from None
+    if moment.tzinfo is None:
+        from datetime import UTC
+
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tracker import generations as gens
+    from tracker import replay
+    from tracker.admin import bootstrap_of
+    from tracker.loader import load_catalog
+    from tracker.settings import Settings
+
+    settings = Settings.from_env()
+    if settings.embedded:
+        print("error: replay needs SAGA_TRACKER_BROKER (the embedded broker keeps nothing)", file=sys.stderr)
+        return 2
+    bootstrap = bootstrap_of(settings.broker)
+    registry = asyncio.run(gens.read_registry(bootstrap, settings.generations))
+    if args.verify:
+        return _verify(args, settings, registry)
+    generation = args.generation or max({1, registry.active, *registry.builds}) + 1
+    definitions = tuple(args.definitions) if args.definitions else settings.definitions
+    shadow = args.shadow or (bool(args.definitions) and tuple(args.definitions) != settings.definitions)
+    new = dataclasses.replace(settings, generation=generation, shadow=shadow, definitions=definitions)
+    catalog = load_catalog(list(definitions) or None)
+    report = asyncio.run(replay.feed(new, catalog, from_time=args.from_time))
+    kind = "shadow generation" if shadow else "generation"
+    print(f"{kind} {generation} fed into {new.saga_log}: {report.events} events, {report.decisions} decisions")
+    print(f"  ignored {report.ignored}, dead-lettered {report.dead_lettered} (to {new.dead_letters})")
+    if report.truncated:
+        print(f"  partial sagas (their start is before the window): {len(report.partial)}")
+    print(
+        f"  next: start its workers with SAGA_TRACKER_GENERATION={generation}" + (" SAGA_TRACKER_SHADOW=true" if shadow else "")
+    )
+    if definitions != settings.definitions:
+        print(f"        and SAGA_TRACKER_DEFINITIONS={','.join(definitions)}")
+    print(f"        then: saga-tracker replay --verify --generation {generation}")
+    return 0
+
+
+def _verify(args: argparse.Namespace, settings: Any, registry: Any) -> int:
+    from tracker import replay
+    from tracker.loader import load_catalog
+
+    other = args.generation or max({1, registry.active, *registry.builds})
+    base = args.against or registry.active
+    build = registry.builds.get(other, {})
+    base_catalog = load_catalog(list(registry.builds.get(base, {}).get("definitions") or settings.definitions) or None)
+    other_catalog = load_catalog(list(build.get("definitions") or settings.definitions) or None)
+    shadow = bool(build.get("shadow"))
+    deadline = time.monotonic() + args.wait
+    while True:
+        behind = {n: asyncio.run(replay.caught_up(settings, n, cat)) for n, cat in ((base, base_catalog), (other, other_catalog))}
+        if not any(behind.values()):
+            break
+        if time.monotonic() > deadline:
+            print(f"error: not caught up after {args.wait:g}s: {behind}", file=sys.stderr)
+            return 2
+        time.sleep(1)
+    while True:  # a table's changelog may trail its committed offsets by a moment
+        result = asyncio.run(replay.compare(settings, base, other, base_catalog, other_catalog))
+        if result.equal or shadow or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_comparison(result, shadow)
+    return 0 if result.equal or shadow else 1
+
+
+def _print_comparison(r: Any, shadow: bool) -> None:
+    print(f"generation {r.base} (promoted) vs {'shadow ' if shadow else ''}generation {r.other}")
+    print(f"  digest {r.base}: {r.base_digest}")
+    print(f"  digest {r.other}: {r.other_digest}")
+    print("  equal" if r.equal else f"  {len(r.differing)} sagas differ")
+    statuses = sorted(set(r.counts_before) | set(r.counts_after))
+    print("  status counts: " + ", ".join(f"{s} {r.counts_before.get(s, 0)} -> {r.counts_after.get(s, 0)}" for s in statuses))
+    if r.partial:
+        print(f"  partial sagas in generation {r.other}: {r.partial}")
+    for d in r.differing:
+        a, b = d["base"] or {}, d["other"] or {}
+        print(f"  {d['saga_id']}: {a.get('status')}/{a.get('current')} -> {b.get('status')}/{b.get('current')}")
+        if not shadow:
+            print(f"    base:  {a}\n    other: {b}")
+    if r.would_emit:
+        print(f"  compensations generation {r.other} would have emitted: {', '.join(r.would_emit)}")
+        print(f"  of which never emitted live: {', '.join(r.new_compensations) or 'none'}")
+
+
+def _promote(generation: int, force: bool) -> int:
+    from tracker import generations as gens
+    from tracker import replay
+    from tracker.admin import bootstrap_of
+    from tracker.errors import ReplayError
+    from tracker.loader import load_catalog
+    from tracker.settings import Settings
+
+    settings = Settings.from_env()
+    bootstrap = bootstrap_of(settings.broker)
+    registry = asyncio.run(gens.read_registry(bootstrap, settings.generations))
+    build = registry.builds.get(generation)
+    if generation != 1 and build is None:
+        raise ReplayError(f"generation {generation} was never built (saga-tracker replay builds one)")
+    if build is not None and build.get("shadow"):
+        raise ReplayError(f"generation {generation} is a shadow run: build a generation without --shadow to switch")
+    if build is not None and build.get("state") == "retired":
+        raise ReplayError(f"generation {generation} was retired")
+    catalog = load_catalog(list((build or {}).get("definitions") or settings.definitions) or None)
+    behind = asyncio.run(replay.caught_up(settings, generation, catalog))
+    if behind and not force:
+        raise ReplayError(f"generation {generation} has not caught up: {behind} (--force promotes anyway)")
+    previous = registry.active
+    asyncio.run(
+        gens.write(bootstrap, settings.generations, "active", {"generation": generation, "previous": previous, "at": time.time()})
+    )
+    print(f"generation {generation} promoted (was {previous}); roll back with: saga-tracker promote {previous}")
+    return 0
+
+
+def _retire(generation: int) -> int:
+    from tracker import replay
+    from tracker.settings import Settings
+
+    removed = asyncio.run(replay.retire(Settings.from_env(), generation))
+    print(f"generation {generation} retired; removed topics: {', '.join(removed) or 'none'}")
+    return 0
+
+
+def _generations() -> int:
+    from tracker import generations as gens
+    from tracker.admin import bootstrap_of
+    from tracker.settings import Settings
+
+    settings = Settings.from_env()
+    registry = asyncio.run(gens.read_registry(bootstrap_of(settings.broker), settings.generations))
+    now = time.time()
+    for n in sorted({1, registry.active, *registry.builds}):
+        build = registry.builds.get(n, {})
+        workers = [u for u, at in registry.workers.get(n, {}).items() if now - at < gens.FRESH]
+        flags = ["promoted"] if n == registry.active else []
+        if build.get("shadow"):
+            flags.append("shadow")
+        print(f"generation {n}: {' '.join(flags) or build.get('state', 'live')}; workers: {', '.join(workers) or 'none'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saga-tracker", description="Track choreographed sagas on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,10 +232,33 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--sagas", type=int, default=0, help="sagas to start (0: keep starting them)")
     sv.add_argument("--rate", type=float, default=2.0, help="sagas started per second")
     sv.add_argument("--seed", type=int, default=7)
+    r = sub.add_parser("replay", help="rebuild state into a new generation from the input topics; --verify compares")
+    r.add_argument("--generation", type=int, default=None, help="generation number (default: the next free one)")
+    r.add_argument("--from-time", type=_when, default=None, help="start of the window (default: earliest retained)")
+    r.add_argument("--definitions", nargs="+", default=None, help="other definitions: builds a shadow generation")
+    r.add_argument("--shadow", action="store_true", help="never promotable; outputs go to <group>-shadow")
+    r.add_argument("--verify", action="store_true", help="compare the generation with the promoted one")
+    r.add_argument("--against", type=int, default=None, help="with --verify: the generation to compare with")
+    r.add_argument("--wait", type=float, default=120.0, help="with --verify: seconds to wait for catch-up")
+    r.add_argument("--json", action="store_true", help="with --verify: the report as JSON")
+    pr = sub.add_parser("promote", help="make a generation the one that serves and acts")
+    pr.add_argument("generation", type=int)
+    pr.add_argument("--force", action="store_true", help="even if it has not caught up")
+    rt = sub.add_parser("retire", help="delete a generation's own topics (not the promoted one)")
+    rt.add_argument("generation", type=int)
+    sub.add_parser("generations", help="list generations, the promoted one and their workers")
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
             return _validate(args.files)
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "promote":
+            return _promote(args.generation, args.force)
+        if args.command == "retire":
+            return _retire(args.generation)
+        if args.command == "generations":
+            return _generations()
         if args.command == "broker":
             return _broker(args.port)
         from tracker.settings import Settings

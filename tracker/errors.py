@@ -6,7 +6,8 @@
     │                             dead-letter reason code (``not_json``, ``no_saga_id``...)
     ├── StateError                a stored saga state cannot be decoded
     ├── SettingsError             an environment variable has an invalid value
-    └── BrokerError               the embedded broker could not be started
+    ├── BrokerError               the embedded broker could not be started
+    └── ReplayError               a replay, promotion or retirement was refused (the message says why)
 
 Anything else escaping the tracker is a bug. The stream agents catch every
 exception per record and dead-letter the record, so no error stops a worker.
@@ -67,3 +68,8 @@ class SettingsError(TrackerError):
 
 class BrokerError(TrackerError):
     """The embedded broker could not be started or did not become ready."""
+
+
+class ReplayError(TrackerError):
+    """A replay, promotion or retirement was refused: the generation exists, is promoted, or
+    has not caught up."""

@@ -80,15 +80,24 @@ class Ingest:
         await self.saga_log.send(key=event.saga_id.encode(), value=orjson.dumps(event.to_dict()))
 
     def event_of(self, record: Record) -> Event | None:
-        """The saga-log record for an input record; None for this generation's own decisions."""
-        if record.topic != self.decisions:
-            return correlate(self.catalog, record, max_bytes=self.max_event_bytes)
-        if decided_by(record) == self.generation:
-            return None  # this generation took it: already in its state
-        try:
-            return decision_event(orjson.loads(record.value or b"null"))
-        except (StateError, orjson.JSONDecodeError) as exc:
-            raise CorrelationError("bad_decision", str(exc)) from None
+        return to_event(
+            self.catalog, record, decisions=self.decisions, generation=self.generation, max_bytes=self.max_event_bytes
+        )
+
+
+def to_event(catalog: Catalog, record: Record, *, decisions: str, generation: int, max_bytes: int) -> Event | None:
+    """The saga-log record for an input record; None for a generation's own decisions.
+
+    Raises ``Ignored`` (an event type the definitions ignore) or ``CorrelationError``.
+    """
+    if record.topic != decisions:
+        return correlate(catalog, record, max_bytes=max_bytes)
+    if decided_by(record) == generation:
+        return None  # this generation took it: already in its state
+    try:
+        return decision_event(orjson.loads(record.value or b"null"))
+    except (StateError, orjson.JSONDecodeError) as exc:
+        raise CorrelationError("bad_decision", str(exc)) from None
 
 
 def decided_by(record: Record) -> int | None:
