@@ -105,6 +105,15 @@ class Generations:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._tasks:  # say goodbye, so nobody forwards here and the generation can be retired
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(write(self.bootstrap, self.topic, self._key(), self._body(at=0.0)), timeout=5)
+
+    def _key(self) -> str:
+        return f"worker:{self.generation}:{self.url}"
+
+    def _body(self, at: float) -> dict[str, Any]:
+        return {"generation": self.generation, "url": self.url, "shadow": self.shadow, "at": at}
 
     async def _follow(self) -> None:
         tp = TopicPartition(self.topic, 0)
@@ -140,11 +149,9 @@ class Generations:
         await producer.start()
         try:
             while True:
-                body = {"generation": self.generation, "url": self.url, "shadow": self.shadow, "at": self.clock()}
                 with contextlib.suppress(Exception):
-                    await producer.send_and_wait(
-                        self.topic, key=f"worker:{self.generation}:{self.url}".encode(), value=orjson.dumps(body)
-                    )
+                    body = orjson.dumps(self._body(at=self.clock()))
+                    await producer.send_and_wait(self.topic, key=self._key().encode(), value=body)
                 await asyncio.sleep(HEARTBEAT)
         finally:
             with contextlib.suppress(Exception):

@@ -380,6 +380,9 @@ async def retire(settings: Settings, generation: int) -> list[str]:
     registry = await gens.read_registry(bootstrap, settings.generations)
     if generation == registry.active:
         raise ReplayError(f"generation {generation} is the promoted one; promote another first")
+    running = [u for u, at in registry.workers.get(generation, {}).items() if time.time() - at < gens.FRESH]
+    if running:
+        raise ReplayError(f"generation {generation} still has workers: {', '.join(running)}; stop them first")
     group = group_of(settings.app_id, generation)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

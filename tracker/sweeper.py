@@ -46,7 +46,9 @@ class Sweeper:
         self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
         self.metrics, self.census, self.resend_after, self.clock = metrics, census, resend_after, clock
         self.may_fire = may_fire
-        self.sent: dict[str, float] = {}  # token -> when this worker sent its timeout record
+        # (saga id, token) -> when this worker sent its timeout record. Tokens are per saga:
+        # two sagas with the same deadline sequence and due millisecond share one.
+        self.sent: dict[tuple[str, str], float] = {}
         self.behind = True
         self.due: Counter[tuple[str, str]] = Counter()  # deadlines past due at the last sweep, by type and step
 
@@ -90,7 +92,7 @@ class Sweeper:
         bound = due_bound(now)
         sent = 0
         due: Counter[tuple[str, str]] = Counter()
-        live: set[str] = set()
+        live: set[tuple[str, str]] = set()
         for partition in self.active_partitions():
             db = partition_db(self.tables.deadlines, partition)  # keys ordered by due time
             if db is None:
@@ -103,14 +105,15 @@ class Sweeper:
                 if not fire:
                     continue  # counted as stuck; its completion may be in the backlog, or not ours to decide
                 token = row["token"]
-                live.add(token)
-                if now - self.sent.get(token, -1e18) < self.resend_after:
+                sent_key = (row["saga_id"], token)
+                live.add(sent_key)
+                if now - self.sent.get(sent_key, -1e18) < self.resend_after:
                     continue  # already sent; the agent has not applied it yet
                 record = timeout_event(row["saga_id"], row["saga_type"], token, row["due"])
                 await self.saga_log.send(key=row["saga_id"].encode(), value=orjson.dumps(record.to_dict()), partition=partition)
-                self.sent[token] = now
+                self.sent[sent_key] = now
                 sent += 1
-        self.sent = {t: at for t, at in self.sent.items() if t in live}
+        self.sent = {k: at for k, at in self.sent.items() if k in live}
         self.due = due
         if sent:
             self.metrics.timeouts_sent.inc(sent)

@@ -41,7 +41,7 @@ def keep_logs(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if report is not None and report.failed:
         dest = ARTIFACTS / request.node.name
         dest.mkdir(parents=True, exist_ok=True)
-        for log in tmp_path.rglob("*.log"):
+        for log in [*tmp_path.glob("*.log"), *tmp_path.glob("s*/*.log")]:  # worker logs, not RocksDB's
             shutil.copy(log, dest / f"{log.parent.name}-{log.name}")
 
 

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +197,26 @@ class Scenario:
     def send(self, *events: tuple[str, bytes, bytes, list]) -> None:
         self.kafka.produce(list(events))
 
+    def cli(self, *args: str, timeout: float = 180.0, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run ``saga-tracker ARGS`` against this scenario's broker and app id."""
+        full = {
+            **os.environ,
+            "SAGA_TRACKER_BROKER": self.broker_url,
+            "SAGA_TRACKER_APP_ID": self.app_id,
+            "SAGA_TRACKER_DEFINITIONS": str(self.definitions),
+            "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "1",
+            **env,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "tracker", *args],
+            env=full,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
     def close(self) -> None:
         for w in self.workers:
             w.kill()
@@ -249,6 +271,14 @@ class Worker:
 
     def get(self, path: str) -> tuple[int, Any]:
         return get_json(self.base + path)
+
+    def get_with_headers(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        req = urllib.request.Request(self.base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), orjson.loads(exc.read())
 
     def saga(self, saga_id: str) -> dict[str, Any] | None:
         status, body = self.get(f"/sagas/{saga_id}")
