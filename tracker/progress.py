@@ -18,6 +18,8 @@ records not yet processed (committed, for other workers' partitions).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -56,12 +58,16 @@ class Progress:
         self.phase = SOURCES  # a rebalance starts a new catch-up
 
     async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
-        if self._offsets is not None:
-            await self._offsets.stop()
-            self._offsets = None
+        admin, offsets = self._admin, self._offsets
+        # Dropped first: after a stalled request a client can stay wedged, and the next
+        # measurement must start from fresh connections whatever closing them does.
+        self._admin = self._offsets = None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(admin.close(), timeout=2)
+        if offsets is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(offsets.stop(), timeout=2)
 
     async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
         return await self._list_offsets(tps, end=True)

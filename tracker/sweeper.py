@@ -84,6 +84,7 @@ class Sweeper:
         except Exception as exc:  # a broker hiccup: fire nothing this round rather than guess
             log.warning("cannot measure lag, firing no timeouts this sweep: %r", exc)
             behind = True
+            await self.progress.close()  # next time from fresh connections
         for tp, lag in self.progress.lags.items():
             self.metrics.input_lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.set_behind(behind)
