@@ -245,11 +245,12 @@ class Worker:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.wrapper: list[str] = []  # e.g. faketime: the worker runs under it
 
     def start(self, wait: bool = True) -> Worker:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tracker", "worker"],
+                [*self.wrapper, sys.executable, "-m", "tracker", "worker"],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,

@@ -1,0 +1,434 @@
+"""The fault scenarios. Each drives seeded traffic, breaks something, and returns a Verdict.
+
+A scenario gets a ``Context``: the broker, a fresh ``FaultScenario`` (app id, topics,
+definitions), the seed and a temp directory. Faults run in a thread while the generator
+starts sagas; when both are done every worker is brought back and the verdict waits for
+the read model to settle.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.faults.harness import FaultScenario, ServicesThread, Verdict, verdict
+from tests.integration.harness import Kafka, Worker
+from tracker.broker import EmbeddedBroker
+from tracker.services import Behaviour
+
+BEHAVIOUR = Behaviour(fail_rate=0.1, stall_rate=0.12, duplicate_rate=0.1, reorder_rate=0.15, ignore_compensation_rate=0.0)
+SAGAS, RATE = 24, 3.0
+
+
+@dataclass
+class Context:
+    broker: EmbeddedBroker
+    kafka: Kafka
+    tmp: Path
+    seed: int
+    sagas: int = SAGAS
+
+    def scenario(self) -> FaultScenario:
+        path = self.tmp / f"run-{time.monotonic_ns()}"
+        path.mkdir()
+        return FaultScenario(self.kafka, path, self.broker.url)
+
+
+def drive(
+    ctx: Context, s: FaultScenario, during: Callable[[threading.Event], None] | None = None
+) -> tuple[ServicesThread, float]:
+    """Start the services, generate the sagas while ``during`` breaks things; returns when the
+    faults are over (their end time is when "due handled in bound" starts counting)."""
+    services = ServicesThread(s, ctx.seed, BEHAVIOUR)
+    done = threading.Event()
+    fault = threading.Thread(target=during, args=(done,)) if during else None
+    if fault:
+        fault.start()
+    services.generate(ctx.sagas, RATE)
+    done.set()
+    if fault:
+        fault.join(120)
+    return services, time.time()
+
+
+def finish(name: str, s: FaultScenario, services: ServicesThread, reader: Worker, faults_end: float) -> Verdict:
+    try:
+        return verdict(name, s, services, reader, faults_end)
+    finally:
+        services.stop()
+        for w in s.workers:
+            w.stop()
+
+
+def every(done: threading.Event, seconds: float, act: Callable[[], None]) -> None:
+    while not done.wait(seconds):
+        act()
+
+
+def restart(w: Worker) -> None:
+    w.kill()
+    w.start(wait=False)
+
+
+# --- scenarios ------------------------------------------------------------------------------
+
+
+def baseline(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w = s.worker("w1").start()
+    services, end = drive(ctx, s)
+    return finish("no faults (baseline)", s, services, w, end)
+
+
+def sigkill_random(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    workers = [s.worker(f"w{i}").start() for i in range(3)]
+    rng = random.Random(ctx.seed)
+    kills = []
+
+    def kill() -> None:
+        w = rng.choice(workers)
+        kills.append(w.name)
+        restart(w)
+
+    services, end = drive(ctx, s, lambda done: every(done, 4.0, kill))
+    for w in workers:
+        if not w.alive():
+            w.start(wait=False)
+    for w in workers:
+        w.wait_ready(90)
+    v = finish("SIGKILL a random worker every 4 s (3 workers)", s, services, workers[0], end)
+    v.notes.append(f"killed {len(kills)} times: {', '.join(kills)}")
+    return v
+
+
+def scale(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w1 = s.worker("w1").start()
+    others = [s.worker("w2"), s.worker("w3")]
+
+    def steps(done: threading.Event) -> None:
+        time.sleep(2)
+        for w in others:
+            w.start(wait=False)
+        time.sleep(5)
+        for w in others:
+            w.stop()
+
+    services, end = drive(ctx, s, steps)
+    return finish("scale 1 -> 3 -> 1, clean stops", s, services, w1, end)
+
+
+def crash_before_send(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    marker = s.tmp / "crashed"
+    w = s.worker("w1", SAGA_TRACKER_CRASH_POINT="before_send", SAGA_TRACKER_CRASH_MARKER=str(marker)).start()
+
+    def watch(done: threading.Event) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.2)
+        w.wait_exit(30)
+        w.start(wait=False)
+
+    services, end = drive(ctx, s, watch)
+    w.wait_ready(90)
+    v = finish("os._exit between the state write and the compensation send", s, services, w, end)
+    v.notes.append("crashed once at before_send" if marker.exists() else "the crash point was never reached")
+    return v
+
+
+def zombie(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w1, w2 = s.worker("w1").start(), s.worker("w2").start()
+
+    def freeze(done: threading.Event) -> None:
+        time.sleep(2)
+        assert w2.process is not None
+        w2.process.send_signal(signal.SIGSTOP)
+        time.sleep(10)  # past the 6 s session timeout: w1 takes its partitions
+        w2.process.send_signal(signal.SIGCONT)
+
+    services, end = drive(ctx, s, freeze)
+    return finish("SIGSTOP a worker past its session timeout, then SIGCONT", s, services, w1, end)
+
+
+def redelivery(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w = s.worker("w1").start()
+    services, _ = drive(ctx, s)
+    # Every input record twice more, as they are (same keys, values, headers).
+    again = []
+    for topic in s.topics:
+        for r in s.kafka.read(topic, timeout=2.0):
+            again.append((topic, r["key"], r["value"], list(r["headers"].items())))
+    s.kafka.produce(again + again)
+    w.stop()
+    rewind_group(s, 20)
+    w.start()
+    v = finish("every event delivered 3 times; group reset back 20 offsets", s, services, w, time.time())
+    v.notes.append(f"{len(again)} records re-delivered twice")
+    return v
+
+
+def rewind_group(s: FaultScenario, n: int) -> None:
+    """Move the tracker's committed input offsets back by ``n`` per partition."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    async def go() -> None:
+        tps = [TopicPartition(t, p) for t in s.topics for p in range(4)]
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(s.app_id, partitions=tps)
+        finally:
+            await admin.close()
+        c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, group_id=s.app_id, enable_auto_commit=False)
+        await c.start()
+        try:
+            c.assign(tps)
+            back = {tp: OffsetAndMetadata(max(0, m.offset - n), "") for tp, m in committed.items() if m.offset > 0}
+            if back:
+                await c.commit(back)
+        finally:
+            await c.stop()
+
+    asyncio.run(go())
+
+
+def late_and_shuffled(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w = s.worker("w1").start()
+    # Sagas whose events arrive in a random order (event times say the real order).
+    rng = random.Random(ctx.seed)
+    t0 = time.time() - 4
+    shuffled = []
+    for n in range(6):
+        sid = f"shuffled-{n}"
+        evs = [order_event(s, t, sid, t0 + i * 0.5) for i, t in enumerate(FLOW)]
+        rng.shuffle(evs)
+        shuffled += evs
+    s.kafka.produce(shuffled)
+    services, _ = drive(ctx, s)
+    # Late: the missing completion of each stalled step, after the tracker compensated.
+    time.sleep(8)
+    late = []
+    for sid in services.ids:
+        view = w.saga(sid)
+        if view and view["status"] in ("compensating", "compensated") and view["compensated_by"] == "tracker":
+            step = next(st for st in view["steps"] if st["state"] == "timed_out")
+            late.append(service_event(s, view["saga_type"], step["name"], sid))
+    s.kafka.produce([e for e in late if e is not None])
+    v = finish("events shuffled within sagas; late events after compensation", s, services, w, time.time())
+    v.notes.append(f"{len(shuffled)} shuffled events in 6 sagas; {len(late)} late completions")
+    return v
+
+
+FLOW = ("OrderCreated", "PaymentAuthorized", "InventoryReserved", "ShipmentCreated")
+TOPIC = {
+    "OrderCreated": "orders",
+    "PaymentAuthorized": "payments",
+    "InventoryReserved": "inventory",
+    "ShipmentCreated": "shipping",
+}
+
+
+def order_event(s: FaultScenario, event_type: str, saga_id: str, at: float) -> tuple[str, bytes, bytes, list[Any]]:
+    from tracker.machine import iso
+
+    body = {"id": f"{saga_id}:{event_type}", "type": event_type, "time": iso(at), "data": {"order_id": saga_id}}
+    return (s.prefix + TOPIC[event_type], saga_id.encode(), json.dumps(body).encode(), [])
+
+
+def service_event(s: FaultScenario, saga_type: str, step: str, saga_id: str) -> tuple[str, bytes, bytes, list[Any]] | None:
+    from tracker.machine import iso
+
+    d = s.catalog.current[saga_type]
+    i = d.step_index(step)
+    spec = d.steps[i]
+    body = {"id": f"{saga_id}:{step}:late", "type": spec.completed_by[0], "time": iso(time.time())}
+    key = d.correlation.saga_id[0].path
+    body["data"] = {key[-1]: saga_id}
+    return (d.topics[i % len(d.topics)], saga_id.encode(), json.dumps(body).encode(), [])
+
+
+HOSTILE: list[bytes] = [
+    b"\xff\xfe\x00not utf-8",
+    b"{not json",
+    b"[" * 5000 + b"]" * 5000,
+    json.dumps({"type": "OrderCreated", "id": "x", "time": "now", "data": {"order_id": "<script>alert(1)</script>"}}).encode(),
+    json.dumps({"type": "OrderCreated", "id": "y", "data": {"order_id": "a" * 10_000}}).encode(),
+    json.dumps({"type": "SomethingElse", "id": "z", "data": {}}).encode(),
+    b"x" * (2 * 1024 * 1024),
+    b"",
+]
+
+
+def hostile(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w = s.worker("w1").start()
+    bad = [(s.prefix + "orders", b"k", value, []) for value in HOSTILE]
+
+    def inject(done: threading.Event) -> None:
+        while not done.wait(1.0):
+            s.kafka.produce(bad[:3])
+        s.kafka.produce(bad)
+
+    services, end = drive(ctx, s, inject)
+    v = finish("malformed and hostile input mixed in", s, services, w, end)
+    dead = s.kafka.read(s.topic("dead-letter"), timeout=3.0)
+    v.notes.append(f"dead-lettered {len(dead)} records")
+    if len(dead) < len(bad):
+        v.checks["no saga lost"] = f"only {len(dead)} dead letters for at least {len(bad)} bad records"
+    return v
+
+
+def clock_skew(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w1 = s.worker("w1").start()
+    w2 = s.worker("w2", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    w2.wrapper = [faketime(), "-f", "-3s"]
+    w2.start()
+    services, end = drive(ctx, s)
+    v = finish("one worker's clock 3 s behind (faketime)", s, services, w1, end)
+    v.notes.append("a clock running ahead makes its worker fire early: see docs/faults.md")
+    return v
+
+
+def faketime() -> str:
+    path = shutil.which("faketime")
+    if path is None:
+        raise RuntimeError("faketime is not installed (Debian package faketime)")
+    return path
+
+
+def wipe_state(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    workers = [s.worker("w1").start(), s.worker("w2").start()]
+
+    def wipe(done: threading.Event) -> None:
+        time.sleep(4)
+        for w in workers:
+            w.kill()
+        for w in workers:
+            shutil.rmtree(w.data, ignore_errors=True)
+        for w in workers:
+            w.start(wait=False)
+
+    services, end = drive(ctx, s, wipe)
+    for w in workers:
+        w.wait_ready(90)
+    return finish("every worker's local state wiped", s, services, workers[0], end)
+
+
+def kill_in_recovery(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w = s.worker("w1").start()
+    services, _ = drive(ctx, s)
+    w.kill()
+    shutil.rmtree(w.data, ignore_errors=True)
+    w.start(wait=False)
+    killed = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # kill it while it replays its changelogs
+        if "Recovery" in w.log.read_text(errors="replace")[-20000:] or time.monotonic() > deadline - 25:
+            w.kill()
+            killed = True
+            break
+        time.sleep(0.05)
+    w.start()
+    v = finish("SIGKILL during changelog recovery", s, services, w, time.time())
+    v.notes.append("killed during recovery" if killed else "recovery was over before the kill")
+    return v
+
+
+def idle_partition(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w = s.worker("w1").start()
+    # Sagas on one partition only, all stalled at payment; then no traffic anywhere.
+    from aiokafka.partitioner import DefaultPartitioner
+
+    part = DefaultPartitioner()
+    ids = [f"idle-{n}" for n in range(200) if part(f"idle-{n}".encode(), [0, 1, 2, 3], [0, 1, 2, 3]) == 0][:5]
+    s.kafka.produce([order_event(s, "OrderCreated", sid, time.time()) for sid in ids])
+    services = ServicesThread(s, ctx.seed, Behaviour(fail_rate=0, stall_rate=1.0, duplicate_rate=0, reorder_rate=0))
+    services.ids = ids
+    v = finish("a partition with no traffic while its deadlines fall due", s, services, w, time.time())
+    return v
+
+
+def broker_restart(ctx: Context) -> Verdict:
+    own = EmbeddedBroker(log_path=str(ctx.tmp / "broker-restart.log"))
+    own.start()
+    kafka = Kafka(own.bootstrap)
+    sub = Context(own, kafka, ctx.tmp, ctx.seed, ctx.sagas)
+    s = sub.scenario()
+    w = s.worker("w1").start()
+    services, _ = drive(sub, s)
+    recorded = []
+    for topic in s.topics:
+        recorded += [(topic, r["key"], r["value"], list(r["headers"].items())) for r in kafka.read(topic, timeout=2.0)]
+    services.stop()
+    port = own.port
+    own.stop()  # memory storage: every topic, offset and group is gone
+    code = None
+    try:
+        code = w.wait_exit(60)
+    except Exception:
+        w.kill()
+    loud = code not in (None, 0) or "Error" in w.tail(200)
+    own = EmbeddedBroker(port, log_path=str(ctx.tmp / "broker-restart-2.log"))
+    own.start()
+    try:
+        kafka.create(s.topics)
+        kafka.produce(recorded)
+        shutil.rmtree(w.data, ignore_errors=True)
+        w.start()
+        services = ServicesThread(s, ctx.seed, BEHAVIOUR)
+        services.ids = sorted(
+            {json.loads(v)["data"].get("order_id") or json.loads(v)["data"].get("task_id") for _, _, v, _ in recorded if v}
+        )
+        v = finish("broker restart (memory lost), input replayed", s, services, w, time.time())
+        v.notes.append(
+            f"worker {'failed loudly' if loud else 'did NOT fail loudly'} (exit {code}); recovered after the input was replayed"
+        )
+        if not loud:
+            v.checks["no saga lost"] = "the worker did not fail loudly when the broker lost everything"
+        return v
+    finally:
+        own.stop()
+
+
+def saga_of(value: bytes) -> str:
+    data = json.loads(value)["data"]
+    return str(data.get("order_id") or data.get("task_id"))
+
+
+ALL: dict[str, Callable[[Context], Verdict]] = {
+    "baseline": baseline,
+    "sigkill": sigkill_random,
+    "scale": scale,
+    "crash": crash_before_send,
+    "zombie": zombie,
+    "redelivery": redelivery,
+    "late": late_and_shuffled,
+    "hostile": hostile,
+    "skew": clock_skew,
+    "wipe": wipe_state,
+    "recovery": kill_in_recovery,
+    "idle": idle_partition,
+    "broker": broker_restart,
+}
+REDUCED = ("baseline", "sigkill")  # what `make test` runs; `make faults` runs ALL
