@@ -112,8 +112,21 @@ class Kafka:
         timeout: float = 5.0,
         partitions: int = 4,
     ) -> list[dict[str, Any]]:
-        """Every record of ``topic`` from the beginning, until ``until(records)`` or ``timeout``."""
+        """Every record of ``topic`` from the beginning, until ``until(records)`` or ``timeout``.
 
+        Waits of more than 10 s start over with a fresh consumer every 10 s: a fetch session
+        to the embedded broker can stop returning a partition's new records.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            records = self._read(topic, until, min(left, 10.0), partitions)
+            if until(records) or left <= 10.0:
+                return records
+
+    def _read(
+        self, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float, partitions: int
+    ) -> list[dict[str, Any]]:
         async def go() -> list[dict[str, Any]]:
             c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
             await c.start()
