@@ -5,6 +5,8 @@ A thin shell: every saga rule is in ``machine``; this module only moves bytes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.transport.producer import ProducerBuffer
 from prometheus_client import CollectorRegistry
 
 import tables as tables_module
@@ -52,7 +55,41 @@ class TrackerApp:
     generations: Generations
 
 
+def make_commits_durable() -> None:
+    """Commit an input offset only once every record produced before it is delivered.
+
+    faust commits after flushing its producer buffer, but ``ProducerBuffer.flush`` gives up
+    as soon as no message went out for 0.1 s, and does not see the message being handed to
+    aiokafka at that moment. A changelog record still in the buffer is then lost by a crash
+    although the input offset that produced it is committed, and the saga's state regresses
+    on recovery (found by the fault harness: SIGKILL, os._exit, SIGSTOP). This flush waits
+    until the buffer is empty and nothing is in hand; aiokafka's own flush, which faust
+    awaits next, then waits for delivery. One place reaches into faust for this.
+    """
+    if getattr(ProducerBuffer, "_saga_tracker_durable", False):
+        return
+    send = ProducerBuffer._send_pending
+
+    async def _send_pending(self: Any, fut: Any) -> None:
+        self._saga_tracker_in_hand = getattr(self, "_saga_tracker_in_hand", 0) + 1
+        try:
+            await send(self, fut)
+        finally:
+            self._saga_tracker_in_hand -= 1
+
+    async def flush(self: Any) -> None:
+        while self.size or getattr(self, "_saga_tracker_in_hand", 0):
+            self.message_sent.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
+
+    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+    ProducerBuffer._saga_tracker_durable = True  # type: ignore[attr-defined]
+
+
 def faust_app(settings: Settings, broker_url: str) -> faust.App:
+    make_commits_durable()
     return faust.App(
         settings.group_id,
         broker=broker_url,
@@ -97,6 +134,7 @@ def build(
         generation=settings.generation,
     )
     census = Census()
+    sweeper_ref: list[Sweeper] = []
     tracking = Tracking(
         catalog,
         tables,
@@ -111,6 +149,8 @@ def build(
         census,
         crash=Crash(settings.crash_point, settings.crash_marker),
         role=generations,
+        caught_up=lambda: not sweeper_ref[0].behind,
+        deferred=lambda saga_id, token: sweeper_ref[0].forget(saga_id, token),
     )
     sweeper = Sweeper(
         app,
@@ -123,6 +163,7 @@ def build(
         # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
         may_fire=lambda: generations.active or generations.shadow,
     )
+    sweeper_ref.append(sweeper)
     tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress, generations)
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _wire(tracker)

@@ -108,6 +108,12 @@ class Metrics:
         self.timeouts_sent = Counter(
             "saga_tracker_timeout_records_sent_total", "Timeout records the sweeper sent for due deadlines.", registry=r
         )
+        self.timeouts_deferred = Counter(
+            "saga_tracker_timeout_records_deferred_total",
+            "Timeout records set aside because this worker was behind (a zombie's, or sent before a "
+            "rebalance); the deadline stays indexed and is swept again once caught up.",
+            registry=r,
+        )
         self.timeouts_suppressed = Gauge(
             "saga_tracker_timeouts_suppressed", "1 while this worker is behind on its input and fires no timeouts.", registry=r
         )

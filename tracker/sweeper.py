@@ -120,6 +120,10 @@ class Sweeper:
             self.metrics.timeouts_sent.inc(sent)
         return sent
 
+    def forget(self, saga_id: str, token: str) -> None:
+        """The agent set this timeout aside: send it again as soon as it is still due."""
+        self.sent.pop((saga_id, token), None)
+
     def set_behind(self, behind: bool) -> None:
         if behind != self.behind:
             log.info("timeouts %s", "suppressed: worker is behind on its input" if behind else "enabled: caught up")

@@ -23,7 +23,7 @@ from tracker.census import Census
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog, SagaDefinition
-from tracker.events import SERVICE, Event
+from tracker.events import SERVICE, TIMEOUT, Event
 from tracker.ingest import GENERATION_HEADER
 from tracker.machine import Emit, Transition, apply, virtual_timeout
 from tracker.metrics import Metrics
@@ -94,6 +94,8 @@ class Tracking:
         clock: Callable[[], float] = time.time,
         crash: Crash | None = None,
         role: Role | None = None,
+        caught_up: Callable[[], bool] = lambda: True,
+        deferred: Callable[[str, str], None] = lambda saga_id, token: None,
     ) -> None:
         """``outputs``: topic by emit kind (compensation, outcome, decision) and ``shadow``."""
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
@@ -101,6 +103,11 @@ class Tracking:
         self.crash = crash or Crash("", "")
         self.census = census
         self.role: Role = role or Promoted()
+        # A timeout record is applied only while this worker is caught up: one sent by a
+        # zombie (a paused worker that still thinks it owns the partition) or before a
+        # rebalance may precede a completion still in the backlog. The deadline stays in the
+        # index; ``deferred`` lets the sweeper send it again at once when it is still due.
+        self.caught_up, self.deferred = caught_up, deferred
 
     def load(self, saga_id: str) -> SagaState | None:
         raw = self.tables.sagas.get(saga_id.encode())
@@ -118,6 +125,10 @@ class Tracking:
 
     async def _apply(self, record: Record) -> Transition | None:
         event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
+        if event.kind == TIMEOUT and not self.caught_up():
+            self.metrics.timeouts_deferred.inc()
+            self.deferred(event.saga_id, event.token)
+            return None
         if self.role.shadow and event.kind == SERVICE:
             # A shadow run over history decides in event time: a deadline that passed before
             # this event fires first (what the changed definition would have done live).
