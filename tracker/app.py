@@ -38,6 +38,7 @@ from tracker.sweeper import Sweeper
 from tracker.tracking import Crash, Tracking
 
 log = logging.getLogger(__name__)
+FLUSH_BOUND = 10.0  # seconds a commit waits for faust's producer buffer to drain
 
 
 @dataclass
@@ -78,10 +79,16 @@ def make_commits_durable() -> None:
             self._saga_tracker_in_hand -= 1
 
     async def flush(self: Any) -> None:
+        # Bounded: when the broker stops answering, a commit (and the rebalance waiting on
+        # it) must not hang forever; then faust commits as it would have (logged).
+        deadline = time.monotonic() + FLUSH_BOUND
         while self.size or getattr(self, "_saga_tracker_in_hand", 0):
+            if time.monotonic() > deadline:
+                log.warning("producer buffer not drained after %gs (%d waiting): committing anyway", FLUSH_BOUND, self.size)
+                return
             self.message_sent.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.5)
 
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = flush  # type: ignore[method-assign]

@@ -123,6 +123,12 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.index_repairs = Counter(
+            "saga_tracker_index_repairs_total",
+            "Deadline index rows written again for a redelivered record (the saga's own row had reached "
+            "its changelog before a crash, the index row had not).",
+            registry=r,
+        )
         self.processing_errors = Counter(
             "saga_tracker_processing_errors_total", "Records whose processing raised (dead-lettered).", ["stage"], registry=r
         )

@@ -13,7 +13,11 @@ worker goes through catch-up, and fires nothing until it is done:
 
 After that (``live``), a worker is behind while any input partition, of the whole group
 for service topics or of its own for the saga log, has more than ``lag_threshold``
-records not yet processed (committed, for other workers' partitions).
+records not yet processed (committed, for other workers' partitions), or has unprocessed
+records and a position that has not moved for ``2 x commit interval`` (at least 5 s): its
+owner died or hangs, and a completion may sit in it until the group rebalances (found by
+the fault harness: a few records of a killed worker's partition, under the threshold,
+held the completion of a step that then timed out).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -35,8 +40,18 @@ SOURCES, LOG, LIVE = "sources", "log", "live"
 
 
 class Progress:
-    def __init__(self, app: Any, source_topics: Iterable[str], saga_log: str, bootstrap: str, lag_threshold: int) -> None:
-        self.app, self.saga_log, self.bootstrap = app, saga_log, bootstrap
+    def __init__(
+        self,
+        app: Any,
+        source_topics: Iterable[str],
+        saga_log: str,
+        bootstrap: str,
+        lag_threshold: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app, self.saga_log, self.bootstrap, self.clock = app, saga_log, bootstrap, clock
+        self.still: dict[TP, tuple[int, float]] = {}  # partition -> (position, since when) while lagging
+        self.stalled_after = max(5.0, 2 * float(getattr(app.conf, "broker_commit_interval", 2.8)))
         self.source_topics = tuple(source_topics)
         self.lag_threshold = lag_threshold
         self.next_offset: dict[TP, int] = {}  # next offset to process, per partition, this worker
@@ -157,4 +172,18 @@ class Progress:
                 log.info("caught up on input: timeouts enabled")
         if self.phase != LIVE:
             return True
-        return any(lag > self.lag_threshold for lag in self.lags.values())
+        return any(lag > self.lag_threshold for lag in self.lags.values()) or bool(self.stalled(positions))
+
+    def stalled(self, positions: dict[TP, int]) -> list[TP]:
+        """Partitions with unprocessed records whose position has not moved for a while."""
+        now, out = self.clock(), []
+        for tp, position in positions.items():
+            if self.lags.get(tp, 0) == 0:
+                self.still.pop(tp, None)
+                continue
+            seen = self.still.get(tp)
+            if seen is None or seen[0] != position:
+                self.still[tp] = (position, now)
+            elif now - seen[1] > self.stalled_after:
+                out.append(tp)
+        return out

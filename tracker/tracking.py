@@ -152,6 +152,8 @@ class Tracking:
         if transition.changed and transition.state is not None:
             old_row, new_row = self.store(definition, state, transition)
             self.census.change(record.partition, old_row, new_row)
+        elif state is not None:
+            self.repair(definition, state)
         if "stale_timeout" in transition.outcomes and transition.state is not None:
             # An index row whose deadline has moved on must not be swept again and again.
             current = transition.state.deadline
@@ -175,6 +177,32 @@ class Tracking:
                 "".join(f"; emitted {e.id}" for e in transition.emits if e.kind == "compensation"),
             )
         return transition
+
+    def repair(self, definition: SagaDefinition, state: SagaState) -> None:
+        """A record seen again (redelivery after a crash) changes nothing, but the rows derived
+        from the saga may not have reached their changelogs before the crash while the saga's
+        own row did: write them again if they are missing (a get each)."""
+        key = state.saga_id.encode()
+        row = summary(definition, state)
+        if self.tables.summaries.get(key) is None:
+            self.tables.summaries[key] = orjson.dumps(row)
+        pending = pending_key(row)
+        if pending is not None and self.tables.pending.get(pending) is None:
+            self.tables.pending[pending] = b""
+        dl = state.deadline
+        if dl is not None and self.tables.deadlines.get(deadline_key(dl.due, state.saga_id)) is None:
+            self.tables.deadlines[deadline_key(dl.due, state.saga_id)] = orjson.dumps(self.deadline_row(state, row))
+            self.metrics.index_repairs.inc()
+
+    def deadline_row(self, state: SagaState, row: dict[str, Any]) -> dict[str, Any]:
+        assert state.deadline is not None
+        return {
+            "token": state.deadline.token,
+            "saga_id": state.saga_id,
+            "saga_type": state.saga_type,
+            "due": state.deadline.due,
+            "step": row["current_step"] or row["status"],
+        }
 
     def index_pending(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         before, after = pending_key(old) if old else None, pending_key(new)
@@ -203,14 +231,7 @@ class Tracking:
             if before is not None:
                 self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
             if after is not None:
-                index = {
-                    "token": after.token,
-                    "saga_id": new.saga_id,
-                    "saga_type": new.saga_type,
-                    "due": after.due,
-                    "step": row["current_step"] or row["status"],
-                }
-                self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(index)
+                self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(self.deadline_row(new, row))
         return old_row, row
 
     async def send(self, emit: Emit) -> Any:

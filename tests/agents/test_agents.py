@@ -183,3 +183,19 @@ async def test_a_stale_deadline_row_is_removed_when_its_timeout_arrives(shell: S
     assert b"%015d|o-1" % 120_000 not in dict(shell.tracker.tables.deadlines.items())
     assert shell.saga("o-1")["status"] == "running"  # type: ignore[index]
     assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="stale_timeout") == 1.0
+
+
+async def test_a_redelivered_record_writes_a_missing_deadline_row_again(shell: Shell, track: Any) -> None:
+    # A crash after the saga's changelog record went out but before its index row's did:
+    # on recovery the saga is there, its deadline row is not, and the record comes again.
+    created = record(order_event("OrderCreated"))
+    await track.put(created, key=b"o-1")
+    rows = shell.tracker.tables.deadlines
+    key = b"%015d|o-1" % 120_000
+    assert key in dict(rows.items())
+    del rows.data[key]  # the local store only: as recovered from an incomplete changelog
+    await track.put(created, key=b"o-1")
+    assert key in dict(rows.items()) and orjson.loads(rows[key])["saga_id"] == "o-1"
+    assert shell.metric("saga_tracker_index_repairs_total") == 1.0
+    await track.put(created, key=b"o-1")  # nothing missing now: nothing written
+    assert shell.metric("saga_tracker_index_repairs_total") == 1.0
