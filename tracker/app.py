@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from tracker.tracking import Crash, Tracking
 
 log = logging.getLogger(__name__)
 FLUSH_BOUND = 10.0  # seconds a commit waits for faust's producer buffer to drain
+PRODUCER_STALL = 30.0  # seconds with records waiting and none handed to the broker: exit
 
 
 @dataclass
@@ -77,6 +79,7 @@ def make_commits_durable() -> None:
             await send(self, fut)
         finally:
             self._saga_tracker_in_hand -= 1
+            self._saga_tracker_moved = time.monotonic()
 
     async def flush(self: Any) -> None:
         # Bounded: when the broker stops answering, a commit (and the rebalance waiting on
@@ -233,6 +236,21 @@ def _wire(t: TrackerApp) -> None:
         except Exception:  # a timer that raises stops forever: log, count, go on next time
             log.exception("deadline sweep failed")
             t.metrics.processing_errors.labels("sweep").inc()
+
+    @app.timer(5.0)
+    async def producer_watchdog() -> None:
+        """Fail loudly rather than hang: a producer that hands nothing to the broker for
+        PRODUCER_STALL seconds while records wait (a broker that stopped answering) blocks
+        commits and catch-up for good. Exiting lets the orchestrator restart the worker,
+        which reprocesses from the committed offsets (at-least-once)."""
+        buffer: Any = app.producer.buffer
+        waiting = buffer.size + getattr(buffer, "_saga_tracker_in_hand", 0)
+        moved = getattr(buffer, "_saga_tracker_moved", None)
+        if waiting and moved is not None and time.monotonic() - moved > PRODUCER_STALL:
+            log.critical("producer stalled: %d records waiting, none sent for %.0fs; exiting to restart", waiting, PRODUCER_STALL)
+            os._exit(70)
+        if not waiting:
+            buffer._saga_tracker_moved = time.monotonic()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
