@@ -39,8 +39,7 @@ from tracker.sweeper import Sweeper
 from tracker.tracking import Crash, Tracking
 
 log = logging.getLogger(__name__)
-FLUSH_BOUND = 10.0  # seconds a commit waits for faust's producer buffer to drain
-PRODUCER_STALL = 30.0  # seconds with records waiting and none handed to the broker: exit
+PRODUCER_STALL = 30.0  # seconds records may wait for the broker before the worker exits
 
 
 @dataclass
@@ -66,8 +65,9 @@ def make_commits_durable() -> None:
     aiokafka at that moment. A changelog record still in the buffer is then lost by a crash
     although the input offset that produced it is committed, and the saga's state regresses
     on recovery (found by the fault harness: SIGKILL, os._exit, SIGSTOP). This flush waits
-    until the buffer is empty and nothing is in hand; aiokafka's own flush, which faust
-    awaits next, then waits for delivery. One place reaches into faust for this.
+    until the buffer is empty and nothing is in hand (or exits the worker, see below);
+    aiokafka's own flush, which faust awaits next, then waits for delivery. One place
+    reaches into faust for this.
     """
     if getattr(ProducerBuffer, "_saga_tracker_durable", False):
         return
@@ -82,13 +82,17 @@ def make_commits_durable() -> None:
             self._saga_tracker_moved = time.monotonic()
 
     async def flush(self: Any) -> None:
-        # Bounded: when the broker stops answering, a commit (and the rebalance waiting on
-        # it) must not hang forever; then faust commits as it would have (logged).
-        deadline = time.monotonic() + FLUSH_BOUND
+        # Bounded: when the broker stops taking records, committing anyway would lose them
+        # (faust's behaviour) and waiting forever hangs the worker (and any rebalance waiting
+        # on the commit). Exit loudly instead: the restarted worker reprocesses from the last
+        # offsets that were safe to commit.
+        deadline = time.monotonic() + PRODUCER_STALL
         while self.size or getattr(self, "_saga_tracker_in_hand", 0):
             if time.monotonic() > deadline:
-                log.warning("producer buffer not drained after %gs (%d waiting): committing anyway", FLUSH_BOUND, self.size)
-                return
+                log.critical(
+                    "producer buffer not drained after %gs (%d waiting): exiting, not committing", PRODUCER_STALL, self.size
+                )
+                os._exit(70)
             self.message_sent.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.message_sent.wait(), timeout=0.5)
