@@ -37,6 +37,7 @@ from faust.types import TP
 log = logging.getLogger(__name__)
 
 SOURCES, LOG, LIVE = "sources", "log", "live"
+WEDGED_AFTER = 30.0  # seconds a partition of this worker's may hold records without moving
 
 
 class Progress:
@@ -51,6 +52,9 @@ class Progress:
     ) -> None:
         self.app, self.saga_log, self.bootstrap, self.clock = app, saga_log, bootstrap, clock
         self.still: dict[TP, tuple[int, float]] = {}  # partition -> (position, since when) while lagging
+        self.wedged: list[TP] = []  # this worker's own partitions that stopped moving (see sweeper)
+        self.peeked: dict[TP, tuple[int, bool]] = {}  # partition -> (offset, a record is there)
+        self._peek: AIOKafkaConsumer | None = None
         self.stalled_after = max(5.0, 2 * float(getattr(app.conf, "broker_commit_interval", 2.8)))
         self.source_topics = tuple(source_topics)
         self.lag_threshold = lag_threshold
@@ -73,10 +77,13 @@ class Progress:
         self.phase = SOURCES  # a rebalance starts a new catch-up
 
     async def close(self) -> None:
-        admin, offsets = self._admin, self._offsets
+        admin, offsets, peek = self._admin, self._offsets, self._peek
         # Dropped first: after a stalled request a client can stay wedged, and the next
         # measurement must start from fresh connections whatever closing them does.
-        self._admin = self._offsets = None
+        self._admin = self._offsets = self._peek = None
+        if peek is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(peek.stop(), timeout=2)
         if admin is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(admin.close(), timeout=2)
@@ -157,6 +164,8 @@ class Progress:
         highwaters = await self.end_offsets([*sources, *own_log])
         positions = {**await self.group_positions(sources), **await self.own_positions(own_log)}
         self.lags = {tp: max(0, highwaters.get(tp, 0) - positions[tp]) for tp in positions}
+        stalled = [tp for tp in self.stalled(positions) if await self.has_records(tp, positions[tp])]
+        self.wedged = [tp for tp in stalled if tp in assignment and self.clock() - self.still[tp][1] > WEDGED_AFTER]
         if self.phase == SOURCES:
             if not self.targets:
                 self.targets = {tp: highwaters.get(tp, 0) for tp in sources}
@@ -172,7 +181,24 @@ class Progress:
                 log.info("caught up on input: timeouts enabled")
         if self.phase != LIVE:
             return True
-        return any(lag > self.lag_threshold for lag in self.lags.values()) or bool(self.stalled(positions))
+        return any(lag > self.lag_threshold for lag in self.lags.values()) or bool(stalled)
+
+    async def has_records(self, tp: TP, offset: int) -> bool:
+        """Is there a record at or after ``offset``? A lag can be phantom: transaction markers
+        (and this broker's batch end offsets) put the end offset past the last record."""
+        known = self.peeked.get(tp)
+        if known is not None and known[0] == offset:
+            return known[1]
+        if self._peek is None:
+            peek = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
+            await peek.start()
+            self._peek = peek
+        part = TopicPartition(tp.topic, tp.partition)
+        self._peek.assign([part])
+        self._peek.seek(part, offset)
+        found = bool((await self._peek.getmany(part, timeout_ms=1000, max_records=1)).get(part))
+        self.peeked[tp] = (offset, found)
+        return found
 
     def stalled(self, positions: dict[TP, int]) -> list[TP]:
         """Partitions with unprocessed records whose position has not moved for a while."""

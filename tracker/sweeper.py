@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -87,6 +88,12 @@ class Sweeper:
             await self.progress.close()  # next time from fresh connections
         for tp, lag in self.progress.lags.items():
             self.metrics.input_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        if self.progress.wedged:
+            # Records wait in partitions this worker owns and it has not moved for a long
+            # while: its consumer is wedged (a fetch the broker never answered). Fail loudly;
+            # a restart resumes from the committed offsets.
+            log.critical("consumer wedged on %s: exiting to restart", ", ".join(map(str, self.progress.wedged)))
+            os._exit(70)
         self.set_behind(behind)
         fire = not behind and self.may_fire()
         now = self.clock()
