@@ -53,7 +53,8 @@ class Progress:
         self.app, self.saga_log, self.bootstrap, self.clock = app, saga_log, bootstrap, clock
         self.still: dict[TP, tuple[int, float]] = {}  # partition -> (position, since when) while lagging
         self.wedged: list[TP] = []  # this worker's own partitions that stopped moving (see sweeper)
-        self.peeked: dict[TP, tuple[int, bool]] = {}  # partition -> (offset, a record is there)
+        self.peeked: dict[TP, tuple[int, float | None]] = {}  # partition -> (offset, first record's timestamp)
+        self.watermark: float | None = None  # timestamp of the oldest record not yet processed
         self._peek: AIOKafkaConsumer | None = None
         self.stalled_after = max(5.0, 2 * float(getattr(app.conf, "broker_commit_interval", 2.8)))
         self.source_topics = tuple(source_topics)
@@ -164,7 +165,11 @@ class Progress:
         highwaters = await self.end_offsets([*sources, *own_log])
         positions = {**await self.group_positions(sources), **await self.own_positions(own_log)}
         self.lags = {tp: max(0, highwaters.get(tp, 0) - positions[tp]) for tp in positions}
-        stalled = [tp for tp in self.stalled(positions) if await self.has_records(tp, positions[tp])]
+        # Stream time: no deadline fires past the oldest record still waiting anywhere in the
+        # input (a completion may be in it). Lagging partitions are peeked, once per position.
+        waiting = {tp: await self.first_timestamp(tp, positions[tp]) for tp, lag in self.lags.items() if lag > 0}
+        self.watermark = min((ts for ts in waiting.values() if ts is not None), default=None)
+        stalled = [tp for tp in self.stalled(positions) if waiting.get(tp) is not None]
         self.wedged = [tp for tp in stalled if tp in assignment and self.clock() - self.still[tp][1] > WEDGED_AFTER]
         if self.phase == SOURCES:
             if not self.targets:
@@ -183,9 +188,9 @@ class Progress:
             return True
         return any(lag > self.lag_threshold for lag in self.lags.values()) or bool(stalled)
 
-    async def has_records(self, tp: TP, offset: int) -> bool:
-        """Is there a record at or after ``offset``? A lag can be phantom: transaction markers
-        (and this broker's batch end offsets) put the end offset past the last record."""
+    async def first_timestamp(self, tp: TP, offset: int) -> float | None:
+        """Timestamp (seconds) of the first record at or after ``offset``; None when there is
+        none: a lag can be phantom (transaction markers, this broker's batch end offsets)."""
         known = self.peeked.get(tp)
         if known is not None and known[0] == offset:
             return known[1]
@@ -196,7 +201,10 @@ class Progress:
         part = TopicPartition(tp.topic, tp.partition)
         self._peek.assign([part])
         self._peek.seek(part, offset)
-        found = bool((await self._peek.getmany(part, timeout_ms=1000, max_records=1)).get(part))
+        records = (await self._peek.getmany(part, timeout_ms=1000, max_records=1)).get(part) or []
+        found = records[0].timestamp / 1000 if records and records[0].timestamp and records[0].timestamp > 0 else None
+        if records and found is None:
+            found = 0.0  # a record without a timestamp: assume it is old
         self.peeked[tp] = (offset, found)
         return found
 

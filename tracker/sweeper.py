@@ -98,6 +98,9 @@ class Sweeper:
         fire = not behind and self.may_fire()
         now = self.clock()
         bound = due_bound(now)
+        if self.progress.watermark is not None:
+            # A deadline due after the oldest record still waiting may yet be met by it.
+            bound = min(bound, due_bound(self.progress.watermark))
         sent = 0
         due: Counter[tuple[str, str]] = Counter()
         live: set[tuple[str, str]] = set()
