@@ -39,7 +39,6 @@ from tracker.sweeper import Sweeper
 from tracker.tracking import Crash, Tracking
 
 log = logging.getLogger(__name__)
-PRODUCER_STALL = 30.0  # seconds records may wait for the broker before the worker exits
 
 
 @dataclass
@@ -86,12 +85,11 @@ def make_commits_durable() -> None:
         # (faust's behaviour) and waiting forever hangs the worker (and any rebalance waiting
         # on the commit). Exit loudly instead: the restarted worker reprocesses from the last
         # offsets that were safe to commit.
-        deadline = time.monotonic() + PRODUCER_STALL
+        stall = getattr(self, "_saga_tracker_stall", 60.0)  # Settings.stall_timeout, set by the watchdog
+        deadline = time.monotonic() + stall
         while self.size or getattr(self, "_saga_tracker_in_hand", 0):
             if time.monotonic() > deadline:
-                log.critical(
-                    "producer buffer not drained after %gs (%d waiting): exiting, not committing", PRODUCER_STALL, self.size
-                )
+                log.critical("producer buffer not drained after %gs (%d waiting): exiting, not committing", stall, self.size)
                 os._exit(70)
             self.message_sent.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -136,6 +134,7 @@ def build(
     tables = tables_module.declare(app, settings)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     progress = Progress(app, [*catalog.topics, settings.decisions], settings.saga_log, bootstrap, settings.lag_threshold)
+    progress.wedged_after = settings.stall_timeout
     generations = Generations(bootstrap, settings.generations, settings.generation, settings.shadow, str(app.conf.canonical_url))
     dead_letters = DeadLetters(topics.dead_letters, metrics)
     ingest = Ingest(
@@ -241,17 +240,20 @@ def _wire(t: TrackerApp) -> None:
             log.exception("deadline sweep failed")
             t.metrics.processing_errors.labels("sweep").inc()
 
+    stall = t.settings.stall_timeout
+
     @app.timer(5.0)
     async def producer_watchdog() -> None:
         """Fail loudly rather than hang: a producer that hands nothing to the broker for
-        PRODUCER_STALL seconds while records wait (a broker that stopped answering) blocks
+        ``stall_timeout`` seconds while records wait (a broker that stopped answering) blocks
         commits and catch-up for good. Exiting lets the orchestrator restart the worker,
         which reprocesses from the committed offsets (at-least-once)."""
         buffer: Any = app.producer.buffer
+        buffer._saga_tracker_stall = stall
         waiting = buffer.size + getattr(buffer, "_saga_tracker_in_hand", 0)
         moved = getattr(buffer, "_saga_tracker_moved", None)
-        if waiting and moved is not None and time.monotonic() - moved > PRODUCER_STALL:
-            log.critical("producer stalled: %d records waiting, none sent for %.0fs; exiting to restart", waiting, PRODUCER_STALL)
+        if waiting and moved is not None and time.monotonic() - moved > stall:
+            log.critical("producer stalled: %d records waiting, none sent for %.0fs; exiting to restart", waiting, stall)
             os._exit(70)
         if not waiting:
             buffer._saga_tracker_moved = time.monotonic()

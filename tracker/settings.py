@@ -75,6 +75,11 @@ class Settings:
         "it reports wrong end offsets for batched records.",
         default=16384,
     )
+    stall_timeout: float = _doc(
+        "Seconds records may wait for the broker (producing), or sit unconsumed in this worker's "
+        "partitions, before the worker exits to be restarted rather than hang.",
+        default=60.0,
+    )
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
     action_token: str = _doc("Bearer token required for operator actions. Unset: actions are disabled. Never logged.", default="")
     read_token: str = _doc(

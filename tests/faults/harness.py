@@ -29,7 +29,10 @@ from tracker.services import Behaviour, Services, generate
 
 TIMEOUT = 6.0  # step timeout of the fault definitions (the shipped ones use 20 s)
 CONFIRM = 120.0  # longer than any run: an undo is never re-requested, so ids are exact
-HANDLED_BOUND = 20.0  # seconds after a deadline (or the end of the faults) to act on it
+# Seconds after a deadline (or the end of the faults) to act on it: a worker wedged by the
+# broker exits after STALL seconds, is restarted and rejoins (~10 s), catches up, sweeps.
+STALL = 15.0
+HANDLED_BOUND = 45.0
 
 
 def fault_definitions(prefix: str) -> str:
@@ -61,6 +64,27 @@ class FaultScenario(Scenario):
         self.topics = list(self.catalog.topics)
         kafka.create(self.topics)
         self.workers: list[Worker] = []
+        self.restarts: list[str] = []
+        self.done = threading.Event()
+        self.supervisor = threading.Thread(target=self.supervise, daemon=True)
+        self.supervisor.start()
+
+    def worker(self, name: str = "w1", **env: str) -> Worker:
+        return super().worker(name, **{"SAGA_TRACKER_STALL_TIMEOUT": f"{STALL:g}", **env})
+
+    def supervise(self) -> None:
+        """Restart a worker that exits on its own (its watchdog: code 70), as Kubernetes would.
+        Kills by the scenario itself (-9, 137) and clean stops (0, -15) are left to it."""
+        while not self.done.wait(1.0):
+            for w in list(self.workers):
+                code = w.process.poll() if w.process is not None else None
+                if code is not None and code > 0 and code != 137:
+                    self.restarts.append(f"{w.name} exited {code}")
+                    w.start(wait=False)
+
+    def close(self) -> None:
+        self.done.set()
+        super().close()
 
 
 class ServicesThread:
@@ -156,6 +180,8 @@ def verdict(
             break
         time.sleep(2)
     v = Verdict(name, len(expect), services=services.end_state())
+    if s.restarts:
+        v.notes.append("restarted after exiting on their own (watchdog): " + ", ".join(s.restarts))
     ambiguous = [f"{e.saga_id} ({e.ambiguous})" for e in expect.values() if e.ambiguous]
     if ambiguous:
         v.notes.append(f"{len(ambiguous)} ambiguous (left out): " + "; ".join(ambiguous[:5]))

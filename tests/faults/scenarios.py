@@ -60,23 +60,13 @@ def drive(
 
 
 def finish(name: str, s: FaultScenario, services: ServicesThread, reader: Worker, faults_end: float) -> Verdict:
-    # A worker that exited on its own (the producer watchdog, a crash) is restarted, as an
-    # orchestrator would; a clean stop (scale down) is left alone.
-    restarted = []
-    for w in s.workers:
-        code = w.process.poll() if w.process is not None else None
-        if code not in (None, 0, -signal.SIGTERM, -signal.SIGKILL, 137):
-            restarted.append(f"{w.name} exited {code}")
-            w.start(wait=False)
     for w in s.workers:
         if w.alive():
             w.wait_ready(90)
     try:
-        v = verdict(name, s, services, reader, faults_end)
-        if restarted:
-            v.notes.append("restarted after exiting on their own: " + ", ".join(restarted))
-        return v
+        return verdict(name, s, services, reader, faults_end)
     finally:
+        s.done.set()
         services.stop()
         for w in s.workers:
             w.stop()
