@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_VENV := .venv-bench
 
-.PHONY: demo test lint typecheck unit integration install clean bench
+.PHONY: demo test lint typecheck unit integration install clean bench faults
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -35,6 +35,12 @@ integration: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests
+
+# Every fault scenario and a long fuzz run; rewrites the table in docs/faults.md.
+faults: lint typecheck $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/pytest -q -p no:cacheprovider --hypothesis-show-statistics \
+		tests/unit/test_hostile_input.py tests/unit/test_properties.py | grep -E "passing examples|passed|failed"
+	FAULTS=full FAULTS_REPORT=docs/faults.md $(BIN)/pytest -q -p no:cacheprovider tests/faults
 
 # Quix Streams is installed only for the benchmark, in a venv of its own.
 $(BENCH_VENV)/.installed:

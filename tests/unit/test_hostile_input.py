@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import orjson
@@ -17,7 +18,9 @@ from tracker.loader import load_catalog, parse_text
 from tracker.summaries import BadQuery, Query
 
 CATALOG = load_catalog()
-FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 400)), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 json_values = hs.recursive(
     hs.none() | hs.booleans() | hs.integers(-(2**63), 2**63 - 1) | hs.floats(allow_nan=True) | hs.text(max_size=20),

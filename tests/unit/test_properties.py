@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -49,7 +50,7 @@ def run(events: list[Event]) -> tuple[st.SagaState, set[str]]:
     return saga.s, set(saga.emitted_ids())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=hs.data(), events=scenario())
 def test_shuffled_and_duplicated_events_reach_the_in_order_state(data: Any, events: list[Event]) -> None:
     expected, expected_emits = run(events)
@@ -60,7 +61,7 @@ def test_shuffled_and_duplicated_events_reach_the_in_order_state(data: Any, even
     assert got_emits == expected_emits
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=hs.data(), events=scenario(), ops=hs.lists(hs.sampled_from(["event", "fire", "redeliver"]), max_size=30))
 def test_no_compensation_is_decided_twice_whatever_the_interleaving(data: Any, events: list[Event], ops: list[str]) -> None:
     d = order_saga()
