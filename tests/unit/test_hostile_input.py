@@ -124,3 +124,19 @@ def test_pathological_inputs_are_rejected_with_a_reason() -> None:
             assert exc.reason == reason
         else:
             raise AssertionError(reason)
+
+
+def test_a_saga_with_100000_events_stays_bounded() -> None:
+    from tracker.events import Event
+    from tracker.machine import apply
+
+    d = CATALOG.current["order_fulfilment"]
+    state = None
+    for n in range(100_000):
+        etype = "OrderCreated" if n == 0 else ("PaymentAuthorized" if n % 2 else "OrderViewed")
+        event = Event(saga_id="hot", saga_type=d.name, id=f"e{n}", type=etype, time=100.0 + n)
+        t = apply(d, state, event, 0.0)
+        state = t.state if t.state is not None else state
+    assert state is not None and state.status == "running"
+    assert len(state.seen) <= d.limits.seen_ids and len(state.history) <= d.limits.history
+    assert state.history_dropped > 0 and len(orjson.dumps(state)) < 200_000
