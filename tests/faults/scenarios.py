@@ -21,6 +21,7 @@ from typing import Any
 
 from tests.faults.harness import FaultScenario, ServicesThread, Verdict, verdict
 from tests.integration.harness import Kafka, Worker
+from tests.tools import tool
 from tracker.broker import EmbeddedBroker
 from tracker.services import Behaviour
 
@@ -312,10 +313,7 @@ def clock_skew(ctx: Context) -> Verdict:
 
 
 def faketime() -> str:
-    path = shutil.which("faketime")
-    if path is None:
-        raise RuntimeError("faketime is not installed (Debian package faketime)")
-    return path
+    return tool("faketime", "faketime")
 
 
 def wipe_state(ctx: Context) -> Verdict:
