@@ -27,17 +27,9 @@ class DeadLetters:
 
     async def send(self, record: Record, reason: str, detail: str) -> None:
         """Send the original key, value and headers, plus headers saying why and from where."""
-        headers = [(k, v) for k, v in record.headers if v is not None]
-        headers += [
-            (REASON, reason.encode()),
-            (DETAIL, detail[:1000].encode("utf-8", "replace")),
-            (SOURCE_TOPIC, record.topic.encode()),
-            (SOURCE_PARTITION, str(record.partition).encode()),
-            (SOURCE_OFFSET, str(record.offset).encode()),
-        ]
         self.metrics.dead_letters.labels(reason).inc()
         self.log(record, reason, detail)
-        await self.topic.send(key=record.key, value=record.value, headers=headers)
+        await self.topic.send(key=record.key, value=record.value, headers=headers(record, reason, detail))
 
     def log(self, record: Record, reason: str, detail: str) -> None:
         """A flood of bad input must not flood the log too."""
@@ -49,3 +41,16 @@ class DeadLetters:
         more = f" (and {suppressed} more since the last report)" if suppressed else ""
         log.warning("dead-lettered %s: %s: %s%s", record.source, reason, detail[:200], more)
         self.logged[reason] = (now, 0)
+
+
+def headers(record: Record, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """The record's own headers, plus why it was dead-lettered and where it came from."""
+    out = [(k, v) for k, v in record.headers if v is not None]
+    out += [
+        (REASON, reason.encode()),
+        (DETAIL, detail[:1000].encode("utf-8", "replace")),
+        (SOURCE_TOPIC, record.topic.encode()),
+        (SOURCE_PARTITION, str(record.partition).encode()),
+        (SOURCE_OFFSET, str(record.offset).encode()),
+    ]
+    return out

@@ -31,6 +31,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from tracker import generations as gens
 from tracker.admin import bootstrap_of, ensure_topics
 from tracker.correlation import Ignored, Record
+from tracker.deadletters import headers as dead_letter_headers
 from tracker.definitions import Catalog
 from tracker.errors import ReplayError
 from tracker.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, Event
@@ -66,15 +67,9 @@ class _DeadLetterSink:
         self.producer, self.topic = producer, topic
 
     async def send(self, record: Record, reason: str, detail: str) -> None:
-        headers = [(k, v) for k, v in record.headers if v is not None]
-        headers += [
-            ("x-dead-letter-reason", reason.encode()),
-            ("x-dead-letter-detail", detail[:1000].encode("utf-8", "replace")),
-            ("x-source-topic", record.topic.encode()),
-            ("x-source-partition", str(record.partition).encode()),
-            ("x-source-offset", str(record.offset).encode()),
-        ]
-        await self.producer.send(self.topic, key=record.key, value=record.value, headers=headers)
+        await self.producer.send(
+            self.topic, key=record.key, value=record.value, headers=dead_letter_headers(record, reason, detail)
+        )
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
