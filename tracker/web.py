@@ -127,6 +127,43 @@ class Router:
             return error(web, 503, "unavailable", f"the owning worker did not answer: {type(exc).__name__}")
 
 
+class BadAction(ValueError):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter, self.message = parameter, message
+
+
+def parse_action(raw: bytes, idempotency_key: str | None) -> tuple[dict[str, Any], str]:
+    """An action request body -> (the control record's action, its idempotency key);
+    raises ``BadAction`` naming the parameter."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadAction("body", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadAction("body", "the body must be a JSON object")
+    action = body.get("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise BadAction("action", f"action must be one of {', '.join(ACTIONS)}")
+    actor, reason = body.get("actor"), body.get("reason", "")
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 200:
+        raise BadAction("actor", "actor (who acts) is required, at most 200 characters")
+    if not isinstance(reason, str) or len(reason) > 2000:
+        raise BadAction("reason", "reason must be text of at most 2000 characters")
+    if action in ("resolve", "force_compensation") and not reason.strip():
+        raise BadAction("reason", f"{action} needs a reason")
+    details: dict[str, Any] = {"action": action, "actor": actor.strip(), "reason": reason}
+    if action == "extend_deadline":
+        seconds = body.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 30 * 86400:
+            raise BadAction("seconds", "seconds must be a number between 0 and 30 days")
+        details["seconds"] = seconds
+    key = idempotency_key or body.get("id") or uuid.uuid4().hex
+    if not isinstance(key, str) or not 0 < len(key) <= 200:
+        raise BadAction("id", "the idempotency key must be 1 to 200 characters")
+    return details, key
+
+
 class Api:
     def __init__(
         self,
@@ -221,30 +258,9 @@ class Api:
         if not self._matches(self._bearer(request), self.settings.action_token):
             return error(web, 401, "unauthorized", "actions need 'Authorization: Bearer <action token>'")
         try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return error(web, 400, "bad_request", "the body must be a JSON object", parameter="body")
-        if not isinstance(body, dict):
-            return error(web, 400, "bad_request", "the body must be a JSON object", parameter="body")
-        action = body.get("action")
-        if action not in ACTIONS:
-            return error(web, 400, "bad_request", f"action must be one of {', '.join(ACTIONS)}", parameter="action")
-        actor, reason = body.get("actor"), body.get("reason", "")
-        if not isinstance(actor, str) or not actor.strip() or len(actor) > 200:
-            return error(web, 400, "bad_request", "actor (who acts) is required, at most 200 characters", parameter="actor")
-        if not isinstance(reason, str) or len(reason) > 2000:
-            return error(web, 400, "bad_request", "reason must be text of at most 2000 characters", parameter="reason")
-        if action in ("resolve", "force_compensation") and not reason.strip():
-            return error(web, 400, "bad_request", f"{action} needs a reason", parameter="reason")
-        details: dict[str, Any] = {"action": action, "actor": actor.strip(), "reason": reason}
-        if action == "extend_deadline":
-            seconds = body.get("seconds")
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 30 * 86400:
-                return error(web, 400, "bad_request", "seconds must be a number between 0 and 30 days", parameter="seconds")
-            details["seconds"] = seconds
-        key = request.headers.get("Idempotency-Key") or body.get("id") or uuid.uuid4().hex
-        if not isinstance(key, str) or not 0 < len(key) <= 200:
-            return error(web, 400, "bad_request", "the idempotency key must be 1 to 200 characters", parameter="id")
+            details, key = parse_action(await request.read(), request.headers.get("Idempotency-Key"))
+        except BadAction as exc:
+            return error(web, 400, "bad_request", exc.message, parameter=exc.parameter)
         try:
             saga = await self.find(saga_id, request)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -262,8 +278,8 @@ class Api:
             action=details,
         )
         await self.saga_log.send(key=saga_id.encode(), value=orjson.dumps(event.to_dict()))
-        log.info("operator action %s on %s by %s queued as %s", action, saga_id, details["actor"], event.id)
-        return ok(web, {"accepted": True, "id": event.id, "saga_id": saga_id, "action": action}, 202)
+        log.info("operator action %s on %s by %s queued as %s", details["action"], saga_id, details["actor"], event.id)
+        return ok(web, {"accepted": True, "id": event.id, "saga_id": saga_id, "action": details["action"]}, 202)
 
     async def find(self, saga_id: str, request: Request) -> dict[str, Any] | None:
         url = self.router.owner(saga_id)
