@@ -125,7 +125,7 @@ class Tracking:
 
     async def _apply(self, record: Record) -> Transition | None:
         event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
-        if event.kind == TIMEOUT and not self.caught_up():
+        if event.kind == TIMEOUT and not self.caught_up() and not self.applied(event):
             self.metrics.timeouts_deferred.inc()
             self.deferred(event.saga_id, event.token)
             return None
@@ -137,6 +137,11 @@ class Tracking:
                 if done is None or not done.changed:
                     break
         return await self._apply_event(event, record)
+
+    def applied(self, event: Event) -> bool:
+        """Already applied: a redelivery, which must go through (it re-sends what it decided)."""
+        state = self.load(event.saga_id)
+        return state is not None and event.id in state.seen
 
     async def _apply_event(self, event: Event, record: Record) -> Transition | None:
         state = self.load(event.saga_id)

@@ -125,6 +125,20 @@ async def test_a_timeout_record_is_set_aside_while_the_worker_is_behind(shell: S
         await shell.next("compensation", timeout=0.3)
 
 
+async def test_a_timeout_already_applied_goes_through_while_behind(shell: Shell, track: Any) -> None:
+    # After a crash between the state write and the send, the redelivered timeout record must
+    # reach the machine (it re-sends what was decided) even while the worker catches up.
+    await track.put(record(order_event("OrderCreated")), key=b"o-1")
+    deadline = shell.saga("o-1")["deadline"]  # type: ignore[index]
+    timeout = record(timeout_event("o-1", "order_fulfilment", deadline["token"], deadline["due"]))
+    await track.put(timeout, key=b"o-1")
+    await shell.next("compensation")
+    shell.tracker.sweeper.behind = True
+    await track.put(timeout, key=b"o-1")
+    assert shell.metric("saga_tracker_timeout_records_deferred_total") == 0.0
+    assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="duplicate") == 1.0
+
+
 async def test_track_agent_dead_letters_a_broken_log_record_and_keeps_going(shell: Shell, track: Any) -> None:
     await track.put(b'{"kind": "service"}', key=b"x")
     dead = await shell.next("dead_letter")

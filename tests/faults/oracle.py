@@ -113,7 +113,7 @@ def expected(specs: dict[str, SagaSpec], records: list[dict[str, Any]], margin: 
     for r in records:
         try:
             body = json.loads(r["value"])
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             continue  # not an event (hostile input): the tracker dead-letters it
         if not isinstance(body, dict):
             continue
