@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+MAX_ID = 512  # the event contract: longer saga ids are dead-lettered (saga_id_too_long)
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -123,9 +124,13 @@ def expected(specs: dict[str, SagaSpec], records: list[dict[str, Any]], margin: 
         node: Any = body
         for part in spec.id_path:
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, str) or "id" not in body or "time" not in body:
-            continue
-        events[node].setdefault(str(body["id"]), (str(body["type"]), event_time(body)))
+        if not isinstance(node, str) or not node or len(node) > MAX_ID or "id" not in body or "time" not in body:
+            continue  # the README's contract: such an event is dead-lettered
+        try:
+            at = event_time(body)
+        except (ValueError, TypeError):
+            continue  # no readable event time: the tracker dead-letters it (bad_event_time)
+        events[node].setdefault(str(body["id"]), (str(body["type"]), at))
         kind[node] = spec.name
     return {sid: judge(specs[kind[sid]], sid, evs, margin) for sid, evs in events.items()}
 

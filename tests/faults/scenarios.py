@@ -276,14 +276,14 @@ HOSTILE: list[bytes] = [
     json.dumps({"type": "OrderCreated", "id": "x", "time": "now", "data": {"order_id": "<script>alert(1)</script>"}}).encode(),
     json.dumps({"type": "OrderCreated", "id": "y", "data": {"order_id": "a" * 10_000}}).encode(),
     json.dumps({"type": "SomethingElse", "id": "z", "data": {}}).encode(),
-    b"x" * (2 * 1024 * 1024),
+    b"x" * 500_000,  # over the worker's SAGA_TRACKER_MAX_EVENT_BYTES below: oversized
     b"",
 ]
 
 
 def hostile(ctx: Context) -> Verdict:
     s = ctx.scenario()
-    w = s.worker("w1").start()
+    w = s.worker("w1", SAGA_TRACKER_MAX_EVENT_BYTES="100000").start()
     bad = [(s.prefix + "orders", b"k", value, []) for value in HOSTILE]
 
     def inject(done: threading.Event) -> None:

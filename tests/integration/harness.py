@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -295,7 +296,7 @@ class Worker:
             return exc.code, dict(exc.headers), orjson.loads(exc.read())
 
     def saga(self, saga_id: str) -> dict[str, Any] | None:
-        status, body = self.get(f"/sagas/{saga_id}")
+        status, body = self.get("/sagas/" + urllib.parse.quote(saga_id, safe=""))
         return body if status == 200 else None
 
     def wait_saga(self, saga_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
