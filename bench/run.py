@@ -205,7 +205,12 @@ def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str)
     worker = subprocess.Popen([sys.executable, "-m", "tracker", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        applied = wait_applied(base, total, worker, started=time.monotonic(), timeout=3600)
+        try:
+            applied = wait_applied(base, total, worker, started=time.monotonic(), timeout=3600)
+        except RuntimeError as exc:
+            log.flush()
+            tail = (data_dir / "tracker.log").read_text(errors="replace").splitlines()[-30:]
+            raise RuntimeError(f"{exc}; the worker's log ends:\n" + "\n".join(tail)) from None
         result = Result("tracker (faust worker)", applied[0], applied[1], applied[2])
         return result, proc_rss_mb(worker.pid)
     finally:

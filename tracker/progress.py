@@ -37,6 +37,7 @@ from faust.types import TP
 log = logging.getLogger(__name__)
 
 SOURCES, LOG, LIVE = "sources", "log", "live"
+PEEK_BUDGET = 1.0  # seconds a measurement may spend peeking at waiting records
 
 
 class Progress:
@@ -167,7 +168,7 @@ class Progress:
         self.lags = {tp: max(0, highwaters.get(tp, 0) - positions[tp]) for tp in positions}
         # Stream time: no deadline fires past the oldest record still waiting anywhere in the
         # input (a completion may be in it). Lagging partitions are peeked, once per position.
-        waiting = {tp: await self.first_timestamp(tp, positions[tp]) for tp, lag in self.lags.items() if lag > 0}
+        waiting = await self.first_timestamps({tp: positions[tp] for tp, lag in self.lags.items() if lag > 0})
         self.watermark = min((ts for ts in waiting.values() if ts is not None), default=None)
         stalled = [tp for tp in self.stalled(positions) if waiting.get(tp) is not None]
         self.wedged = [tp for tp in stalled if tp in assignment and self.clock() - self.still[tp][1] > self.wedged_after]
@@ -188,25 +189,40 @@ class Progress:
             return True
         return any(lag > self.lag_threshold for lag in self.lags.values()) or bool(stalled)
 
-    async def first_timestamp(self, tp: TP, offset: int) -> float | None:
-        """Timestamp (seconds) of the first record at or after ``offset``; None when there is
-        none: a lag can be phantom (transaction markers, this broker's batch end offsets)."""
-        known = self.peeked.get(tp)
-        if known is not None and known[0] == offset:
-            return known[1]
+    async def first_timestamps(self, wanted: dict[TP, int]) -> dict[TP, float | None]:
+        """Timestamp (seconds) of the first record at or after each offset, peeked all at once
+        within ``PEEK_BUDGET``. None: no record came (a phantom lag: transaction markers, this
+        broker's batch end offsets; or a slow fetch), remembered until the position moves."""
+        out: dict[TP, float | None] = {}
+        todo: dict[TopicPartition, tuple[TP, int]] = {}
+        for tp, offset in wanted.items():
+            known = self.peeked.get(tp)
+            if known is not None and known[0] == offset:
+                out[tp] = known[1]
+            else:
+                todo[TopicPartition(tp.topic, tp.partition)] = (tp, offset)
+        if not todo:
+            return out
         if self._peek is None:
             peek = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
             await peek.start()
             self._peek = peek
-        part = TopicPartition(tp.topic, tp.partition)
-        self._peek.assign([part])
-        self._peek.seek(part, offset)
-        records = (await self._peek.getmany(part, timeout_ms=1000, max_records=1)).get(part) or []
-        found = records[0].timestamp / 1000 if records and records[0].timestamp and records[0].timestamp > 0 else None
-        if records and found is None:
-            found = 0.0  # a record without a timestamp: assume it is old
-        self.peeked[tp] = (offset, found)
-        return found
+        self._peek.assign(list(todo))
+        for part, (_, offset) in todo.items():
+            self._peek.seek(part, offset)
+        deadline = time.monotonic() + PEEK_BUDGET
+        while todo and time.monotonic() < deadline:
+            batch = await self._peek.getmany(*todo, timeout_ms=200)
+            for part, records in batch.items():
+                if part in todo and records:
+                    tp, offset = todo.pop(part)
+                    ts = records[0].timestamp
+                    out[tp] = ts / 1000 if ts and ts > 0 else 0.0  # no timestamp: assume it is old
+                    self.peeked[tp] = (offset, out[tp])
+        for tp, offset in todo.values():
+            out[tp] = None
+            self.peeked[tp] = (offset, None)
+        return out
 
     def stalled(self, positions: dict[TP, int]) -> list[TP]:
         """Partitions with unprocessed records whose position has not moved for a while."""
