@@ -251,7 +251,7 @@ def _wire(t: TrackerApp) -> None:
         buffer: Any = app.producer.buffer
         waiting = buffer.size + getattr(buffer, "_saga_tracker_in_hand", 0)
         moved = getattr(buffer, "_saga_tracker_moved", None)
-        if waiting and moved is not None and time.monotonic() - moved > stall:
+        if stall and waiting and moved is not None and time.monotonic() - moved > stall:
             log.critical("producer stalled: %d records waiting, none sent for %.0fs; exiting to restart", waiting, stall)
             os._exit(70)
         if not waiting:

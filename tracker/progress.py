@@ -53,7 +53,7 @@ class Progress:
         self.app, self.saga_log, self.bootstrap, self.clock = app, saga_log, bootstrap, clock
         self.still: dict[TP, tuple[int, float]] = {}  # partition -> (position, since when) while lagging
         self.wedged: list[TP] = []  # this worker's own partitions that stopped moving (see sweeper)
-        self.wedged_after = 60.0  # seconds (Settings.stall_timeout)
+        self.wedged_after = 0.0  # seconds (Settings.stall_timeout); 0: never
         self.peeked: dict[TP, tuple[int, float | None]] = {}  # partition -> (offset, first record's timestamp)
         self.watermark: float | None = None  # timestamp of the oldest record not yet processed
         self._peek: AIOKafkaConsumer | None = None
@@ -171,7 +171,11 @@ class Progress:
         waiting = await self.first_timestamps({tp: positions[tp] for tp, lag in self.lags.items() if lag > 0})
         self.watermark = min((ts for ts in waiting.values() if ts is not None), default=None)
         stalled = [tp for tp in self.stalled(positions) if waiting.get(tp) is not None]
-        self.wedged = [tp for tp in stalled if tp in assignment and self.clock() - self.still[tp][1] > self.wedged_after]
+        self.wedged = [
+            tp
+            for tp in stalled
+            if self.wedged_after and tp in assignment and self.clock() - self.still[tp][1] > self.wedged_after
+        ]
         if self.phase == SOURCES:
             if not self.targets:
                 self.targets = {tp: highwaters.get(tp, 0) for tp in sources}

@@ -77,8 +77,9 @@ class Settings:
     )
     stall_timeout: float = _doc(
         "Seconds records may wait for the broker (producing), or sit unconsumed in this worker's "
-        "partitions, before the worker exits to be restarted rather than hang.",
-        default=60.0,
+        "partitions, before the worker exits (code 70) to be restarted rather than hang. "
+        "0 disables; set it where something restarts workers (the Kubernetes manifest: 120).",
+        default=0.0,
     )
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
     action_token: str = _doc("Bearer token required for operator actions. Unset: actions are disabled. Never logged.", default="")
