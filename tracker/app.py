@@ -266,7 +266,7 @@ def _wire(t: TrackerApp) -> None:
         """The generations registry, and the lag clients closed on the way out."""
 
         async def on_start(self) -> None:
-            await t.generations.start()
+            await t.generations.start(follow=t.settings.follow_generations)
 
         async def on_stop(self) -> None:
             await t.generations.stop()

@@ -31,9 +31,10 @@ from aiokafka.structs import TopicPartition
 from tracker.admin import ensure_topics
 
 log = logging.getLogger(__name__)
-HEARTBEAT = 3.0  # seconds between a worker's announcements
+HEARTBEAT = 5.0  # seconds between a worker's announcements
+FOLLOW_EVERY = 2.0  # seconds between reads of what is new in the registry
 FRESH = 15.0  # a worker not heard from for longer is not forwarded to
-COMPACT = {"cleanup.policy": "compact", "retention.ms": "-1"}
+COMPACT = {"cleanup.policy": "compact", "retention.ms": str(7 * 24 * 3600 * 1000)}
 
 
 @dataclass
@@ -92,7 +93,12 @@ class Generations:
             return None
         return self.registry.peer(self.registry.active, self.clock(), exclude=self.url)
 
-    async def start(self) -> None:
+    async def start(self, follow: bool = True) -> None:
+        if not (follow or self.generation > 1 or self.shadow):
+            # A lone generation 1 needs no registry: it is the promoted one. (Each reader of
+            # this topic adds requests the embedded broker has been seen to stall others on.)
+            self.loaded.set()
+            return
         await ensure_topics(self.bootstrap, [self.topic], 1, config=COMPACT)
         self._tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._announce())]
         # Until the registry is read this worker must not act as the promoted one.
@@ -116,33 +122,24 @@ class Generations:
         return {"generation": self.generation, "url": self.url, "shadow": self.shadow, "at": at}
 
     async def _follow(self) -> None:
-        tp = TopicPartition(self.topic, 0)
+        """Read what is new every FOLLOW_EVERY seconds with a short-lived consumer: a consumer
+        kept long-polling this topic made the embedded broker stall other clients' requests."""
+        position = 0
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
             try:
-                await consumer.start()
-                consumer.assign([tp])
-                await consumer.seek_to_beginning(tp)
-                end = (await consumer.end_offsets([tp]))[tp]
-                if end == 0:
-                    self.loaded.set()
-                while True:
-                    batch = await consumer.getmany(tp, timeout_ms=500)
-                    for msg in batch.get(tp, []):
-                        before = self.registry.active
-                        self.registry.fold(msg.key, msg.value)
-                        if self.registry.active != before and self.loaded.is_set():
-                            log.info("generation %d promoted (this worker: generation %d)", self.registry.active, self.generation)
-                        if msg.offset + 1 >= end:
-                            self.loaded.set()
+                position = await read_from(self.bootstrap, self.topic, position, self._fold)
+                self.loaded.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the registry must survive a broker hiccup
                 log.warning("reading %s failed, retrying: %r", self.topic, exc)
-                await asyncio.sleep(1)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+            await asyncio.sleep(FOLLOW_EVERY)
+
+    def _fold(self, key: bytes | None, value: bytes | None) -> None:
+        before = self.registry.active
+        self.registry.fold(key, value)
+        if self.registry.active != before and self.loaded.is_set():
+            log.info("generation %d promoted (this worker: generation %d)", self.registry.active, self.generation)
 
     async def _announce(self) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1)
@@ -158,25 +155,34 @@ class Generations:
                 await producer.stop()
 
 
+async def read_from(bootstrap: str, topic: str, position: int, fold: Callable[[bytes | None, bytes | None], None]) -> int:
+    """Fold every record of the one-partition ``topic`` from ``position`` to its end; returns
+    the next position."""
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10_000)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if position >= end:
+            return position
+        consumer.seek(tp, position)
+        deadline = time.monotonic() + 10
+        while position < end and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for msg in batch.get(tp, []):
+                fold(msg.key, msg.value)
+                position = msg.offset + 1
+        return position
+    finally:
+        await consumer.stop()
+
+
 async def read_registry(bootstrap: str, topic: str) -> Registry:
     """The registry as it stands now (for the command line)."""
     await ensure_topics(bootstrap, [topic], 1, config=COMPACT)
     registry = Registry()
-    tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        position = 0
-        while position < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            for msg in batch.get(tp, []):
-                registry.fold(msg.key, msg.value)
-                position = msg.offset + 1
-    finally:
-        await consumer.stop()
+    await read_from(bootstrap, topic, 0, registry.fold)
     return registry
 
 

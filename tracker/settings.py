@@ -55,6 +55,11 @@ class Settings:
         "generation fires timeouts and emits to the services.",
         default=1,
     )
+    follow_generations: bool = _doc(
+        "Follow the generations registry (promotions, forwarding reads to the promoted generation). "
+        "Always on for generation 2 and up; turn it on for generation 1 before a replay (see Replay).",
+        default=False,
+    )
     shadow: bool = _doc(
         "A shadow generation (replay with changed definitions): never promoted, its would-be outputs go to "
         "`<group>-shadow`, and it decides timeouts in event time.",

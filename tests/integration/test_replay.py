@@ -61,7 +61,7 @@ def live_history(s: Scenario, w1: Worker) -> None:
 
 def test_rebuild_equals_live_emits_nothing_and_promotion_switches_reads(make_scenario: Callable[..., Scenario]) -> None:
     s = make_scenario(timeout="3s", confirm="60s")
-    w1 = s.worker("w1", SAGA_TRACKER_ACTION_TOKEN=TOKEN).start()
+    w1 = s.worker("w1", SAGA_TRACKER_ACTION_TOKEN=TOKEN, SAGA_TRACKER_FOLLOW_GENERATIONS="true").start()
     live_history(s, w1)
     time.sleep(2)  # let the last outputs land
     compensations, outcomes = ids(s, "compensations"), ids(s, "outcomes")
