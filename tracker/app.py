@@ -147,7 +147,17 @@ def build(
         generation=settings.generation,
     )
     census = Census()
-    sweeper_ref: list[Sweeper] = []
+    sweeper = Sweeper(
+        app,
+        tables,
+        topics.saga_log,
+        progress,
+        metrics,
+        census,
+        resend_after=max(30.0, 10 * settings.sweep_interval),
+        # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
+        may_fire=lambda: generations.active or generations.shadow,
+    )
     tracking = Tracking(
         catalog,
         tables,
@@ -162,21 +172,9 @@ def build(
         census,
         crash=Crash(settings.crash_point, settings.crash_marker),
         role=generations,
-        caught_up=lambda: not sweeper_ref[0].behind,
-        deferred=lambda saga_id, token: sweeper_ref[0].forget(saga_id, token),
+        caught_up=lambda: not sweeper.behind,
+        deferred=sweeper.forget,
     )
-    sweeper = Sweeper(
-        app,
-        tables,
-        topics.saga_log,
-        progress,
-        metrics,
-        census,
-        resend_after=max(30.0, 10 * settings.sweep_interval),
-        # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
-        may_fire=lambda: generations.active or generations.shadow,
-    )
-    sweeper_ref.append(sweeper)
     tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress, generations)
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _wire(tracker)
