@@ -19,7 +19,7 @@ import heapq
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,35 +230,10 @@ async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]
 # --- verify -----------------------------------------------------------------------------
 
 
-async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes]:
-    """The last value per key of a topic (a table's changelog), tombstones removed."""
+async def read_all(bootstrap: str, topic: str) -> AsyncIterator[Record]:
+    """Every record of a topic as it stands, in timestamp order (streamed, not held)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    out: dict[bytes, bytes] = {}
-    try:
-        tps = await _partitions(consumer, [topic])
-        consumer.assign(tps)
-        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-        window = {tp: (begin[tp], end[tp]) for tp in tps}
-        for tp in tps:
-            consumer.seek(tp, begin[tp])
-        async for r in _merged(consumer, window):
-            if r.key is None:
-                continue
-            if r.value is None:
-                out.pop(r.key, None)
-            else:
-                out[r.key] = r.value
-    finally:
-        await consumer.stop()
-    return out
-
-
-async def read_values(bootstrap: str, topic: str) -> list[tuple[dict[str, str], Any]]:
-    """Every record of a topic: (headers, JSON value)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out = []
     try:
         tps = await _partitions(consumer, [topic])
         consumer.assign(tps)
@@ -266,13 +241,32 @@ async def read_values(bootstrap: str, topic: str) -> list[tuple[dict[str, str], 
         for tp in tps:
             consumer.seek(tp, begin[tp])
         async for r in _merged(consumer, {tp: (begin[tp], end[tp]) for tp in tps}):
-            headers = {k: v.decode(errors="replace") for k, v in r.headers}
-            try:
-                out.append((headers, orjson.loads(r.value or b"null")))
-            except orjson.JSONDecodeError:
-                continue
+            yield r
     finally:
         await consumer.stop()
+
+
+async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+    """The last value per key of a topic (a table's changelog), tombstones removed."""
+    out: dict[bytes, bytes] = {}
+    async for r in read_all(bootstrap, topic):
+        if r.key is None:
+            continue
+        if r.value is None:
+            out.pop(r.key, None)
+        else:
+            out[r.key] = r.value
+    return out
+
+
+async def read_values(bootstrap: str, topic: str) -> list[tuple[dict[str, str], Any]]:
+    """Every record of a topic: (headers, JSON value); values that are not JSON are skipped."""
+    out = []
+    async for r in read_all(bootstrap, topic):
+        try:
+            out.append(({k: v.decode(errors="replace") for k, v in r.headers}, orjson.loads(r.value or b"null")))
+        except orjson.JSONDecodeError:
+            continue
     return out
 
 
