@@ -5,8 +5,6 @@ A thin shell: every saga rule is in ``machine``; this module only moves bytes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -16,14 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.transport.producer import ProducerBuffer
 from prometheus_client import CollectorRegistry
 
 import tables as tables_module
 import topics as topics_module
 from tables import Tables, partition_db, pending_prefix
 from topics import Topics
-from tracker import web
+from tracker import patches, web
 from tracker.admin import bootstrap_of
 from tracker.census import Census
 from tracker.correlation import Record
@@ -39,7 +36,6 @@ from tracker.sweeper import Sweeper
 from tracker.tracking import Crash, Tracking
 
 log = logging.getLogger(__name__)
-FLUSH_BOUND = 10.0  # seconds a commit waits for faust's producer buffer to drain
 
 
 @dataclass
@@ -57,51 +53,8 @@ class TrackerApp:
     generations: Generations
 
 
-def make_commits_durable() -> None:
-    """Commit an input offset only once every record produced before it is delivered.
-
-    faust commits after flushing its producer buffer, but ``ProducerBuffer.flush`` gives up
-    as soon as no message went out for 0.1 s, and does not see the message being handed to
-    aiokafka at that moment. A changelog record still in the buffer is then lost by a crash
-    although the input offset that produced it is committed, and the saga's state regresses
-    on recovery (found by the fault harness: SIGKILL, os._exit, SIGSTOP). This flush waits
-    until the buffer is empty and nothing is in hand (bounded, see below); aiokafka's own
-    flush, which faust awaits next, then waits for delivery. One place reaches into faust
-    for this.
-    """
-    if getattr(ProducerBuffer, "_saga_tracker_durable", False):
-        return
-    send = ProducerBuffer._send_pending
-
-    async def _send_pending(self: Any, fut: Any) -> None:
-        self._saga_tracker_in_hand = getattr(self, "_saga_tracker_in_hand", 0) + 1
-        try:
-            await send(self, fut)
-        finally:
-            self._saga_tracker_in_hand -= 1
-            self._saga_tracker_moved = time.monotonic()
-
-    async def flush(self: Any) -> None:
-        # Bounded: while a rebalance waits on this commit, faust may not hand the buffer to
-        # aiokafka at all, so waiting forever would deadlock it. After FLUSH_BOUND the commit
-        # goes ahead as faust's would (logged); a broker that takes nothing for longer is
-        # handled by the producer watchdog, which exits the worker.
-        deadline = time.monotonic() + FLUSH_BOUND
-        while self.size or getattr(self, "_saga_tracker_in_hand", 0):
-            if time.monotonic() > deadline:
-                log.warning("producer buffer not drained after %gs (%d waiting): committing", FLUSH_BOUND, self.size)
-                return
-            self.message_sent.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.message_sent.wait(), timeout=0.5)
-
-    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
-    ProducerBuffer.flush = flush  # type: ignore[method-assign]
-    ProducerBuffer._saga_tracker_durable = True  # type: ignore[attr-defined]
-
-
 def faust_app(settings: Settings, broker_url: str) -> faust.App:
-    make_commits_durable()
+    patches.apply()
     return faust.App(
         settings.group_id,
         broker=broker_url,

@@ -11,6 +11,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from tracker import patches
 from tracker.errors import TrackerError
 
 
@@ -216,6 +217,7 @@ def _generations() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    patches.apply()  # every command's Kafka clients, not only the worker's
     parser = argparse.ArgumentParser(prog="saga-tracker", description="Track choreographed sagas on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a tracker worker (embedded broker when SAGA_TRACKER_BROKER is unset)")

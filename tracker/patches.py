@@ -1,0 +1,92 @@
+"""The places where the tracker reaches into faust and aiokafka, each fixing a loss or a hang.
+
+Both were found by the tests and hold on Apache Kafka too: they are client-side behaviour.
+``apply()`` installs them once per process, before the faust app is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka.client import AIOKafkaClient
+from faust.transport.producer import ProducerBuffer
+
+log = logging.getLogger(__name__)
+FLUSH_BOUND = 10.0  # seconds a commit waits for faust's producer buffer to drain
+
+
+def apply() -> None:
+    make_commits_durable()
+    keep_producer_metadata()
+
+
+def make_commits_durable() -> None:
+    """Commit an input offset only once every record produced before it is delivered.
+
+    faust commits after flushing its producer buffer, but ``ProducerBuffer.flush`` gives up
+    as soon as no message went out for 0.1 s, and does not see the message being handed to
+    aiokafka at that moment. A changelog record still in the buffer is then lost by a crash
+    although the input offset that produced it is committed, and the saga's state regresses
+    on recovery (found by the fault harness: SIGKILL, os._exit, SIGSTOP). This flush waits
+    until the buffer is empty and nothing is in hand (bounded, see below); aiokafka's own
+    flush, which faust awaits next, then waits for delivery. One place reaches into faust
+    for this.
+    """
+    if getattr(ProducerBuffer, "_saga_tracker_durable", False):
+        return
+    send = ProducerBuffer._send_pending
+
+    async def _send_pending(self: Any, fut: Any) -> None:
+        self._saga_tracker_in_hand = getattr(self, "_saga_tracker_in_hand", 0) + 1
+        try:
+            await send(self, fut)
+        finally:
+            self._saga_tracker_in_hand -= 1
+            self._saga_tracker_moved = time.monotonic()
+
+    async def flush(self: Any) -> None:
+        # Bounded: while a rebalance waits on this commit, faust may not hand the buffer to
+        # aiokafka at all, so waiting forever would deadlock it. After FLUSH_BOUND the commit
+        # goes ahead as faust's would (logged); a broker that takes nothing for longer is
+        # handled by the producer watchdog, which exits the worker.
+        deadline = time.monotonic() + FLUSH_BOUND
+        while self.size or getattr(self, "_saga_tracker_in_hand", 0):
+            if time.monotonic() > deadline:
+                log.warning("producer buffer not drained after %gs (%d waiting): committing", FLUSH_BOUND, self.size)
+                return
+            self.message_sent.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.5)
+
+    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+    ProducerBuffer._saga_tracker_durable = True  # type: ignore[attr-defined]
+
+
+def keep_producer_metadata() -> None:
+    """Keep every topic's metadata when a client starts tracking one more topic.
+
+    An aiokafka client whose set of tracked topics is empty fetches metadata for *all*
+    topics. The first send to a topic missing from that snapshot (one created after the
+    producer started: an output topic, a changelog) calls ``add_topic``, which turns "all"
+    into just that topic; the next refresh drops every other topic's partitions, their
+    queued batches have no leader and wait forever, and faust's producer buffer, sending one
+    record at a time, stalls behind them: no changelog write, no commit (seen in CI as a
+    changelog stuck behind the table for minutes). Seeding the set with the topics already
+    known keeps "all known + the new one".
+    """
+    if getattr(AIOKafkaClient, "_saga_tracker_keeps_topics", False):
+        return
+    add_topic = AIOKafkaClient.add_topic
+
+    def add(self: Any, topic: str) -> Any:
+        if not self._topics:
+            self._topics.update(self.cluster.topics())
+        return add_topic(self, topic)
+
+    AIOKafkaClient.add_topic = add  # type: ignore[method-assign]
+    AIOKafkaClient._saga_tracker_keeps_topics = True  # type: ignore[attr-defined]
