@@ -40,7 +40,6 @@ test: lint typecheck $(STAMP)
 faults: lint typecheck $(STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/pytest -q -p no:cacheprovider --hypothesis-show-statistics \
 		tests/unit/test_hostile_input.py tests/unit/test_properties.py | grep -E "passing examples|passed|failed"
-	REPLAY_TESTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_replay.py
 	FAULTS=full FAULTS_REPORT=docs/faults.md $(BIN)/pytest -q -p no:cacheprovider tests/faults
 
 # Quix Streams is installed only for the benchmark, in a venv of its own.

@@ -57,8 +57,8 @@ class Settings:
     )
     follow_generations: bool = _doc(
         "Follow the generations registry (promotions, forwarding reads to the promoted generation). "
-        "Always on for generation 2 and up; turn it on for generation 1 before a replay (see Replay).",
-        default=False,
+        "Always on for generation 2 and up; generation 1 can turn it off when no replay is ever run.",
+        default=True,
     )
     shadow: bool = _doc(
         "A shadow generation (replay with changed definitions): never promoted, its would-be outputs go to "

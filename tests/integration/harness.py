@@ -47,6 +47,7 @@ sagas:
     topics: [{p}approvals]
     start: ApprovalRequested
     correlation: {{saga_id: data.request_id}}
+    compensation_policy: {{confirm_timeout: {confirm}, max_attempts: 3, backoff: 2}}
     steps:
       - {{name: request, completed_by: ApprovalRequested,
          compensation: {{emit: WithdrawRequest, confirmed_by: RequestWithdrawn}}}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,12 +13,7 @@ import pytest
 from tests.integration.harness import DEFINITIONS, Scenario, Worker
 from tests.integration.test_api import post
 
-# Not yet reliable under a loaded CI run on the embedded broker (they pass alone): run by
-# `make faults` (REPLAY_TESTS=1) until they are; see the closing note of issue 7.
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.environ.get("REPLAY_TESTS") != "1", reason="replay tests run with REPLAY_TESTS=1 (make faults)"),
-]
+pytestmark = pytest.mark.integration
 TOKEN = "replay-token"
 FLOW = ("OrderCreated", "PaymentAuthorized", "InventoryReserved", "ShipmentCreated")
 
@@ -67,7 +61,7 @@ def live_history(s: Scenario, w1: Worker) -> None:
 
 def test_rebuild_equals_live_emits_nothing_and_promotion_switches_reads(make_scenario: Callable[..., Scenario]) -> None:
     s = make_scenario(timeout="3s", confirm="60s")
-    w1 = s.worker("w1", SAGA_TRACKER_ACTION_TOKEN=TOKEN, SAGA_TRACKER_FOLLOW_GENERATIONS="true").start()
+    w1 = s.worker("w1", SAGA_TRACKER_ACTION_TOKEN=TOKEN).start()
     live_history(s, w1)
     time.sleep(2)  # let the last outputs land
     compensations, outcomes = ids(s, "compensations"), ids(s, "outcomes")
