@@ -14,7 +14,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,19 @@ def drive(
     return services, time.time()
 
 
-def finish(name: str, s: FaultScenario, services: ServicesThread, reader: Worker, faults_end: float) -> Verdict:
+def finish(
+    name: str,
+    s: FaultScenario,
+    services: ServicesThread,
+    reader: Worker,
+    faults_end: float,
+    before_loss: Sequence[dict[str, Any]] = (),
+) -> Verdict:
     for w in s.workers:
         if w.alive():
             w.wait_ready(90)
     try:
-        return verdict(name, s, services, reader, faults_end)
+        return verdict(name, s, services, reader, faults_end, before_loss=before_loss)
     finally:
         s.done.set()
         services.stop()
@@ -382,6 +389,10 @@ def broker_restart(ctx: Context) -> Verdict:
     recorded = []
     for topic in s.topics:
         recorded += [(topic, r["key"], r["value"], list(r["headers"].items())) for r in kafka.read(topic, timeout=2.0)]
+    # Wait until the tracker has handled what is due, then keep what it emitted: the broker
+    # loses it, the services have acted on it.
+    time.sleep(12)
+    emitted = kafka.read(s.topic("compensations"), timeout=3.0)
     services.stop()
     port = own.port
     own.stop()  # memory storage: every topic, offset and group is gone
@@ -402,7 +413,7 @@ def broker_restart(ctx: Context) -> Verdict:
         services.ids = sorted(
             {json.loads(v)["data"].get("order_id") or json.loads(v)["data"].get("task_id") for _, _, v, _ in recorded if v}
         )
-        v = finish("broker restart (memory lost), input replayed", s, services, w, time.time())
+        v = finish("broker restart (memory lost), input replayed", s, services, w, time.time(), before_loss=emitted)
         v.notes.append(
             f"worker {'failed loudly' if loud else 'did NOT fail loudly'} (exit {code}); recovered after the input was replayed"
         )
