@@ -195,8 +195,10 @@ class Progress:
 
     async def first_timestamps(self, wanted: dict[TP, int]) -> dict[TP, float | None]:
         """Timestamp (seconds) of the first record at or after each offset, peeked all at once
-        within ``PEEK_BUDGET``. None: no record came (a phantom lag: transaction markers, this
-        broker's batch end offsets; or a slow fetch), remembered until the position moves."""
+        within ``PEEK_BUDGET``. None: the broker answered with no record there (a phantom lag:
+        transaction markers, this broker's batch end offsets), remembered until the position
+        moves. No answer in time (a slow fetch, a busy broker) is 0.0 for this sweep only: a
+        record we could not see may be a completion, so nothing fires past it."""
         out: dict[TP, float | None] = {}
         todo: dict[TopicPartition, tuple[TP, int]] = {}
         for tp, offset in wanted.items():
@@ -223,9 +225,12 @@ class Progress:
                     ts = records[0].timestamp
                     out[tp] = ts / 1000 if ts and ts > 0 else 0.0  # no timestamp: assume it is old
                     self.peeked[tp] = (offset, out[tp])
-        for tp, offset in todo.values():
-            out[tp] = None
-            self.peeked[tp] = (offset, None)
+        for part, (tp, offset) in todo.items():
+            if self._peek.last_poll_timestamp(part) is None:  # no fetch answer for it yet
+                out[tp] = 0.0
+            else:
+                out[tp] = None
+                self.peeked[tp] = (offset, None)
         return out
 
     def stalled(self, positions: dict[TP, int]) -> list[TP]:

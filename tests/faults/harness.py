@@ -224,6 +224,26 @@ def verdict(
         if theirs != e.compensations and not (theirs <= e.compensations <= theirs | lost_with_broker):
             bad_state.append(f"{sid}: decided {sorted(theirs)} != {sorted(e.compensations)}")
     v.checks["state = oracle"] = "pass" if not bad_state else f"{len(bad_state)} differ: {bad_state[:3]}"
+    if bad_state or extra or missing:  # evidence for the post-mortem: the saga as seen and its input
+        suspects = {b.split(":")[0] for b in bad_state} | {c.split(":")[0] for c in extra | missing}
+        inputs = input_records(s)
+        (s.tmp / "suspects.json").write_text(
+            json.dumps(
+                {
+                    sid: {
+                        "view": views.get(sid),
+                        "input": [
+                            {"topic": r["topic"], "ts": r["timestamp"], "value": r["value"].decode(errors="replace")}
+                            for r in inputs
+                            if r["value"] and sid.encode() in r["value"]
+                        ],
+                    }
+                    for sid in sorted(suspects)
+                },
+                indent=1,
+                default=str,
+            )
+        )
 
     early, slow = [], []
     for r, c in comps:

@@ -10,7 +10,8 @@ the README with event times:
   undo their own steps and the tracker emits nothing (confirmations arrive in time);
 - a pending step with no completion or failure by its due time stalls: the tracker emits
   ``{saga}:{step}:compensate:1`` for every completed step with a compensation, and for every
-  step whose completion arrives later (a late completion is undone too);
+  step whose completion arrives later while the saga is compensating (a late completion is
+  undone too; after the saga is compensated it is fenced: recorded, never acted on);
 - a compensating saga is compensated once every step being undone has its confirmation.
 
 Events within ``margin`` seconds of a due time could go either way: such sagas are
@@ -175,9 +176,26 @@ def judge(spec: SagaSpec, saga_id: str, evs: dict[str, tuple[str, float]], margi
         for t in (c, f):
             if t is not None and abs(t - due) <= margin:
                 out.ambiguous = f"step {st.name} event {t - due:+.2f}s from its deadline"
-        # Stalled: undo every completed step, including completions that come late.
+        # Stalled: undo every step completed before the deadline, and each completion that
+        # comes late while the saga is still compensating; once every undo is confirmed the
+        # saga is compensated (terminal) and a later completion is fenced: recorded only.
         out.due = due
-        undo = [j for j, sj in enumerate(spec.steps) if sj.compensation and (j < i or when(sj.completed_by) is not None)]
+        compensable = {j: when(sj.completed_by) for j, sj in enumerate(spec.steps) if sj.compensation}
+        undo = {j for j in compensable if j < i}
+        while True:
+            confirmed = [when(spec.steps[j].confirmed_by) for j in undo]
+            ended = due if not undo else max(confirmed) if all(t is not None for t in confirmed) else None  # type: ignore[type-var]
+            late = set()
+            for j, c in compensable.items():
+                if j < i or c is None or j in undo:
+                    continue
+                if ended is None or c < ended - margin:
+                    late.add(j)
+                elif abs(c - ended) <= margin:
+                    out.ambiguous = f"late completion of {spec.steps[j].name} {c - ended:+.2f}s from the saga's end"
+            if not late:
+                break
+            undo |= late
         out.compensations = {f"{saga_id}:{spec.steps[j].name}:compensate:1" for j in undo}
         out.undone = {spec.steps[j].name for j in undo if when(spec.steps[j].confirmed_by) is not None}
         out.status = "compensated" if len(out.undone) == len(undo) else "compensating"
