@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from aiokafka.client import AIOKafkaClient
+from aiokafka import AIOKafkaProducer
 from faust.transport.producer import ProducerBuffer
 
 log = logging.getLogger(__name__)
@@ -68,25 +68,32 @@ def make_commits_durable() -> None:
 
 
 def keep_producer_metadata() -> None:
-    """Keep every topic's metadata when a client starts tracking one more topic.
+    """Keep every topic's metadata when a producer starts tracking one more topic.
 
     An aiokafka client whose set of tracked topics is empty fetches metadata for *all*
-    topics. The first send to a topic missing from that snapshot (one created after the
-    producer started: an output topic, a changelog) calls ``add_topic``, which turns "all"
-    into just that topic; the next refresh drops every other topic's partitions, their
-    queued batches have no leader and wait forever, and faust's producer buffer, sending one
-    record at a time, stalls behind them: no changelog write, no commit (seen in CI as a
-    changelog stuck behind the table for minutes). Seeding the set with the topics already
-    known keeps "all known + the new one".
+    topics. A producer's first send to a topic missing from that snapshot (one created after
+    it started: an output topic, a changelog) calls ``add_topic``, which turns "all" into just
+    that topic; the next refresh drops every other topic's partitions, their queued batches
+    have no leader and wait forever, and faust's producer buffer, sending one record at a
+    time, stalls behind them: no changelog write, no commit (seen in CI as a changelog stuck
+    behind the table for minutes). Seeding the set with the topics already known keeps "all
+    known + the new one". Producers only: a pattern-subscribed consumer relies on "all" to
+    see new topics, and its coordinator manages the set itself.
     """
-    if getattr(AIOKafkaClient, "_saga_tracker_keeps_topics", False):
+    if getattr(AIOKafkaProducer, "_saga_tracker_keeps_topics", False):
         return
-    add_topic = AIOKafkaClient.add_topic
+    init = AIOKafkaProducer.__init__
 
-    def add(self: Any, topic: str) -> Any:
-        if not self._topics:
-            self._topics.update(self.cluster.topics())
-        return add_topic(self, topic)
+    def producer_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        client, add_topic = self.client, self.client.add_topic
 
-    AIOKafkaClient.add_topic = add  # type: ignore[method-assign]
-    AIOKafkaClient._saga_tracker_keeps_topics = True  # type: ignore[attr-defined]
+        def add(topic: str) -> Any:
+            if not client._topics:
+                client._topics.update(client.cluster.topics())
+            return add_topic(topic)
+
+        client.add_topic = add
+
+    AIOKafkaProducer.__init__ = producer_init  # type: ignore[method-assign]
+    AIOKafkaProducer._saga_tracker_keeps_topics = True  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.faults.harness import FaultScenario, ServicesThread, Verdict, verdict
+from tests.faults.harness import TIMEOUT, FaultScenario, ServicesThread, Verdict, verdict
 from tests.integration.harness import Kafka, Worker
 from tests.tools import tool
 from tracker.broker import EmbeddedBroker
@@ -183,6 +183,10 @@ def redelivery(ctx: Context) -> Verdict:
         for r in s.kafka.read(topic, timeout=2.0):
             again.append((topic, r["key"], r["value"], list(r["headers"].items())))
     s.kafka.produce(again + again)
+    # A clean stop leaves the group empty only past its first generation (this broker starts
+    # at 0, where aiokafka sends no LeaveGroup): restart once, then stop and rewind.
+    w.stop()
+    w.start()
     w.stop()
     rewind_group(s, 20)
     w.start()
@@ -197,6 +201,7 @@ def rewind_group(s: FaultScenario, n: int) -> None:
 
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import CommitFailedError, UnknownMemberIdError
     from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
     async def go() -> None:
@@ -207,15 +212,23 @@ def rewind_group(s: FaultScenario, n: int) -> None:
             committed = await admin.list_consumer_group_offsets(s.app_id, partitions=tps)
         finally:
             await admin.close()
-        c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, group_id=s.app_id, enable_auto_commit=False)
-        await c.start()
-        try:
-            c.assign(tps)
-            back = {tp: OffsetAndMetadata(max(0, m.offset - n), "") for tp, m in committed.items() if m.offset > 0}
-            if back:
+        back = {tp: OffsetAndMetadata(max(0, m.offset - n), "") for tp, m in committed.items() if m.offset > 0}
+        # The broker refuses a commit from outside a non-empty group: retry while the stopped
+        # worker's membership ends.
+        deadline = time.monotonic() + 30
+        while back:
+            c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, group_id=s.app_id, enable_auto_commit=False)
+            await c.start()
+            try:
+                c.assign(tps)
                 await c.commit(back)
-        finally:
-            await c.stop()
+                return
+            except (CommitFailedError, UnknownMemberIdError):
+                if time.monotonic() > deadline:
+                    raise
+            finally:
+                await c.stop()
+            await asyncio.sleep(1)
 
     asyncio.run(go())
 
@@ -363,6 +376,25 @@ def kill_in_recovery(ctx: Context) -> Verdict:
     return v
 
 
+def deadline_burst(ctx: Context) -> Verdict:
+    s = ctx.scenario()
+    w1, w2 = s.worker("w1").start(), s.worker("w2").start()
+    # Every service stalls: 30 sagas whose payment deadlines all fall due within a second...
+    services = ServicesThread(s, ctx.seed, Behaviour(fail_rate=0, stall_rate=1.0, duplicate_rate=0, reorder_rate=0))
+    services.ids = [f"burst-{n:02d}" for n in range(30)]
+    due_in = 5.0
+    started = time.time() + due_in - TIMEOUT
+    s.kafka.produce([order_event(s, "OrderCreated", sid, started + n / 30) for n, sid in enumerate(services.ids)])
+    # ...while a third worker joins (a rebalance across the due time) and then one leaves.
+    time.sleep(due_in - 1.5)
+    s.worker("w3").start(wait=False)
+    time.sleep(4)
+    w2.stop()
+    v = finish("a rebalance while a burst of deadlines is due", s, services, w1, time.time())
+    v.notes.append("30 deadlines due within 1 s; w3 joined 1.5 s before, w2 left 2.5 s after")
+    return v
+
+
 def idle_partition(ctx: Context) -> Verdict:
     s = ctx.scenario()
     w = s.worker("w1").start()
@@ -433,6 +465,7 @@ ALL: dict[str, Callable[[Context], Verdict]] = {
     "baseline": baseline,
     "sigkill": sigkill_random,
     "scale": scale,
+    "burst": deadline_burst,
     "crash": crash_before_send,
     "zombie": zombie,
     "redelivery": redelivery,
