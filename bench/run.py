@@ -180,13 +180,20 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str) -> tuple[Result, float]:
-    """The real worker, doing its real work, until every input record has been applied."""
+def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str, batch: int) -> tuple[Result, float]:
+    """The real worker, doing its real work, until every input record has been applied.
+
+    ``batch``: its producer's max batch size in bytes. 1 is what tests and the demo use on the
+    embedded broker (its end offsets are wrong for batched records, which breaks faust's
+    recovery on a *restart*); faust's default (16 KiB) is the Apache Kafka setting. No restart
+    happens here, so both are measured."""
     definitions = (
         (ROOT / "tracker/sagas/order_fulfilment.yaml")
         .read_text()
         .replace("topics: [orders, payments, inventory, shipping]", f"topics: [{topic}]")
     )
+    data_dir = data_dir / app_id
+    data_dir.mkdir()
     (data_dir / "sagas.yaml").write_text(definitions)
     port = free_port()
     env = {
@@ -196,7 +203,7 @@ def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str)
         "SAGA_TRACKER_DEFINITIONS": str(data_dir / "sagas.yaml"),
         "SAGA_TRACKER_DATA_DIR": str(data_dir / "tracker"),
         "SAGA_TRACKER_WEB_PORT": str(port),
-        "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "1",
+        "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": str(batch),
         "SAGA_TRACKER_SESSION_TIMEOUT": "6",
         "SAGA_TRACKER_HEARTBEAT_INTERVAL": "1",
         "SAGA_TRACKER_LOG_LEVEL": "warning",
@@ -211,7 +218,8 @@ def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str)
             log.flush()
             tail = (data_dir / "tracker.log").read_text(errors="replace").splitlines()[-30:]
             raise RuntimeError(f"{exc}; the worker's log ends:\n" + "\n".join(tail)) from None
-        result = Result("tracker (faust worker)", applied[0], applied[1], applied[2])
+        label = "batch 1" if batch == 1 else f"batch {batch // 1024} KiB"
+        result = Result(f"tracker (faust worker, {label})", applied[0], applied[1], applied[2])
         return result, proc_rss_mb(worker.pid)
     finally:
         stop(worker)
@@ -327,18 +335,22 @@ def main(argv: list[str] | None = None) -> int:
         q = None if args.smoke else quix(broker.bootstrap, topic, len(records), data)
         if q is not None:
             results.append(q)
-        t, rss = tracker(broker.bootstrap, topic, len(records), data, f"bench-{uuid.uuid4().hex[:6]}")
-        results.append(t)
+        mine = []
+        for batch in (1,) if args.smoke else (1, 16384):
+            t, rss = tracker(broker.bootstrap, topic, len(records), data, f"bench-{uuid.uuid4().hex[:6]}", batch)
+            results.append(t)
+            mine.append((t, rss))
     print(f"\n{'contender':38} {'events':>9} {'events/s':>10} {'CPU us/event':>13}")
     for r in results:
         print(f"{r.name:38} {r.events:>9} {r.rate:>10.0f} {r.cpu_us:>13.1f}")
-    base, mine = results[0], results[-1]
-    print(f"\ntracker/raw  = {mine.rate / base.rate:.3f}   (target >= 0.6)")
-    if q is not None:
-        print(f"tracker/quix = {mine.rate / q.rate:.3f}   (target >= 1.0)")
-    else:
-        print("tracker/quix = n/a (quixstreams not installed: make bench installs it)")
-    print(f"tracker peak RSS: {rss:.0f} MB")
+    base = results[0]
+    for t, rss in mine:
+        print(f"\n{t.name}: peak RSS {rss:.0f} MB")
+        print(f"  tracker/raw  = {t.rate / base.rate:.3f}   (target >= 0.6)")
+        if q is not None:
+            print(f"  tracker/quix = {t.rate / q.rate:.3f}   (target >= 1.0)")
+        else:
+            print("  tracker/quix = n/a (quixstreams not installed: make bench installs it)")
     return 0 if all(r.events == len(records) for r in results) else 1
 
 

@@ -195,10 +195,11 @@ class Progress:
 
     async def first_timestamps(self, wanted: dict[TP, int]) -> dict[TP, float | None]:
         """Timestamp (seconds) of the first record at or after each offset, peeked all at once
-        within ``PEEK_BUDGET``. None: the broker answered with no record there (a phantom lag:
-        transaction markers, this broker's batch end offsets), remembered until the position
-        moves. No answer in time (a slow fetch, a busy broker) is 0.0 for this sweep only: a
-        record we could not see may be a completion, so nothing fires past it."""
+        within ``PEEK_BUDGET``. None: the broker answered that there is no record there (a
+        phantom lag: transaction markers), remembered until the position moves. No answer in
+        time (a slow fetch, a busy broker, an empty answer below the high watermark) is 0.0
+        for this sweep only: a record we could not see may be a completion, so nothing fires
+        past it."""
         out: dict[TP, float | None] = {}
         todo: dict[TopicPartition, tuple[TP, int]] = {}
         for tp, offset in wanted.items():
@@ -226,11 +227,16 @@ class Progress:
                     out[tp] = ts / 1000 if ts and ts > 0 else 0.0  # no timestamp: assume it is old
                     self.peeked[tp] = (offset, out[tp])
         for part, (tp, offset) in todo.items():
-            if self._peek.last_poll_timestamp(part) is None:  # no fetch answer for it yet
-                out[tp] = 0.0
-            else:
+            answered = self._peek.last_poll_timestamp(part) is not None
+            highwater = self._peek.highwater(part)
+            # Nothing there only if the broker said so: its answer's high watermark is at or
+            # below where the fetch got to (past transaction markers, if any). An empty answer
+            # below the high watermark (seen on the embedded broker) is no answer.
+            if answered and (highwater is None or await self._peek.position(part) >= highwater):
                 out[tp] = None
                 self.peeked[tp] = (offset, None)
+            else:
+                out[tp] = 0.0
         return out
 
     def stalled(self, positions: dict[TP, int]) -> list[TP]:
