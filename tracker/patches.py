@@ -33,8 +33,7 @@ def make_commits_durable() -> None:
     although the input offset that produced it is committed, and the saga's state regresses
     on recovery (found by the fault harness: SIGKILL, os._exit, SIGSTOP). This flush waits
     until the buffer is empty and nothing is in hand (bounded, see below); aiokafka's own
-    flush, which faust awaits next, then waits for delivery. One place reaches into faust
-    for this.
+    flush, which faust awaits next, then waits for delivery.
     """
     if getattr(ProducerBuffer, "_saga_tracker_durable", False):
         return

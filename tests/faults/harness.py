@@ -71,7 +71,8 @@ class FaultScenario(Scenario):
         self.supervisor.start()
 
     def worker(self, name: str = "w1", **env: str) -> Worker:
-        # The watchdogs only in full runs (`make faults`), where the supervisor restarts workers.
+        # The watchdogs only when FAULTS is set (`make faults`, named scenarios): the supervisor
+        # restarts workers there.
         stall = {"SAGA_TRACKER_STALL_TIMEOUT": f"{STALL:g}"} if os.environ.get("FAULTS") else {}
         return super().worker(name, **{**stall, **env})
 
@@ -224,8 +225,8 @@ def verdict(
         if theirs != e.compensations and not (theirs <= e.compensations <= theirs | lost_with_broker):
             bad_state.append(f"{sid}: decided {sorted(theirs)} != {sorted(e.compensations)}")
     v.checks["state = oracle"] = "pass" if not bad_state else f"{len(bad_state)} differ: {bad_state[:3]}"
-    if bad_state or extra or missing:  # evidence for the post-mortem: the saga as seen and its input
-        suspects = {b.split(":")[0] for b in bad_state} | {c.split(":")[0] for c in extra | missing}
+    if lost or bad_state or extra or missing:  # evidence for the post-mortem: the saga as seen and its input
+        suspects = {*lost, *(b.split(":")[0] for b in bad_state), *(c.split(":")[0] for c in extra | missing)}
         inputs = input_records(s)
         (s.tmp / "suspects.json").write_text(
             json.dumps(
