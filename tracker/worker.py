@@ -33,5 +33,8 @@ def run(settings: Settings) -> None:
         ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
         tracker = build(settings, catalog, broker_url=url)
         log.info("tracking %s on %s", ", ".join(d.key for d in catalog.definitions), bootstrap_of(url))
+        # aiokafka logs every (re)assignment at INFO: the generations registry is read by a
+        # short-lived consumer every few seconds, which would fill the log with tables.
+        logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
         worker = faust.Worker(tracker.app, loglevel=settings.log_level.upper())
         worker.execute_from_commandline()
