@@ -264,8 +264,11 @@ def late_and_shuffled(ctx: Context) -> Verdict:
 FLOW = ("OrderCreated", "PaymentAuthorized", "InventoryReserved", "ShipmentCreated")
 TOPIC = {
     "OrderCreated": "orders",
+    "OrderCancelled": "orders",
     "PaymentAuthorized": "payments",
+    "PaymentRefunded": "payments",
     "InventoryReserved": "inventory",
+    "StockReleased": "inventory",
     "ShipmentCreated": "shipping",
 }
 

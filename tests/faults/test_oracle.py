@@ -3,42 +3,22 @@ must be right about the cases the tracker's contract singles out."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from tests.faults import oracle
-from tests.faults.harness import TIMEOUT, fault_definitions
+from tests.faults.harness import TIMEOUT, FaultScenario, fault_definitions
+from tests.faults.scenarios import order_event
 
 SPECS = oracle.load_specs(fault_definitions("p-"))
-TOPIC = {
-    "OrderCreated": "orders",
-    "OrderCancelled": "orders",
-    "PaymentAuthorized": "payments",
-    "PaymentRefunded": "payments",
-    "InventoryReserved": "inventory",
-    "ShipmentCreated": "shipping",
-    "StockReleased": "inventory",
-}
+PREFIXED = cast(FaultScenario, SimpleNamespace(prefix="p-"))  # order_event reads only the topic prefix
 
 
 def records(*events: tuple[str, float]) -> list[dict[str, Any]]:
     """(type, seconds after t0) for saga o-1, as the services' topics hold them."""
     t0 = 1_800_000_000.0
-    return [
-        {
-            "topic": "p-" + TOPIC[etype],
-            "value": json.dumps(
-                {
-                    "id": f"o-1:{etype}",
-                    "type": etype,
-                    "time": datetime.fromtimestamp(t0 + at, UTC).isoformat(),
-                    "data": {"order_id": "o-1"},
-                }
-            ).encode(),
-        }
-        for etype, at in events
-    ]
+    made = (order_event(PREFIXED, etype, "o-1", t0 + at) for etype, at in events)
+    return [{"topic": topic, "value": value} for topic, _, value, _ in made]
 
 
 def judge(*events: tuple[str, float]) -> oracle.Expected:
