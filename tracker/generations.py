@@ -95,8 +95,8 @@ class Generations:
 
     async def start(self, follow: bool = True) -> None:
         if not (follow or self.generation > 1 or self.shadow):
-            # A lone generation 1 needs no registry: it is the promoted one. (Each reader of
-            # this topic adds requests the embedded broker has been seen to stall others on.)
+            # A lone generation 1 needs no registry: it is the promoted one (no reader, no
+            # heartbeats: SAGA_TRACKER_FOLLOW_GENERATIONS=false where no replay is ever run).
             self.loaded.set()
             return
         await ensure_topics(self.bootstrap, [self.topic], 1, config=COMPACT)
@@ -122,8 +122,8 @@ class Generations:
         return {"generation": self.generation, "url": self.url, "shadow": self.shadow, "at": at}
 
     async def _follow(self) -> None:
-        """Read what is new every FOLLOW_EVERY seconds with a short-lived consumer: a consumer
-        kept long-polling this topic made the embedded broker stall other clients' requests."""
+        """Read what is new every FOLLOW_EVERY seconds with a short-lived consumer (promotions
+        are rare: a few seconds' delay is fine, and nothing is held open between reads)."""
         position = 0
         while True:
             try:
