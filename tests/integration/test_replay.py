@@ -107,6 +107,9 @@ def test_rebuild_equals_live_emits_nothing_and_promotion_switches_reads(make_sce
         poller.join()
     assert samples and all(status == 200 for status, _ in samples), samples
     assert samples[0][1] == "1" and samples[-1][1] == "2"  # served by generation 1, then by 2
+    # Each worker reads the registry on its own (every 2 s): w2 may learn of it a read later.
+    while time.monotonic() < deadline and w2.get_with_headers("/readyz")[2]["promoted"] != 2:
+        time.sleep(0.2)
     assert w2.get_with_headers("/readyz")[2]["promoted"] == 2
 
     # Generation 2 now acts: a new stall is compensated once, by it.
