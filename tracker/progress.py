@@ -150,11 +150,11 @@ class Progress:
         return sorted(tp for tp in self.app.consumer.assignment() if tp.topic == self.saga_log)
 
     async def own_positions(self, tps: list[TP]) -> dict[TP, int]:
-        out = {}
-        for tp in tps:
-            nxt = self.next_offset.get(tp)
-            out[tp] = nxt if nxt is not None else (await self.app.consumer.position(tp) or 0)
-        return out
+        """Next offset to apply on this worker's saga-log partitions. Not the consumer's
+        position: that counts records handed to faust's stream buffer, not yet applied."""
+        if all(tp in self.next_offset for tp in tps):
+            return {tp: self.next_offset[tp] for tp in tps}
+        return await self.group_positions(tps)
 
     async def behind(self) -> bool:
         """Measure and decide; raises on broker errors (the caller then fires nothing)."""
@@ -164,7 +164,9 @@ class Progress:
         sources = self.source_partitions()
         own_log = await self.own_log_partitions()
         highwaters = await self.end_offsets([*sources, *own_log])
-        positions = {**await self.group_positions(sources), **await self.own_positions(own_log)}
+        # Committed offsets, or this worker's own progress where it is further (never the
+        # consumer's position: see own_positions).
+        positions = await self.group_positions([*sources, *own_log])
         self.lags = {tp: max(0, highwaters.get(tp, 0) - positions[tp]) for tp in positions}
         # Stream time: no deadline fires past the oldest record still waiting anywhere in the
         # input (a completion may be in it). Lagging partitions are peeked, once per position.

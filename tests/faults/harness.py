@@ -228,17 +228,25 @@ def verdict(
     if lost or bad_state or extra or missing:  # evidence for the post-mortem: the saga as seen and its input
         suspects = {*lost, *(b.split(":")[0] for b in bad_state), *(c.split(":")[0] for c in extra | missing)}
         inputs = input_records(s)
+        # The saga log shows in which order the tracker saw the saga's records (and who sent them).
+        logged = [{"topic": "saga-log", **r} for r in s.kafka.read(f"{s.app_id}-saga-log", timeout=2.0)]
+
+        def evidence(records: list[dict[str, Any]], sid: str) -> list[dict[str, Any]]:
+            return [
+                {
+                    "at": f"{r['topic']}/{r['partition']}/{r['offset']}",
+                    "ts": r["timestamp"],
+                    "headers": {k: v.decode(errors="replace") for k, v in r.get("headers", {}).items()},
+                    "value": r["value"].decode(errors="replace"),
+                }
+                for r in records
+                if r["value"] and sid.encode() in r["value"]
+            ]
+
         (s.tmp / "suspects.json").write_text(
             json.dumps(
                 {
-                    sid: {
-                        "view": views.get(sid),
-                        "input": [
-                            {"topic": r["topic"], "ts": r["timestamp"], "value": r["value"].decode(errors="replace")}
-                            for r in inputs
-                            if r["value"] and sid.encode() in r["value"]
-                        ],
-                    }
+                    sid: {"view": views.get(sid), "input": evidence(inputs, sid), "saga_log": evidence(logged, sid)}
                     for sid in sorted(suspects)
                 },
                 indent=1,

@@ -6,7 +6,8 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from tests.integration.harness import Kafka, run
 from tracker import patches
@@ -36,5 +37,44 @@ def test_a_producer_keeps_the_metadata_of_known_topics_when_it_sends_to_a_new_on
             await asyncio.wait_for(p.send_and_wait(known, b"3", key=b"k"), timeout=10)
         finally:
             await p.stop()
+
+    run(go())
+
+
+def test_seeking_to_committed_rewinds_partitions_committed_at_zero_or_never(kafka: Kafka) -> None:
+    """faust drops records it fetched but did not deliver during a rebalance and seeks back to
+    the committed offsets; aiokafka skips partitions committed at 0 or never, which then stay
+    past records nobody processed (lost completions in the SIGKILL fault scenario)."""
+    topic, group = f"seek-{uuid.uuid4().hex[:8]}", f"seek-{uuid.uuid4().hex[:8]}"
+    never, zero, later = (TopicPartition(topic, p) for p in range(3))
+
+    async def go() -> None:
+        await ensure_topics(kafka.bootstrap, [topic], 3)
+        p = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, max_batch_size=1)
+        await p.start()
+        try:
+            for tp in (never, zero, later):
+                for n in range(3):
+                    await p.send_and_wait(topic, f"{n}".encode(), partition=tp.partition)
+        finally:
+            await p.stop()
+        c = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await c.start()
+        try:
+            c.assign([never, zero, later])
+            await c.commit({zero: OffsetAndMetadata(0, ""), later: OffsetAndMetadata(2, "")})
+            await c.seek_to_committed()
+            fetched: dict[TopicPartition, int] = {}
+            while sum(fetched.values()) < 3 + 3 + 1:  # fetched, never processed: the positions move on
+                for tp, records in (await c.getmany(timeout_ms=1000)).items():
+                    fetched[tp] = fetched.get(tp, 0) + len(records)
+            assert [await c.position(tp) for tp in (never, zero, later)] == [3, 3, 3]
+            committed = await patches.seek_all_to_committed(c)
+            assert committed == {never: None, zero: 0, later: 2}
+            assert [await c.position(tp) for tp in (never, zero, later)] == [0, 0, 2]
+        finally:
+            await c.stop()
 
     run(go())
