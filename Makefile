@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_VENV := .venv-bench
 
-.PHONY: demo test lint typecheck unit integration install clean bench faults
+.PHONY: demo test lint typecheck unit integration install clean bench bench-scale faults
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -50,6 +50,10 @@ $(BENCH_VENV)/.installed:
 
 bench: $(STAMP) $(BENCH_VENV)/.installed
 	QUIX_PYTHON=$(BENCH_VENV)/bin/python $(BIN)/python -m bench.run --sagas $${SAGAS:-20000}
+
+# A worker with SAGAS (default 1,000,000) in flight: recovery time, peak RSS, sweep cost.
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale --sagas $${SAGAS:-1000000}
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) test-artifacts .pytest_cache .mypy_cache .ruff_cache

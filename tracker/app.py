@@ -186,7 +186,8 @@ def _wire(t: TrackerApp) -> None:
     @app.timer(t.settings.sweep_interval)
     async def sweep() -> None:
         try:
-            await t.sweeper.sweep()
+            with t.metrics.sweep_duration.time():
+                await t.sweeper.sweep()
         except Exception:  # a timer that raises stops forever: log, count, go on next time
             log.exception("deadline sweep failed")
             t.metrics.processing_errors.labels("sweep").inc()

@@ -105,6 +105,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.sweep_duration = Histogram(
+            "saga_tracker_sweep_duration_seconds",
+            "Time one deadline sweep took (lag measurement included); its sum over time is the sweep's share.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.timeouts_sent = Counter(
             "saga_tracker_timeout_records_sent_total", "Timeout records the sweeper sent for due deadlines.", registry=r
         )

@@ -46,6 +46,18 @@ MILESTONES = frozenset(
 )
 
 
+def deadline_row(state: SagaState, row: dict[str, Any]) -> dict[str, Any]:
+    """The deadline index row of a saga with a deadline (``row``: its summary)."""
+    assert state.deadline is not None
+    return {
+        "token": state.deadline.token,
+        "saga_id": state.saga_id,
+        "saga_type": state.saga_type,
+        "due": state.deadline.due,
+        "step": row["current_step"] or row["status"],
+    }
+
+
 class Crash:
     """Fault injection for the crash tests: exit abruptly at a point, once (a marker file remembers)."""
 
@@ -196,18 +208,8 @@ class Tracking:
             self.tables.pending[pending] = b""
         dl = state.deadline
         if dl is not None and self.tables.deadlines.get(deadline_key(dl.due, state.saga_id)) is None:
-            self.tables.deadlines[deadline_key(dl.due, state.saga_id)] = orjson.dumps(self.deadline_row(state, row))
+            self.tables.deadlines[deadline_key(dl.due, state.saga_id)] = orjson.dumps(deadline_row(state, row))
             self.metrics.index_repairs.inc()
-
-    def deadline_row(self, state: SagaState, row: dict[str, Any]) -> dict[str, Any]:
-        assert state.deadline is not None
-        return {
-            "token": state.deadline.token,
-            "saga_id": state.saga_id,
-            "saga_type": state.saga_type,
-            "due": state.deadline.due,
-            "step": row["current_step"] or row["status"],
-        }
 
     def index_pending(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         before, after = pending_key(old) if old else None, pending_key(new)
@@ -236,7 +238,7 @@ class Tracking:
             if before is not None:
                 self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
             if after is not None:
-                self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(self.deadline_row(new, row))
+                self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(deadline_row(new, row))
         return old_row, row
 
     async def send(self, emit: Emit) -> Any:

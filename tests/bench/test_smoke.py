@@ -17,10 +17,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_smoke_run() -> None:
+def smoke(*args: str) -> str:
     # Its own process group: whatever happens, no broker or worker of the benchmark outlives the test.
     bench = subprocess.Popen(
-        [sys.executable, "-m", "bench.run", "--sagas", "300", "--smoke"],
+        [sys.executable, "-m", *args, "--smoke"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -34,7 +34,19 @@ def test_benchmark_smoke_run() -> None:
             os.killpg(bench.pid, signal.SIGKILL)
         bench.wait()
     assert bench.returncode == 0, out[-3000:] + err[-3000:]
+    return out
+
+
+def test_benchmark_smoke_run() -> None:
+    out = smoke("bench.run", "--sagas", "300")
     events = int(re.search(r"input: (\d+) events", out).group(1))  # type: ignore[union-attr]
     rows = re.findall(r"^(raw .*?|tracker .*?)\s+(\d+)\s+(\d+)\s+([\d.]+)$", out, re.M)
     assert len(rows) == 2 and all(int(n) == events for _, n, _, _ in rows)  # every event processed by each
     assert re.search(r"tracker/raw\s+= \d+\.\d+", out) and "peak RSS" in out
+
+
+def test_scale_benchmark_smoke_run() -> None:
+    """Changelogs written for 2,000 sagas are recovered by a worker that counts all of them."""
+    out = smoke("bench.scale", "--sagas", "2000")
+    assert "8000 changelog records written" in out and "raw consumption of the changelogs: 8000 records" in out
+    assert re.search(r"recovery: ready after [\d.]+s .* 2000 sagas counted in flight; peak RSS \d+ MB", out), out
