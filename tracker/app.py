@@ -212,6 +212,12 @@ def _wire(t: TrackerApp) -> None:
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         progress.forget(args[0] if args else kwargs.get("revoked", ()))
+        t.sweeper.set_behind(True)  # timeout records wait until the new catch-up is done
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        progress.restart()
+        t.sweeper.set_behind(True)
 
     @app.service
     class Background(faust.Service):  # type: ignore[misc]

@@ -1,15 +1,18 @@
 """Is this worker behind on its input? If so it fires no timeouts.
 
 A deadline can look due only because its completion is still in a backlog: after a
-restart, a rebalance, a recovery or a replay. So after every change of assignment a
-worker goes through catch-up, and fires nothing until it is done:
+restart, a rebalance, a recovery or a replay. So after every revoke and every assignment
+(even of the partitions it had: a paused worker gets them back with a backlog) a worker goes
+through catch-up, and fires nothing until it is done:
 
-1. ``sources``: the consumer group's committed offsets on *every* partition of the
-   services' topics (whichever worker owns them; offsets this worker processed itself
-   count at once) reach the end offsets read when the assignment changed;
+1. ``sources``: on *every* partition of the services' topics, the offsets processed reach
+   the end offsets read when catch-up began: exactly on this worker's own partitions, within
+   ``lag_threshold`` on the others (judged by the group's committed offsets, which trail
+   what their owner processed; stream time, below, covers what may wait there);
 2. ``log``: then, with the producer flushed so every forwarded event is in the log, the
-   end offsets of this worker's own saga-log partitions are read, and it processes up to
-   them.
+   end offsets of this worker's own saga-log partitions are read, and it applies records
+   up to them (never judged by the consumer's position, which runs ahead of what the
+   agent applied).
 
 After that (``live``), a worker is behind while any input partition, of the whole group
 for service topics or of its own for the saga log, has more than ``lag_threshold``
@@ -62,6 +65,8 @@ class Progress:
         self.lag_threshold = lag_threshold
         self.next_offset: dict[TP, int] = {}  # next offset to process, per partition, this worker
         self.phase = SOURCES
+        self.why = ""  # what the last measurement found this worker behind on
+        self.epoch = 0  # bumped by every rebalance
         self.assignment: frozenset[TP] = frozenset()
         self.targets: dict[TP, int] = {}
         self.lags: dict[TP, int] = {}  # last measured, for metrics and the read model
@@ -76,7 +81,14 @@ class Progress:
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self.next_offset.pop(tp, None)
-        self.phase = SOURCES  # a rebalance starts a new catch-up
+        self.restart()
+
+    def restart(self) -> None:
+        """A rebalance (revoke, and again on assignment) starts a new catch-up, even when the
+        worker gets back the very partitions it had: a paused worker (zombie) that wakes up
+        does, with a backlog behind them. ``epoch`` tells a measurement begun before it."""
+        self.epoch += 1
+        self.phase, self.targets, self.assignment = SOURCES, {}, frozenset()
 
     async def close(self) -> None:
         admin, offsets, peek = self._admin, self._offsets, self._peek
@@ -181,19 +193,29 @@ class Progress:
         if self.phase == SOURCES:
             if not self.targets:
                 self.targets = {tp: highwaters.get(tp, 0) for tp in sources}
-            if all(positions[tp] >= target for tp, target in self.targets.items()):
+            # This worker's own partitions exactly; another worker's within the lag threshold,
+            # as once live: its committed offset can trail what it has processed (commits are
+            # periodic, and a broker may refuse a member's commits for a while), and stream
+            # time still holds back every deadline past a record waiting there.
+            slack = {tp: 0 if tp in assignment else self.lag_threshold for tp in self.targets}
+            short_of = {tp: (positions[tp], t) for tp, t in self.targets.items() if positions[tp] + slack[tp] < t}
+            self.why = short(SOURCES, short_of)
+            if not short_of:
                 await self.app.producer.flush()  # every forwarded event is now in the saga log
                 fresh = await self.end_offsets(own_log)
                 self.targets = {tp: fresh.get(tp, 0) for tp in own_log}
                 self.phase = LOG
         if self.phase == LOG:
             own = await self.own_positions(own_log)
+            self.why = short(LOG, {tp: (own[tp], t) for tp, t in self.targets.items() if own[tp] < t})
             if all(own[tp] >= target for tp, target in self.targets.items()):
                 self.phase = LIVE
                 log.info("caught up on input: timeouts enabled")
         if self.phase != LIVE:
             return True
-        return any(lag > self.lag_threshold for lag in self.lags.values()) or bool(stalled)
+        lagging = {tp: (positions[tp], positions[tp] + lag) for tp, lag in self.lags.items() if lag > self.lag_threshold}
+        self.why = short("lag", lagging) if lagging else short("stalled", {tp: (positions[tp], 0) for tp in stalled})
+        return bool(lagging) or bool(stalled)
 
     async def first_timestamps(self, wanted: dict[TP, int]) -> dict[TP, float | None]:
         """Timestamp (seconds) of the first record at or after each offset, peeked all at once
@@ -254,3 +276,10 @@ class Progress:
             elif now - seen[1] > self.stalled_after:
                 out.append(tp)
         return out
+
+
+def short(what: str, offsets: dict[TP, tuple[int, int]]) -> str:
+    """``what``: a few partitions as ``topic/partition position/target``, for the log."""
+    shown = [f"{tp.topic}/{tp.partition} {at}/{target}" for tp, (at, target) in sorted(offsets.items())[:3]]
+    more = f" (+{len(offsets) - 3} more)" if len(offsets) > 3 else ""
+    return f"{what}: {', '.join(shown)}{more}" if shown else ""

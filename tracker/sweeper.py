@@ -51,6 +51,7 @@ class Sweeper:
         # two sagas with the same deadline sequence and due millisecond share one.
         self.sent: dict[tuple[str, str], float] = {}
         self.behind = True
+        self.behind_logged = 0.0  # monotonic time "still suppressed" was last logged
         self.due: Counter[tuple[str, str]] = Counter()  # deadlines past due at the last sweep, by type and step
 
     def recovering(self) -> bool:
@@ -79,6 +80,7 @@ class Sweeper:
             self.set_behind(True)
             return 0
         self.refresh_census()
+        epoch = self.progress.epoch
         try:
             # Bounded: a slow broker request must not stall sweeping (the next sweep retries).
             behind = await asyncio.wait_for(self.progress.behind(), timeout=LAG_TIMEOUT)
@@ -95,7 +97,8 @@ class Sweeper:
             log.critical("consumer wedged on %s: exiting to restart", ", ".join(map(str, self.progress.wedged)))
             os._exit(70)
         self.set_behind(behind)
-        fire = not behind and self.may_fire()
+        # A rebalance while measuring (a zombie waking up is revoked mid-sweep) voids the answer.
+        fire = not behind and self.may_fire() and self.progress.epoch == epoch and not self.recovering()
         now = self.clock()
         bound = due_bound(now)
         if self.progress.watermark is not None:
@@ -113,6 +116,8 @@ class Sweeper:
                     break
                 row = orjson.loads(value)
                 due[(row["saga_type"], row.get("step", ""))] += 1
+                if fire and self.progress.epoch != epoch:
+                    fire = False  # revoked while sending: these partitions may no longer be ours
                 if not fire:
                     continue  # counted as stuck; its completion may be in the backlog, or not ours to decide
                 token = row["token"]
@@ -135,7 +140,12 @@ class Sweeper:
         self.sent.pop((saga_id, token), None)
 
     def set_behind(self, behind: bool) -> None:
+        now = time.monotonic()
         if behind != self.behind:
             log.info("timeouts %s", "suppressed: worker is behind on its input" if behind else "enabled: caught up")
+            self.behind_logged = now
+        elif behind and self.progress.why and now - self.behind_logged > 30:
+            log.info("timeouts still suppressed, behind on %s", self.progress.why)  # an operator's first question
+            self.behind_logged = now
         self.behind = behind
         self.metrics.timeouts_suppressed.set(1 if behind else 0)
