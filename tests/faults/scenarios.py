@@ -165,9 +165,9 @@ def zombie(ctx: Context) -> Verdict:
     def freeze(done: threading.Event) -> None:
         time.sleep(2)
         assert w2.process is not None
-        w2.process.send_signal(signal.SIGSTOP)
+        w2.send_signal(signal.SIGSTOP)
         time.sleep(10)  # past the 6 s session timeout: w1 takes its partitions
-        w2.process.send_signal(signal.SIGCONT)
+        w2.send_signal(signal.SIGCONT)
 
     services, end = drive(ctx, s, freeze)
     return finish("SIGSTOP a worker past its session timeout, then SIGCONT", s, services, w1, end)

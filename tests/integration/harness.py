@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -271,6 +272,9 @@ class Worker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # A group of its own: a wrapper (faketime) forks the worker, and signals must
+                # reach the worker too, or it outlives the test.
+                start_new_session=True,
             )
         if wait:
             self.wait_ready()
@@ -330,19 +334,24 @@ class Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the worker and its wrapper, if any."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.alive():
             assert self.process is not None
-            self.process.send_signal(signal.SIGTERM)
+            self.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
 
     def kill(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            self.process.kill()
+        if self.process is not None:
+            self.send_signal(signal.SIGKILL)  # the group: even when the wrapper is gone already
             self.process.wait()
 
     def wait_exit(self, timeout: float = 30.0) -> int:
