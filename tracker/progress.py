@@ -214,7 +214,8 @@ class Progress:
         if self.phase != LIVE:
             return True
         lagging = {tp: (positions[tp], positions[tp] + lag) for tp, lag in self.lags.items() if lag > self.lag_threshold}
-        self.why = short("lag", lagging) if lagging else short("stalled", {tp: (positions[tp], 0) for tp in stalled})
+        ends = {tp: (positions[tp], positions[tp] + self.lags.get(tp, 0)) for tp in stalled}
+        self.why = short("lag", lagging) if lagging else short("stalled", ends)
         return bool(lagging) or bool(stalled)
 
     async def first_timestamps(self, wanted: dict[TP, int]) -> dict[TP, float | None]:
@@ -279,7 +280,7 @@ class Progress:
 
 
 def short(what: str, offsets: dict[TP, tuple[int, int]]) -> str:
-    """``what``: a few partitions as ``topic/partition position/target``, for the log."""
+    """``what``: a few partitions as ``topic/partition position/end``, for the log."""
     shown = [f"{tp.topic}/{tp.partition} {at}/{target}" for tp, (at, target) in sorted(offsets.items())[:3]]
     more = f" (+{len(offsets) - 3} more)" if len(offsets) > 3 else ""
     return f"{what}: {', '.join(shown)}{more}" if shown else ""
