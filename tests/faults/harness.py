@@ -228,7 +228,7 @@ def verdict(
     if lost or bad_state or extra or missing:  # evidence for the post-mortem: the saga as seen and its input
         suspects = {*lost, *(b.split(":")[0] for b in bad_state), *(c.split(":")[0] for c in extra | missing)}
         inputs = input_records(s)
-        # The saga log shows in which order the tracker saw the saga's records (and who sent them).
+        # The saga log: in which order, and when, the tracker got the saga's records and timeouts.
         logged = [{"topic": "saga-log", **r} for r in s.kafka.read(f"{s.app_id}-saga-log", timeout=2.0)]
 
         def evidence(records: list[dict[str, Any]], sid: str) -> list[dict[str, Any]]:
