@@ -161,13 +161,6 @@ class Progress:
     async def own_log_partitions(self) -> list[TP]:
         return sorted(tp for tp in self.app.consumer.assignment() if tp.topic == self.saga_log)
 
-    async def own_positions(self, tps: list[TP]) -> dict[TP, int]:
-        """Next offset to apply on this worker's saga-log partitions. Not the consumer's
-        position: that counts records handed to faust's stream buffer, not yet applied."""
-        if all(tp in self.next_offset for tp in tps):
-            return {tp: self.next_offset[tp] for tp in tps}
-        return await self.group_positions(tps)
-
     async def behind(self) -> bool:
         """Measure and decide; raises on broker errors (the caller then fires nothing)."""
         assignment = frozenset(self.app.consumer.assignment())
@@ -176,8 +169,8 @@ class Progress:
         sources = self.source_partitions()
         own_log = await self.own_log_partitions()
         highwaters = await self.end_offsets([*sources, *own_log])
-        # Committed offsets, or this worker's own progress where it is further (never the
-        # consumer's position: see own_positions).
+        # Committed offsets, or this worker's own progress where it is further. Never the
+        # consumer's position: that counts records handed to faust's stream buffer, not applied.
         positions = await self.group_positions([*sources, *own_log])
         self.lags = {tp: max(0, highwaters.get(tp, 0) - positions[tp]) for tp in positions}
         # Stream time: no deadline fires past the oldest record still waiting anywhere in the
@@ -206,9 +199,11 @@ class Progress:
                 self.targets = {tp: fresh.get(tp, 0) for tp in own_log}
                 self.phase = LOG
         if self.phase == LOG:
-            own = await self.own_positions(own_log)
-            self.why = short(LOG, {tp: (own[tp], t) for tp, t in self.targets.items() if own[tp] < t})
-            if all(own[tp] >= target for tp, target in self.targets.items()):
+            # Measured before the flush above: on the sweep that ends ``sources`` this
+            # waits one more sweep at most.
+            short_of = {tp: (positions[tp], t) for tp, t in self.targets.items() if positions[tp] < t}
+            self.why = short(LOG, short_of)
+            if not short_of:
                 self.phase = LIVE
                 log.info("caught up on input: timeouts enabled")
         if self.phase != LIVE:
