@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -180,6 +181,34 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def order_definitions(topic: str) -> str:
+    """The shipped order saga, reading ``topic`` instead of the demo services' topics."""
+    text = (ROOT / "tracker/sagas/order_fulfilment.yaml").read_text()
+    return text.replace("topics: [orders, payments, inventory, shipping]", f"topics: [{topic}]")
+
+
+def spawn_worker(bootstrap: str, app_id: str, data_dir: Path, port: int, log: Any, **env: str) -> subprocess.Popen[bytes]:
+    """A tracker worker process on ``data_dir/sagas.yaml``, its state in ``data_dir/tracker``."""
+    settings = {
+        "SAGA_TRACKER_BROKER": f"kafka://{bootstrap}",
+        "SAGA_TRACKER_APP_ID": app_id,
+        "SAGA_TRACKER_DEFINITIONS": str(data_dir / "sagas.yaml"),
+        "SAGA_TRACKER_DATA_DIR": str(data_dir / "tracker"),
+        "SAGA_TRACKER_WEB_PORT": str(port),
+        "SAGA_TRACKER_SESSION_TIMEOUT": "6",
+        "SAGA_TRACKER_HEARTBEAT_INTERVAL": "1",
+        "SAGA_TRACKER_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "tracker", "worker"]
+    return subprocess.Popen(command, env={**os.environ, **settings, **env}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def metric(text: str, name: str, label: str = "") -> float:
+    """Sum of the samples of metric ``name`` (those whose line contains ``label``) in /metrics text."""
+    lines = str(text).splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith((name + " ", name + "{")) and label in line)
+
+
 def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str, batch: int) -> tuple[Result, float]:
     """The real worker, doing its real work, until every input record has been applied.
 
@@ -187,29 +216,12 @@ def tracker(bootstrap: str, topic: str, total: int, data_dir: Path, app_id: str,
     embedded broker (its end offsets are wrong for batched records, which breaks faust's
     recovery on a *restart*); faust's default (16 KiB) is the Apache Kafka setting. No restart
     happens here, so both are measured."""
-    definitions = (
-        (ROOT / "tracker/sagas/order_fulfilment.yaml")
-        .read_text()
-        .replace("topics: [orders, payments, inventory, shipping]", f"topics: [{topic}]")
-    )
     data_dir = data_dir / app_id
     data_dir.mkdir()
-    (data_dir / "sagas.yaml").write_text(definitions)
+    (data_dir / "sagas.yaml").write_text(order_definitions(topic))
     port = free_port()
-    env = {
-        **os.environ,
-        "SAGA_TRACKER_BROKER": f"kafka://{bootstrap}",
-        "SAGA_TRACKER_APP_ID": app_id,
-        "SAGA_TRACKER_DEFINITIONS": str(data_dir / "sagas.yaml"),
-        "SAGA_TRACKER_DATA_DIR": str(data_dir / "tracker"),
-        "SAGA_TRACKER_WEB_PORT": str(port),
-        "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": str(batch),
-        "SAGA_TRACKER_SESSION_TIMEOUT": "6",
-        "SAGA_TRACKER_HEARTBEAT_INTERVAL": "1",
-        "SAGA_TRACKER_LOG_LEVEL": "warning",
-    }
     log = open(data_dir / "tracker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen([sys.executable, "-m", "tracker", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = spawn_worker(bootstrap, app_id, data_dir, port, log, SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE=str(batch))
     base = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -240,16 +252,8 @@ def wait_applied(
         except OSError:
             time.sleep(0.2)
             continue
-        done = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in str(text).splitlines()
-            if line.startswith("saga_tracker_events_total{") and 'kind="service"' in line
-        )
-        dead = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in str(text).splitlines()
-            if line.startswith("saga_tracker_dead_letters_total{")
-        )
+        done = metric(text, "saga_tracker_events_total", 'kind="service"')
+        dead = metric(text, "saga_tracker_dead_letters_total")
         if done > 0 and first is None:
             first = (time.perf_counter(), proc_cpu(worker.pid))
             profile = os.environ.get("BENCH_PROFILE")  # collapsed stacks of the busy worker (py-spy)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
-from bench.run import proc_rss_mb, stop
+from bench.run import metric, order_definitions, proc_rss_mb, spawn_worker, stop
 from tables import deadline_key, pending_key
 from tracker.admin import ensure_topics
 from tracker.broker import EmbeddedBroker, free_port
@@ -52,7 +51,6 @@ from tracker.machine import apply
 from tracker.summaries import summary
 from tracker.tracking import deadline_row
 
-ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 TABLES = ("sagas", "summaries", "pending", "deadlines")
 TIMEOUT_DAYS = 30  # the payment step's timeout in the benchmark's copy of the order saga
@@ -64,21 +62,22 @@ class World:
     bootstrap: str
     app_id: str
     data: Path
-    definitions: Path
     definition: SagaDefinition
 
 
 def world(bootstrap: str, tmp: Path, name: str) -> World:
     app_id = f"scale-{name}-{uuid.uuid4().hex[:6]}"
-    text = (ROOT / "tracker/sagas/order_fulfilment.yaml").read_text()
-    text = text.replace("topics: [orders, payments, inventory, shipping]", f"topics: [{app_id}-orders]")
-    text = text.replace("timeout: 20s", f"timeout: {TIMEOUT_DAYS}d").replace("ttl: 10m", f"ttl: {2 * TIMEOUT_DAYS}d")
+    text = (
+        order_definitions(f"{app_id}-orders")
+        .replace("timeout: 20s", f"timeout: {TIMEOUT_DAYS}d")
+        .replace("ttl: 10m", f"ttl: {2 * TIMEOUT_DAYS}d")
+    )
     data = tmp / app_id
     data.mkdir()
     path = data / "sagas.yaml"
     path.write_text(text)
     definition = load_catalog([path]).definitions[0]
-    return World(bootstrap, app_id, data, path, definition)
+    return World(bootstrap, app_id, data, definition)
 
 
 def rows(definition: SagaDefinition, saga_id: str, due: float) -> Iterator[tuple[str, bytes, bytes]]:
@@ -176,20 +175,9 @@ class Worker:
 
     def start(self) -> float:
         """Start; returns seconds until /readyz says ready with every partition active."""
-        env = {
-            **os.environ,
-            "SAGA_TRACKER_BROKER": f"kafka://{self.w.bootstrap}",
-            "SAGA_TRACKER_APP_ID": self.w.app_id,
-            "SAGA_TRACKER_DEFINITIONS": str(self.w.definitions),
-            "SAGA_TRACKER_DATA_DIR": str(self.w.data / "tracker"),
-            "SAGA_TRACKER_WEB_PORT": str(self.port),
-            "SAGA_TRACKER_SESSION_TIMEOUT": "6",
-            "SAGA_TRACKER_HEARTBEAT_INTERVAL": "1",
-            "SAGA_TRACKER_LOG_LEVEL": "warning",
-        }
-        log = open(self.w.data / "tracker.log", "ab")  # noqa: SIM115 - the child keeps it
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tracker", "worker"], env=env, stdout=log, stderr=log)
+        with open(self.w.data / "tracker.log", "ab") as log:  # the child has its own copy
+            self.proc = spawn_worker(self.w.bootstrap, self.w.app_id, self.w.data, self.port, log)
         while time.perf_counter() - t0 < 3600:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}: see {self.w.data / 'tracker.log'}")
@@ -204,8 +192,7 @@ class Worker:
 
     def metric(self, name: str) -> float:
         _, text = get_json(f"{self.base}/metrics", timeout=10)
-        lines = str(text).splitlines()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith((name + " ", name + "{")))
+        return metric(text, name)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
