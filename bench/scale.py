@@ -4,14 +4,14 @@
     python -m bench.scale --sagas 2000 --smoke   # the smoke run in make test
 
 Loading a million sagas through the tracker would take hours at its current rate, so the
-state is written straight into the tables' changelog topics, built with the tracker's own
-code (the pure machine, ``summary``, the index keys and rows): what a worker would have
-written after each saga's first event. Then, on one fresh embedded broker:
+state is written straight into the ``sagas`` changelog topic, built with the tracker's own
+code (the pure machine): what a worker would have written after each saga's first event.
+Then, on one fresh embedded broker:
 
-1. **recovery**: a worker with an empty data directory restores every table from the
-   changelogs; the time from start to ready (minus the start-to-ready time of a worker with
-   nothing to restore, measured in the same run) against raw aiokafka consumption of the same
-   changelog records, and the worker's peak RSS;
+1. **recovery**: a worker with an empty data directory restores the table from the
+   changelog and rebuilds its local indexes from it; the time from start to ready (minus
+   the start-to-ready time of a worker with nothing to restore, measured in the same run)
+   against raw aiokafka consumption of the same changelog records, and the worker's peak RSS;
 2. **sweep**: the worker is restarted on its local state and a further window of sagas falls
    due at ``--due-rate`` per second: time from each deadline to its compensation on the
    compensations topic (p50, p99), and the sweep's share of the worker's time (from the
@@ -40,7 +40,6 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
 from bench.run import metric, order_definitions, proc_rss_mb, spawn_worker, stop
-from tables import deadline_key, pending_key
 from tracker.admin import ensure_topics
 from tracker.broker import EmbeddedBroker, free_port
 from tracker.definitions import SagaDefinition
@@ -48,11 +47,9 @@ from tracker.demo import get_json
 from tracker.events import Event
 from tracker.loader import load_catalog
 from tracker.machine import apply
-from tracker.summaries import summary
-from tracker.tracking import deadline_row
 
 PARTITIONS = 4
-TABLES = ("sagas", "summaries", "pending", "deadlines")
+TABLES = ("sagas",)  # the only changelog-backed table; the indexes are rebuilt from it
 TIMEOUT_DAYS = 30  # the payment step's timeout in the benchmark's copy of the order saga
 partition_of = DefaultPartitioner()
 
@@ -81,19 +78,12 @@ def world(bootstrap: str, tmp: Path, name: str) -> World:
 
 
 def rows(definition: SagaDefinition, saga_id: str, due: float) -> Iterator[tuple[str, bytes, bytes]]:
-    """The four table rows a worker writes after a saga's first event, deadline ``due``."""
+    """The changelog rows a worker writes after a saga's first event, deadline ``due``."""
     started = due - TIMEOUT_DAYS * 86400
     event = Event(saga_id, definition.name, f"{saga_id}:0", definition.start, started)
     state = apply(definition, None, event, started).state
     assert state is not None and state.deadline is not None
-    row = summary(definition, state)
-    key = saga_id.encode()
-    yield "sagas", key, orjson.dumps(state)
-    yield "summaries", key, orjson.dumps(row)
-    pending = pending_key(row)
-    if pending is not None:
-        yield "pending", pending, b""
-    yield "deadlines", deadline_key(state.deadline.due, saga_id), orjson.dumps(deadline_row(state, row))
+    yield "sagas", saga_id.encode(), orjson.dumps(state)
 
 
 async def load(w: World, sagas: range, due: Any) -> int:

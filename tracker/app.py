@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import tables as tables_module
 import topics as topics_module
-from tables import Tables, partition_db, pending_prefix
+from tables import Tables, partition_items
 from topics import Topics
 from tracker import patches, web
 from tracker.admin import bootstrap_of
@@ -27,6 +28,7 @@ from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
 from tracker.generations import Generations
+from tracker.indexes import Indexes, pending_prefix
 from tracker.ingest import Ingest, record_of
 from tracker.metrics import Metrics, StateCollector
 from tracker.progress import Progress
@@ -45,6 +47,7 @@ class TrackerApp:
     catalog: Catalog
     topics: Topics
     tables: Tables
+    indexes: Indexes
     metrics: Metrics
     ingest: Ingest
     tracking: Tracking
@@ -100,13 +103,20 @@ def build(
         generation=settings.generation,
     )
     census = Census()
+    indexes = Indexes(
+        Path(settings.data_dir) / f"{settings.group_id}-indexes",
+        catalog,
+        lambda partition, start: partition_items(tables.sagas, partition, start),
+        census,
+        metrics,
+    )
     sweeper = Sweeper(
         app,
         tables,
         topics.saga_log,
         progress,
         metrics,
-        census,
+        indexes,
         resend_after=max(30.0, 10 * settings.sweep_interval),
         # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
         may_fire=lambda: generations.active or generations.shadow,
@@ -123,12 +133,15 @@ def build(
         dead_letters,
         metrics,
         census,
+        indexes,
         crash=Crash(settings.crash_point, settings.crash_marker),
         role=generations,
         caught_up=lambda: not sweeper.behind,
         deferred=sweeper.forget,
     )
-    tracker = TrackerApp(app, settings, catalog, topics, tables, metrics, ingest, tracking, sweeper, progress, generations)
+    tracker = TrackerApp(
+        app, settings, catalog, topics, tables, indexes, metrics, ingest, tracking, sweeper, progress, generations
+    )
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _wire(tracker)
     return tracker
@@ -144,24 +157,21 @@ def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
     now = time.time()
     oldest: dict[tuple[str, str], float] = {}
     for partition in t.sweeper.active_partitions():
-        db = partition_db(t.tables.pending, partition)
-        if db is None:
+        index = t.indexes.cached(partition)
+        if index is None:
             continue
         for d in t.catalog.current.values():
             for spec in d.steps:
-                prefix = pending_prefix(d.name, spec.name)
-                for k, _ in db.items(from_key=prefix):  # the first key of the prefix is the oldest
-                    if k.startswith(prefix):
-                        age = now - int(k[len(prefix) :].split(b"|", 1)[0]) / 1000
-                        oldest[(d.name, spec.name)] = max(oldest.get((d.name, spec.name), 0.0), age)
-                    break
+                since = index.oldest_pending(pending_prefix(d.name, spec.name))
+                if since is not None:
+                    oldest[(d.name, spec.name)] = max(oldest.get((d.name, spec.name), 0.0), now - since)
     app: Any = t.app
     recovering = bool(app.in_recovery)
     return {
         "in_flight": in_flight,
         "stuck": stuck,
         "oldest": oldest,
-        "ready": not t.sweeper.recovering(),
+        "ready": t.sweeper.ready(),
         "recovering": recovering,
         "remaining": app.tables.recovery.active_remaining_total() if recovering else 0,
     }
@@ -212,11 +222,13 @@ def _wire(t: TrackerApp) -> None:
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         progress.forget(args[0] if args else kwargs.get("revoked", ()))
+        t.indexes.reset()
         t.sweeper.set_behind(True)  # timeout records wait until the new catch-up is done
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         progress.restart()
+        t.indexes.reset()  # rebuilt from the saga state once its recovery is done
         t.sweeper.set_behind(True)
 
     @app.service
@@ -229,5 +241,7 @@ def _wire(t: TrackerApp) -> None:
         async def on_stop(self) -> None:
             await t.generations.stop()
             await progress.close()
+            t.indexes.close()
 
-    web.register(app, web.Api(app, t.settings, t.catalog, t.tables, t.metrics, t.sweeper, t.topics.saga_log), t.generations)
+    api = web.Api(app, t.settings, t.catalog, t.tables, t.indexes, t.metrics, t.sweeper, t.topics.saga_log)
+    web.register(app, api, t.generations)

@@ -1,14 +1,14 @@
 """Census: how many sagas this worker owns, per partition, by type, status and step.
 
-Kept up to date by the track agent on every change, rebuilt for a partition once when it
-becomes active here (one scan of that partition's summaries), dropped when it leaves. So
+Kept up to date by the track agent on every change, rebuilt for a partition with its
+indexes (see ``indexes``) when it becomes active here, dropped when it leaves. So
 gauges need no table scan per scrape and, summed over workers, give the fleet figure.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from tracker import state as st
@@ -44,8 +44,9 @@ class Census:
         if after is not None:
             counts[after] += 1
 
-    def rebuild(self, partition: int, summaries: Iterable[Mapping[str, Any]]) -> None:
-        self.partitions[partition] = Counter(k for k in map(key_of, summaries) if k is not None)
+    def rebuild(self, partition: int, counts: Counter[Key]) -> None:
+        """A partition's counts, as its index rebuild found them (``key_of`` each summary)."""
+        self.partitions[partition] = counts
 
     def forget(self, partition: int) -> None:
         self.partitions.pop(partition, None)

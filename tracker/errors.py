@@ -5,6 +5,8 @@
     ├── CorrelationError          an input record cannot be used; ``reason`` is the
     │                             dead-letter reason code (``not_json``, ``no_saga_id``...)
     ├── StateError                a stored saga state cannot be decoded
+    ├── PartitionError            a saga-log record for a partition whose state is not open
+    │                             on this worker (only while partitions move); dead-lettered
     ├── SettingsError             an environment variable has an invalid value
     ├── BrokerError               the embedded broker could not be started
     └── ReplayError               a replay, promotion or retirement was refused (the message says why)
@@ -60,6 +62,12 @@ class CorrelationError(TrackerError):
 
 class StateError(TrackerError):
     """A stored saga state or internal log record cannot be decoded."""
+
+
+class PartitionError(TrackerError):
+    """A saga-log record arrived for a partition whose saga state is not open here."""
+
+    reason = "partition_not_here"
 
 
 class SettingsError(TrackerError):

@@ -129,10 +129,11 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.index_repairs = Counter(
-            "saga_tracker_index_repairs_total",
-            "Deadline index rows written again for a redelivered record (the saga's own row had reached "
-            "its changelog before a crash, the index row had not).",
+        self.index_rebuild_duration = Histogram(
+            "saga_tracker_index_rebuild_duration_seconds",
+            "Time to rebuild one partition's local indexes (summaries, pending, deadlines) from its saga "
+            "state, done whenever partitions move.",
+            buckets=(0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
             registry=r,
         )
         self.processing_errors = Counter(

@@ -20,9 +20,9 @@ from typing import Any
 import faust
 import orjson
 
-from tables import Tables, due_bound, partition_db
-from tracker.census import Census
+from tables import Tables
 from tracker.events import timeout_event
+from tracker.indexes import Indexes, due_bound
 from tracker.metrics import Metrics
 from tracker.progress import Progress
 
@@ -38,14 +38,14 @@ class Sweeper:
         saga_log: faust.TopicT,
         progress: Progress,
         metrics: Metrics,
-        census: Census,
+        indexes: Indexes,
         *,
         resend_after: float,
         clock: Callable[[], float] = time.time,
         may_fire: Callable[[], bool] = lambda: True,
     ) -> None:
         self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
-        self.metrics, self.census, self.resend_after, self.clock = metrics, census, resend_after, clock
+        self.metrics, self.indexes, self.resend_after, self.clock = metrics, indexes, resend_after, clock
         self.may_fire = may_fire
         # (saga id, token) -> when this worker sent its timeout record. Tokens are per saga:
         # two sagas with the same deadline sequence and due millisecond share one.
@@ -58,28 +58,28 @@ class Sweeper:
         app: Any = self.app
         return bool(app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set())
 
+    def ready(self) -> bool:
+        """Recovered, and every active partition indexed: lists are whole and deadlines swept."""
+        return not self.recovering() and all(self.indexes.cached(p) is not None for p in self.active_partitions())
+
     def active_partitions(self) -> list[int]:
-        changelog = self.tables.deadlines.changelog_topic.get_topic_name()
+        changelog = self.tables.sagas.changelog_topic.get_topic_name()
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog)
 
-    def refresh_census(self) -> None:
-        """Count the sagas of partitions that became active here; forget those that left."""
-        active = set(self.active_partitions())
+    async def refresh(self) -> None:
+        """Index the partitions that became active here (and count their sagas); forget the
+        census of those that left."""
+        active = self.active_partitions()
         for partition in active:
-            if not self.census.known(partition):
-                db = partition_db(self.tables.summaries, partition)
-                rows = [] if db is None else [orjson.loads(v) for k, v in db.items() if not k.startswith(b"__faust")]
-                self.census.rebuild(partition, rows)
-        for partition in list(self.census.partitions):
-            if partition not in active:
-                self.census.forget(partition)
+            await self.indexes.ready(partition)
+        self.indexes.forget(active)
 
     async def sweep(self) -> int:
         """One pass; returns how many timeout records were sent."""
         if self.recovering():
             self.set_behind(True)
             return 0
-        self.refresh_census()
+        await self.refresh()
         epoch = self.progress.epoch
         try:
             # Bounded: a slow broker request must not stall sweeping (the next sweep retries).
@@ -108,13 +108,11 @@ class Sweeper:
         due: Counter[tuple[str, str]] = Counter()
         live: set[tuple[str, str]] = set()
         for partition in self.active_partitions():
-            db = partition_db(self.tables.deadlines, partition)  # keys ordered by due time
-            if db is None:
+            index = self.indexes.cached(partition)
+            if index is None:  # partitions moved since the refresh: not ours to sweep now
+                fire = False
                 continue
-            for key, value in db.items(from_key=b"0"):
-                if key >= bound:
-                    break
-                row = orjson.loads(value)
+            for _, row in list(index.due(bound)):  # read before sending: the sends await
                 due[(row["saga_type"], row.get("step", ""))] += 1
                 if fire and self.progress.epoch != epoch:
                     fire = False  # revoked while sending: these partitions may no longer be ours

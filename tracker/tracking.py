@@ -18,12 +18,14 @@ from typing import Any, Protocol
 import faust
 import orjson
 
-from tables import Tables, deadline_key, pending_key
+from tables import Tables
 from tracker.census import Census
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog, SagaDefinition
+from tracker.errors import PartitionError
 from tracker.events import SERVICE, TIMEOUT, Event
+from tracker.indexes import Index, Indexes, deadline_key, rows_of
 from tracker.ingest import GENERATION_HEADER
 from tracker.machine import Emit, Transition, apply, virtual_timeout
 from tracker.metrics import Metrics
@@ -44,18 +46,6 @@ MILESTONES = frozenset(
         "resolved",
     }
 )
-
-
-def deadline_row(state: SagaState, row: dict[str, Any]) -> dict[str, Any]:
-    """The deadline index row of a saga with a deadline (``row``: its summary)."""
-    assert state.deadline is not None
-    return {
-        "token": state.deadline.token,
-        "saga_id": state.saga_id,
-        "saga_type": state.saga_type,
-        "due": state.deadline.due,
-        "step": row["current_step"] or row["status"],
-    }
 
 
 class Crash:
@@ -103,6 +93,7 @@ class Tracking:
         dead_letters: DeadLetters,
         metrics: Metrics,
         census: Census,
+        indexes: Indexes,
         clock: Callable[[], float] = time.time,
         crash: Crash | None = None,
         role: Role | None = None,
@@ -113,7 +104,7 @@ class Tracking:
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
         self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
         self.crash = crash or Crash("", "")
-        self.census = census
+        self.census, self.indexes = census, indexes
         self.role: Role = role or Promoted()
         # A timeout record is applied only while this worker is caught up: one sent by a
         # zombie (a paused worker that still thinks it owns the partition) or before a
@@ -156,6 +147,9 @@ class Tracking:
         return state is not None and event.id in state.seen
 
     async def _apply_event(self, event: Event, record: Record) -> Transition | None:
+        index = await self.indexes.ready(record.partition)
+        if index is None:  # only while partitions move: this record is not ours to apply
+            raise PartitionError(f"saga state partition {record.partition} is not open on this worker")
         state = self.load(event.saga_id)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
@@ -167,15 +161,13 @@ class Tracking:
             return None
         transition = apply(definition, state, event, self.clock())
         if transition.changed and transition.state is not None:
-            old_row, new_row = self.store(definition, state, transition)
+            old_row, new_row = self.store(index, definition, state, transition.state)
             self.census.change(record.partition, old_row, new_row)
-        elif state is not None:
-            self.repair(definition, state)
         if "stale_timeout" in transition.outcomes and transition.state is not None:
             # An index row whose deadline has moved on must not be swept again and again.
             current = transition.state.deadline
             if current is None or deadline_key(current.due, event.saga_id) != deadline_key(event.time, event.saga_id):
-                self.tables.deadlines.pop(deadline_key(event.time, event.saga_id), None)
+                index.drop_deadline(deadline_key(event.time, event.saga_id))
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
             await self.crash.maybe("before_send")
@@ -195,50 +187,14 @@ class Tracking:
             )
         return transition
 
-    def repair(self, definition: SagaDefinition, state: SagaState) -> None:
-        """A record seen again (redelivery after a crash) changes nothing, but the rows derived
-        from the saga may not have reached their changelogs before the crash while the saga's
-        own row did: write them again if they are missing (a get each)."""
-        key = state.saga_id.encode()
-        row = summary(definition, state)
-        if self.tables.summaries.get(key) is None:
-            self.tables.summaries[key] = orjson.dumps(row)
-        pending = pending_key(row)
-        if pending is not None and self.tables.pending.get(pending) is None:
-            self.tables.pending[pending] = b""
-        dl = state.deadline
-        if dl is not None and self.tables.deadlines.get(deadline_key(dl.due, state.saga_id)) is None:
-            self.tables.deadlines[deadline_key(dl.due, state.saga_id)] = orjson.dumps(deadline_row(state, row))
-            self.metrics.index_repairs.inc()
-
-    def index_pending(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        before, after = pending_key(old) if old else None, pending_key(new)
-        if before == after:
-            return
-        if before is not None:
-            self.tables.pending.pop(before, None)
-        if after is not None:
-            self.tables.pending[after] = b""
-
     def store(
-        self, definition: SagaDefinition, old: SagaState | None, transition: Transition
+        self, index: Index, definition: SagaDefinition, old: SagaState | None, new: SagaState
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """Write the saga and the rows derived from it (summary, pending and deadline indexes);
-        return its summary rows before and after."""
-        new = transition.state
-        assert new is not None
-        key = new.saga_id.encode()
+        """Write the saga, then the index rows derived from it; return its summary rows before and after."""
         old_row = summary(definition, old) if old is not None else None
         row = summary(definition, new)
-        self.tables.sagas[key] = orjson.dumps(new)  # orjson writes the dataclasses as to_dict() would
-        self.tables.summaries[key] = orjson.dumps(row)
-        self.index_pending(old_row, row)
-        before, after = old.deadline if old else None, transition.deadline
-        if before != after:
-            if before is not None:
-                self.tables.deadlines.pop(deadline_key(before.due, new.saga_id), None)
-            if after is not None:
-                self.tables.deadlines[deadline_key(after.due, new.saga_id)] = orjson.dumps(deadline_row(new, row))
+        self.tables.sagas[new.saga_id.encode()] = orjson.dumps(new)  # orjson writes the dataclasses as to_dict() would
+        index.change(rows_of(old, old_row) if old is not None and old_row is not None else {}, rows_of(new, row))
         return old_row, row
 
     async def send(self, emit: Emit) -> Any:

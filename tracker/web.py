@@ -38,6 +38,7 @@ from tables import Tables
 from tracker.definitions import Catalog
 from tracker.events import ACTIONS, CONTROL, Event
 from tracker.generations import Generations
+from tracker.indexes import Indexes
 from tracker.machine import visible_status
 from tracker.metrics import Metrics
 from tracker.openapi import document as openapi_document
@@ -171,11 +172,12 @@ class Api:
         settings: Settings,
         catalog: Catalog,
         tables: Tables,
+        indexes: Indexes,
         metrics: Metrics,
         sweeper: Sweeper,
         saga_log: faust.TopicT,
     ) -> None:
-        self.app, self.settings, self.catalog, self.tables = app, settings, catalog, tables
+        self.app, self.settings, self.catalog, self.tables, self.indexes = app, settings, catalog, tables, indexes
         self.metrics, self.sweeper, self.saga_log = metrics, sweeper, saga_log
         self.router = Router(app, tables.sagas, settings.partitions)
 
@@ -204,14 +206,23 @@ class Api:
         raw = self.tables.sagas.get(saga_id.encode())
         return None if raw is None else saga_view(self.catalog, SagaState.from_dict(orjson.loads(raw)))
 
-    def local_rows(self) -> list[dict[str, Any]]:
-        return [orjson.loads(v) for v in self.tables.summaries.values()]  # active partitions only
+    async def local_rows(self) -> list[dict[str, Any]]:
+        """The summary rows of the partitions active here (indexed first if they just moved here)."""
+        rows: list[dict[str, Any]] = []
+        for partition in self.sweeper.active_partitions():
+            # While a changelog is recovering, a rebuild would index half a partition: serve
+            # what was indexed, if anything (the answer says the worker is recovering).
+            recovering = self.sweeper.recovering()
+            index = self.indexes.cached(partition) if recovering else await self.indexes.ready(partition)
+            if index is not None:
+                rows.extend(index.summaries())
+        return rows
 
-    def local_page(self, query: Query) -> list[dict[str, Any]]:
-        return query.select(self.local_rows(), time.time())
+    async def local_page(self, query: Query) -> list[dict[str, Any]]:
+        return query.select(await self.local_rows(), time.time())
 
-    def local_stats(self) -> dict[str, Any]:
-        return {**stats(self.local_rows(), time.time()), "lag": self.lag()}
+    async def local_stats(self) -> dict[str, Any]:
+        return {**stats(await self.local_rows(), time.time()), "lag": self.lag()}
 
     def lag(self) -> dict[str, Any]:
         lags = self.sweeper.progress.lags
@@ -223,14 +234,14 @@ class Api:
         }
 
     async def fan_out(
-        self, request: Request, path: str, params: dict[str, str], local: Callable[[], Any]
+        self, request: Request, path: str, params: dict[str, str], local: Callable[[], Awaitable[Any]]
     ) -> tuple[list[Any], list[str]]:
         """Ask every worker; returns their answers and the workers that did not answer."""
         headers = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
 
         async def ask(url: str) -> Any:
             if self.router.is_self(url):
-                return local()
+                return await local()
             client: Any = self.app.http_client
             async with client.get(
                 URL(url).with_path(path), params=params, headers=headers, timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT)
@@ -382,7 +393,7 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
     class Readyz(View):
         @guarded
         async def get(self, request: Request) -> Response:
-            ready = not api.sweeper.recovering()
+            ready = api.sweeper.ready()
             body = {
                 "ready": ready,
                 "active_partitions": api.sweeper.active_partitions(),
@@ -458,13 +469,13 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
             if denied := read(self, request):
                 return denied
             query = parse(self, request)
-            return ok(self, api.local_page(query)) if isinstance(query, Query) else query
+            return ok(self, await api.local_page(query)) if isinstance(query, Query) else query
 
     @page("/internal/stats")
     class InternalStats(View):
         @guarded
         async def get(self, request: Request) -> Response:
-            return read(self, request) or ok(self, api.local_stats())
+            return read(self, request) or ok(self, await api.local_stats())
 
     @page("/sagas/{saga_id}")
     class Saga(View):

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from tracker.app import TrackerApp, build
 from tracker.correlation import Record
 from tracker.events import Event, timeout_event
+from tracker.indexes import DEADLINE
 from tracker.loader import load_catalog
 from tracker.settings import Settings
 
@@ -34,6 +35,14 @@ class Shell:
     def saga(self, saga_id: str) -> dict[str, Any] | None:
         raw = self.tracker.tables.sagas.get(saga_id.encode())
         return None if raw is None else orjson.loads(raw)
+
+    def deadlines(self) -> dict[bytes, dict[str, Any]]:
+        """The local deadline index of every partition indexed here, key -> row."""
+        return {
+            key: orjson.loads(value)
+            for partition in sorted(self.tracker.indexes.built)
+            for key, value in self.tracker.indexes.built[partition].scan(DEADLINE)
+        }
 
 
 @pytest.fixture
@@ -60,6 +69,9 @@ def shell(tmp_path: Path) -> Iterator[Shell]:
 @pytest.fixture
 async def track(shell: Shell) -> AsyncIterator[Any]:
     agent = shell.tracker.app.agents[f"{shell.tracker.settings.app_id}-track"]
+    # Indexed before the first record: put() returns once the agent took the record, and a
+    # rebuild would let it return before the record is applied.
+    await shell.tracker.indexes.ready(0)
     async with agent.test_context() as ctx:
         yield ctx
 
@@ -83,11 +95,11 @@ async def test_track_agent_writes_state_and_deadline_index(shell: Shell, track: 
     await track.put(record(order_event("OrderCreated")), key=b"o-1")
     state = shell.saga("o-1")
     assert state is not None and state["status"] == "running" and state["current"] == 1
-    index = dict(shell.tracker.tables.deadlines.items())
+    index = shell.deadlines()
     assert list(index) == [b"%015d|o-1" % 120_000]  # due at 100 s + 20 s, ordered by due time
-    assert orjson.loads(index[b"%015d|o-1" % 120_000])["token"] == state["deadline"]["token"]
+    assert index[b"%015d|o-1" % 120_000]["token"] == state["deadline"]["token"]
     await track.put(record(order_event("PaymentAuthorized", time=105.0)), key=b"o-1")
-    assert list(dict(shell.tracker.tables.deadlines.items())) == [b"%015d|o-1" % 125_000]  # moved, old row gone
+    assert list(shell.deadlines()) == [b"%015d|o-1" % 125_000]  # moved, old row gone
     assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="completed") == 1.0
 
 
@@ -192,24 +204,47 @@ async def test_a_stale_deadline_row_is_removed_when_its_timeout_arrives(shell: S
     state["deadline"] = {"token": "9@999000", "due": 999.0}
     state["steps"][1]["due"] = 999.0
     shell.tracker.tables.sagas.data[b"o-1"] = orjson.dumps(state)
-    assert b"%015d|o-1" % 120_000 in dict(shell.tracker.tables.deadlines.items())
+    assert b"%015d|o-1" % 120_000 in shell.deadlines()
     await track.put(record(timeout_event("o-1", "order_fulfilment", stale["token"], stale["due"])), key=b"o-1")
-    assert b"%015d|o-1" % 120_000 not in dict(shell.tracker.tables.deadlines.items())
+    assert b"%015d|o-1" % 120_000 not in shell.deadlines()
     assert shell.saga("o-1")["status"] == "running"  # type: ignore[index]
     assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="stale_timeout") == 1.0
 
 
-async def test_a_redelivered_record_writes_a_missing_deadline_row_again(shell: Shell, track: Any) -> None:
-    # A crash after the saga's changelog record went out but before its index row's did:
-    # on recovery the saga is there, its deadline row is not, and the record comes again.
-    created = record(order_event("OrderCreated"))
-    await track.put(created, key=b"o-1")
-    rows = shell.tracker.tables.deadlines
-    key = b"%015d|o-1" % 120_000
-    assert key in dict(rows.items())
-    del rows.data[key]  # the local store only: as recovered from an incomplete changelog
-    await track.put(created, key=b"o-1")
-    assert key in dict(rows.items()) and orjson.loads(rows[key])["saga_id"] == "o-1"
-    assert shell.metric("saga_tracker_index_repairs_total") == 1.0
-    await track.put(created, key=b"o-1")  # nothing missing now: nothing written
-    assert shell.metric("saga_tracker_index_repairs_total") == 1.0
+async def test_indexes_are_rebuilt_from_saga_state_when_partitions_move(shell: Shell, track: Any) -> None:
+    # Summaries, pending and deadline rows have no changelog: after a rebalance (or a
+    # restart, or a changelog recovery that wrote sagas behind their back) they are rebuilt
+    # from the partition's saga state, and so is the census.
+    for n in range(3):
+        await track.put(record(order_event("OrderCreated", saga_id=f"o-{n}", time=100.0 + n)), key=f"o-{n}".encode())
+    indexes = shell.tracker.indexes
+    before = shell.deadlines()
+    assert len(before) == 3
+    # As a changelog recovery would: o-1 moved on (deadline 999 s), o-2 completed.
+    moved = shell.saga("o-1")
+    assert moved is not None
+    moved["deadline"] = {"token": "9@999000", "due": 999.0}
+    moved["steps"][1]["due"] = 999.0
+    shell.tracker.tables.sagas.data[b"o-1"] = orjson.dumps(moved)
+    done = shell.saga("o-2")
+    assert done is not None
+    done.update(status="completed", deadline=None, current=None, ended_at=150.0)
+    shell.tracker.tables.sagas.data[b"o-2"] = orjson.dumps(done)
+    assert shell.deadlines() == before  # not trusted, but not looked at either until partitions move
+    indexes.reset()
+    assert not indexes.built
+    index = await indexes.ready(0)
+    assert index is not None
+    assert list(shell.deadlines()) == [b"%015d|o-0" % 120_000, b"%015d|o-1" % 999_000]
+    assert {r["saga_id"]: r["status"] for r in index.summaries()} == {"o-0": "running", "o-1": "running", "o-2": "completed"}
+    assert sum(indexes.census.total().values()) == 2  # o-2 is no longer in flight
+    # Twice: the fixture indexed the empty partition first.
+    assert shell.metric("saga_tracker_index_rebuild_duration_seconds_count") == 2.0
+    # The track agent waits for the rebuild too: the next record finds the rebuilt index.
+    indexes.reset()
+    await track.put(record(order_event("PaymentAuthorized", saga_id="o-0", time=105.0)), key=b"o-0")
+    for _ in range(100):
+        if indexes.built and (shell.saga("o-0") or {}).get("current") == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert list(shell.deadlines()) == [b"%015d|o-0" % 125_000, b"%015d|o-1" % 999_000]

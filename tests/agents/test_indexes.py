@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from tables import deadline_key, due_bound
+from tracker.indexes import deadline_key, due_bound
 
 times = hs.floats(min_value=1e9, max_value=4e9, allow_nan=False)
 

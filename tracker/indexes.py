@@ -1,0 +1,275 @@
+"""Indexes: the rows derived from saga state, kept locally per partition, without changelogs.
+
+The ``sagas`` table is the only state with a changelog. Summary rows (list and stats
+queries), the pending index (running sagas by type, step and since when) and the
+deadline index (ordered by due time, what the sweeper reads) are functions of it, so
+each worker keeps them in a local RocksDB per partition it owns as active and rebuilds
+them from that partition of ``sagas`` whenever partitions move. That is one changelog
+write per change instead of four, and a quarter of the records to read on recovery.
+
+An index is written only by the track agent, synchronously after the saga's own row, so
+both stay in step within a process; across restarts and rebalances it is rebuilt, never
+trusted. A rebuild runs in chunks (the event loop keeps serving) and is abandoned when
+partitions move again while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import rocksdict
+
+from tracker.census import Census, Key, key_of
+from tracker.definitions import Catalog
+from tracker.metrics import Metrics
+from tracker.state import SagaState
+from tracker.summaries import summary
+
+log = logging.getLogger(__name__)
+
+SUMMARY, PENDING, DEADLINE = b"s", b"p", b"d"  # key prefixes of the three indexes in one RocksDB
+CHUNK = 2000  # sagas indexed between yields to the event loop during a rebuild
+FAUST_KEYS = b"__faust"  # faust's own bookkeeping rows in a table's RocksDB (offsets)
+
+# A partition's (saga id, state) rows in key order from a key (b"": all), None if not open here.
+Rows = Callable[[int, bytes], Iterable[tuple[bytes, bytes]] | None]
+
+
+class Abandoned(Exception):
+    """A rebuild overtaken by a rebalance."""
+
+
+def deadline_key(due: float, saga_id: str) -> bytes:
+    # Rounded up, and "now" rounded down: a deadline is never swept before it is due.
+    return f"{math.ceil(due * 1000):015d}|{saga_id}".encode()
+
+
+def due_bound(now: float) -> bytes:
+    """Every deadline key due at or before ``now`` sorts before this key."""
+    return f"{math.floor(now * 1000):015d}}}".encode()  # '}' sorts after '|'
+
+
+def pending_prefix(saga_type: str, step: str) -> bytes:
+    return f"{saga_type}|{step}|".encode()
+
+
+def pending_key(row: dict[str, Any]) -> bytes | None:
+    """The pending-index key of a summary row, or None when the saga waits on no step."""
+    if row["status"] != "running" or not row["current_step"] or row["pending_since"] is None:
+        return None
+    since = round(row["pending_since"] * 1000)
+    return pending_prefix(row["saga_type"], row["current_step"]) + f"{since:015d}|{row['saga_id']}".encode()
+
+
+def deadline_row(state: SagaState, row: dict[str, Any]) -> dict[str, Any]:
+    """The deadline index row of a saga with a deadline (``row``: its summary)."""
+    assert state.deadline is not None
+    return {
+        "token": state.deadline.token,
+        "saga_id": state.saga_id,
+        "saga_type": state.saga_type,
+        "due": state.deadline.due,
+        "step": row["current_step"] or row["status"],
+    }
+
+
+def rows_of(state: SagaState, row: dict[str, Any]) -> dict[bytes, bytes]:
+    """Every index row of one saga (``row``: its summary), by key."""
+    out = {SUMMARY + state.saga_id.encode(): orjson.dumps(row)}
+    pending = pending_key(row)
+    if pending is not None:
+        out[PENDING + pending] = b""
+    if state.deadline is not None:
+        out[DEADLINE + deadline_key(state.deadline.due, state.saga_id)] = orjson.dumps(deadline_row(state, row))
+    return out
+
+
+def options(cache: rocksdict.Cache) -> rocksdict.Options:
+    # Small and bounded: an index is rebuilt rather than recovered, so it needs no WAL either.
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_write_buffer_size(4 << 20)
+    opts.set_max_write_buffer_number(2)
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(cache)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
+class Index:
+    """One partition's indexes."""
+
+    def __init__(self, db: rocksdict.Rdict) -> None:
+        self.db = db
+        self.unwritten = rocksdict.WriteOptions()
+        self.unwritten.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
+
+    def write(self, puts: dict[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key in deletes:
+            if key not in puts:
+                batch.delete(key)
+        for key, value in puts.items():
+            batch.put(key, value)
+        self.db.write(batch, self.unwritten)
+
+    def change(self, old: dict[bytes, bytes], new: dict[bytes, bytes]) -> None:
+        """Replace a saga's rows (``rows_of`` before and after); writes only what differs."""
+        self.write({k: v for k, v in new.items() if old.get(k) != v}, [k for k in old if k not in new])
+
+    def drop_deadline(self, key: bytes) -> None:
+        self.db.delete(DEADLINE + key, self.unwritten)
+
+    def has(self, key: bytes) -> bool:
+        """Whether a raw index key (prefix included) is present."""
+        return self.db.get(key) is not None
+
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Rows under ``prefix`` in key order from ``start`` (keys without the prefix)."""
+        key: Any
+        for key, value in self.db.items(from_key=prefix + start):
+            if not key.startswith(prefix):
+                return
+            yield key[len(prefix) :], value
+
+    def summaries(self) -> Iterator[dict[str, Any]]:
+        for _, value in self.scan(SUMMARY):
+            yield orjson.loads(value)
+
+    def due(self, bound: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Deadline rows due before ``bound`` (see ``due_bound``), oldest first."""
+        for key, value in self.scan(DEADLINE):
+            if key >= bound:
+                return
+            yield key, orjson.loads(value)
+
+    def deadlines(self) -> list[bytes]:
+        return [k for k, _ in self.scan(DEADLINE)]
+
+    def oldest_pending(self, prefix: bytes) -> float | None:
+        """When the oldest saga still pending under ``pending_prefix(...)`` started waiting (epoch s)."""
+        for key, _ in self.scan(PENDING + prefix):
+            return int(key[len(prefix) :].split(b"|", 1)[0]) / 1000
+        return None
+
+
+class Indexes:
+    def __init__(self, root: Path, catalog: Catalog, rows: Rows, census: Census, metrics: Metrics) -> None:
+        """``rows``: a partition's saga rows (its ``sagas`` store), None when it is not open here."""
+        self.root, self.catalog, self.rows, self.census, self.metrics = root, catalog, rows, census, metrics
+        self.cache = rocksdict.Cache(16 << 20)  # shared by every partition's index
+        self.built: dict[int, Index] = {}
+        self.building: dict[int, asyncio.Task[Index | None]] = {}
+        self.epoch = 0  # bumped when partitions move: what was built before may be stale
+        self.unindexed: set[str] = set()  # saga types with no definition any more, logged once
+
+    def reset(self) -> None:
+        """Partitions moved: every index must be rebuilt before it is used again."""
+        self.epoch += 1
+        for task in self.building.values():
+            task.cancel()
+        self.building.clear()
+        for index in self.built.values():
+            index.db.close()
+        self.built.clear()
+
+    def forget(self, keep: Iterable[int]) -> None:
+        """Drop the census of partitions that are no longer active here."""
+        for partition in set(self.census.partitions) - set(keep):
+            self.census.forget(partition)
+
+    def cached(self, partition: int) -> Index | None:
+        return self.built.get(partition)
+
+    async def ready(self, partition: int) -> Index | None:
+        """The partition's index, rebuilt first if partitions moved since; None if the
+        partition's saga state is not open here."""
+        while (index := self.built.get(partition)) is None:
+            task = self.building.get(partition)
+            if task is None:
+                task = self.building[partition] = asyncio.ensure_future(self._build(partition, self.epoch))
+            try:
+                index = await asyncio.shield(task)
+            except (Abandoned, asyncio.CancelledError):
+                if task.cancelled() or task.done():
+                    continue  # partitions moved while it ran: build again for the new assignment
+                raise  # the caller itself was cancelled
+            if index is None:
+                return None
+        return index
+
+    async def _build(self, partition: int, epoch: int) -> Index | None:
+        """Index a partition's sagas, a chunk at a time; each chunk is a fresh read from the
+        saga store (the store may close while the loop serves others in between)."""
+        index: Index | None = None
+        counts: Counter[Key] = Counter()
+        start, began, sagas = b"", time.perf_counter(), 0
+        try:
+            while True:
+                if epoch != self.epoch:
+                    raise Abandoned
+                rows = self.rows(partition, start)
+                if rows is None:
+                    if index is not None:
+                        index.db.close()
+                    return None
+                if index is None:
+                    path = self.root / str(partition)
+                    shutil.rmtree(path, ignore_errors=True)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    index = Index(rocksdict.Rdict(str(path), options(self.cache)))
+                batch: dict[bytes, bytes] = {}
+                n = 0
+                for key, value in rows:
+                    if (start and key == start) or key.startswith(FAUST_KEYS):
+                        continue  # from_key is inclusive; faust's offsets are not sagas
+                    start, n, sagas = key, n + 1, sagas + 1
+                    if (found := self.rows_of(value)) is not None:
+                        if (k := key_of(found[0])) is not None:
+                            counts[k] += 1
+                        batch.update(found[1])
+                    if n == CHUNK:
+                        break
+                index.write(batch)
+                if n < CHUNK:
+                    break
+                await asyncio.sleep(0)
+            if epoch != self.epoch:
+                raise Abandoned
+            self.census.rebuild(partition, counts)
+            self.built[partition] = index
+            took = time.perf_counter() - began
+            self.metrics.index_rebuild_duration.observe(took)
+            log.info("indexed partition %d: %d sagas in %.1fs", partition, sagas, took)
+            return index
+        except BaseException:
+            if index is not None:
+                index.db.close()
+            raise
+        finally:
+            if self.building.get(partition) is asyncio.current_task():
+                del self.building[partition]
+
+    def rows_of(self, value: bytes) -> tuple[dict[str, Any], dict[bytes, bytes]] | None:
+        """A stored saga's census fields and index rows; None when its type has no definition."""
+        state = SagaState.from_dict(orjson.loads(value))
+        definition = self.catalog.definition(state.saga_type, state.version)
+        if definition is None:
+            if state.saga_type not in self.unindexed:
+                self.unindexed.add(state.saga_type)
+                log.warning("saga type %r has no definition any more: its sagas are not indexed", state.saga_type)
+            return None
+        row = summary(definition, state)
+        return {k: row[k] for k in ("saga_type", "status", "current_step")}, rows_of(state, row)
+
+    def close(self) -> None:
+        self.reset()
