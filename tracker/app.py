@@ -202,6 +202,17 @@ def _wire(t: TrackerApp) -> None:
             log.exception("deadline sweep failed")
             t.metrics.processing_errors.labels("sweep").inc()
 
+    @app.timer(0.25)
+    async def index() -> None:
+        """Rebuild the local indexes of partitions that moved here, as soon as their saga
+        state is recovered (readiness waits for it; the sweep may run only every hour)."""
+        try:
+            if not t.sweeper.recovering():
+                await t.indexes.refresh(t.sweeper.active_partitions())
+        except Exception:
+            log.exception("index rebuild failed")
+            t.metrics.processing_errors.labels("index").inc()
+
     stall = t.settings.stall_timeout
 
     @app.timer(5.0)

@@ -182,9 +182,13 @@ class Indexes:
             index.db.close()
         self.built.clear()
 
-    def forget(self, keep: Iterable[int]) -> None:
-        """Drop the census of partitions that are no longer active here."""
-        for partition in set(self.census.partitions) - set(keep):
+    async def refresh(self, active: Iterable[int]) -> None:
+        """Index the partitions active here that are not yet (and count their sagas); drop
+        the census of those that left. Call only when no changelog is recovering."""
+        active = list(active)
+        for partition in active:
+            await self.ready(partition)
+        for partition in set(self.census.partitions) - set(active):
             self.census.forget(partition)
 
     def cached(self, partition: int) -> Index | None:

@@ -66,20 +66,12 @@ class Sweeper:
         changelog = self.tables.sagas.changelog_topic.get_topic_name()
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog)
 
-    async def refresh(self) -> None:
-        """Index the partitions that became active here (and count their sagas); forget the
-        census of those that left."""
-        active = self.active_partitions()
-        for partition in active:
-            await self.indexes.ready(partition)
-        self.indexes.forget(active)
-
     async def sweep(self) -> int:
         """One pass; returns how many timeout records were sent."""
         if self.recovering():
             self.set_behind(True)
             return 0
-        await self.refresh()
+        await self.indexes.refresh(self.active_partitions())
         epoch = self.progress.epoch
         try:
             # Bounded: a slow broker request must not stall sweeping (the next sweep retries).

@@ -48,5 +48,6 @@ def test_benchmark_smoke_run() -> None:
 def test_scale_benchmark_smoke_run() -> None:
     """Changelogs written for 2,000 sagas are recovered by a worker that counts all of them."""
     out = smoke("bench.scale", "--sagas", "2000")
-    assert "8000 changelog records written" in out and "raw consumption of the changelogs: 8000 records" in out
+    # One changelog record per saga: the indexes are rebuilt from the saga state, not recovered.
+    assert "2000 changelog records written" in out and "raw consumption of the changelogs: 2000 records" in out
     assert re.search(r"recovery: ready after [\d.]+s .* 2000 sagas counted in flight; peak RSS \d+ MB", out), out
