@@ -231,7 +231,15 @@ class Progress:
         if not todo:
             return out
         if self._peek is None:
-            peek = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
+            # Only each partition's first record is wanted: a small fetch, not faust-sized ones
+            # (1 MB per partition by default, a few per sweep while the worker is busy).
+            # A batch bigger than this still comes whole (the broker returns at least one).
+            peek = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                request_timeout_ms=5000,
+                max_partition_fetch_bytes=64 * 1024,
+            )
             await peek.start()
             self._peek = peek
         self._peek.assign(list(todo))

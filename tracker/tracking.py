@@ -33,6 +33,7 @@ from tracker.state import SagaState
 from tracker.summaries import summary
 
 log = logging.getLogger(__name__)
+ROUTINE = frozenset({"started", "completed"})
 MILESTONES = frozenset(
     {
         "started",
@@ -177,7 +178,10 @@ class Tracking:
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state
-            log.info(
+            # The happy path (started, completed) at thousands a second is noise at INFO.
+            level = logging.DEBUG if ROUTINE.issuperset(MILESTONES.intersection(transition.outcomes)) else logging.INFO
+            log.log(
+                level,
                 "saga %s (%s) %s%s%s",
                 s.saga_id,
                 s.saga_type,
