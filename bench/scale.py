@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import rocksdict
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
@@ -45,6 +46,7 @@ from tracker.broker import EmbeddedBroker, free_port
 from tracker.definitions import SagaDefinition
 from tracker.demo import get_json
 from tracker.events import Event
+from tracker.indexes import DEADLINE, SUMMARY, Index, deadline_key, due_bound, options
 from tracker.loader import load_catalog
 from tracker.machine import apply
 
@@ -245,6 +247,39 @@ def sweep_window(w: World, in_flight: int, rate: int, window: float, lead: float
     }
 
 
+def scan_cost(root: Path, in_flight: int, due: int = 1000, rounds: int = 20) -> tuple[float, float]:
+    """CPU seconds of one sweep's read of ``due`` due deadlines from a partition index that
+    also holds ``in_flight`` sagas not due (their summary and deadline rows): right after the
+    rows were written (as after a rebuild: many level-0 files, compaction pending) and once
+    compacted (a long-running worker's index)."""
+    index = Index(rocksdict.Rdict(str(root), options(rocksdict.Cache(16 << 20))))
+    try:
+        row = orjson.dumps({"token": "1@1", "saga_id": "order-00000000", "saga_type": "order", "due": 0.0, "step": "payment"})
+        now, batch = 2e9, {}
+        for n in range(in_flight):
+            saga_id = f"order-{n:08d}"
+            batch[SUMMARY + saga_id.encode()] = row
+            batch[DEADLINE + deadline_key(now + 86400 + n / 1000, saga_id)] = row
+            if len(batch) >= 100_000:
+                index.write(batch)
+                batch = {}
+        for n in range(due):
+            batch[DEADLINE + deadline_key(now - n / 1000, f"due-{n}")] = row
+        index.write(batch)
+        index.db.flush()
+        bound, costs = due_bound(now), []
+        for settled in (False, True):
+            if settled:
+                index.db.compact_range(None, None)
+            t0 = time.process_time()
+            for _ in range(rounds):
+                assert sum(1 for _ in index.due(bound)) == due
+            costs.append((time.process_time() - t0) / rounds)
+        return costs[0], costs[1]
+    finally:
+        index.db.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sagas", type=int, default=1_000_000, help="sagas in flight")
@@ -291,6 +326,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{recovery:.1f}s for {records} records = {recovery / raw_seconds:.1f} x raw consumption "
             f"(of which {rebuild:.1f}s rebuilding the local indexes); {in_table:.0f} sagas counted in flight; "
             f"peak RSS {rss:.0f} MB (target < 400 MB)",
+            flush=True,
+        )
+        (fresh, settled), (fresh_small, settled_small) = (scan_cost(Path(tmp) / f"scan-{n}", n) for n in (args.sagas, args.small))
+        print(
+            f"sweep scan of 1000 due deadlines in one partition index, CPU: {1000 * settled:.2f} ms beside {args.sagas} "
+            f"sagas in flight, {1000 * settled_small:.2f} ms beside {args.small}: ratio {settled / settled_small:.2f} "
+            f"(right after writing them, before compaction: {1000 * fresh:.2f} / {1000 * fresh_small:.2f} ms = "
+            f"{fresh / fresh_small:.2f})",
             flush=True,
         )
         if args.smoke:
