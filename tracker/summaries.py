@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -158,10 +159,12 @@ class Query:
         return value, row["saga_id"]
 
     def select(self, rows: Iterable[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
-        """One page: the first ``limit`` matching rows after the cursor, in order."""
-        page = [dict(r) for r in rows if self.matches(r, now) and self.after_cursor(r)]
-        page.sort(key=self.sort_key, reverse=self.descending)
-        return page[: self.limit]
+        """One page: the first ``limit`` matching rows after the cursor, in order.
+
+        One pass holding at most ``limit`` rows: a worker may own a million sagas."""
+        matching = (r for r in rows if self.matches(r, now) and self.after_cursor(r))
+        pick = heapq.nlargest if self.descending else heapq.nsmallest
+        return [dict(r) for r in pick(self.limit, matching, key=self.sort_key)]
 
     def after_cursor(self, row: Mapping[str, Any]) -> bool:
         if self.after is None:

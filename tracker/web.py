@@ -19,7 +19,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -206,17 +206,16 @@ class Api:
         raw = self.tables.sagas.get(saga_id.encode())
         return None if raw is None else saga_view(self.catalog, SagaState.from_dict(orjson.loads(raw)))
 
-    async def local_rows(self) -> list[dict[str, Any]]:
-        """The summary rows of the partitions active here (indexed first if they just moved here)."""
-        rows: list[dict[str, Any]] = []
-        for partition in self.sweeper.active_partitions():
-            # While a changelog is recovering, a rebuild would index half a partition: serve
-            # what was indexed, if anything (the answer says the worker is recovering).
-            recovering = self.sweeper.recovering()
-            index = self.indexes.cached(partition) if recovering else await self.indexes.ready(partition)
-            if index is not None:
-                rows.extend(index.summaries())
-        return rows
+    async def local_rows(self) -> Iterator[dict[str, Any]]:
+        """The summary rows of the partitions active here (indexed first if they just moved
+        here), streamed: list and stats queries make one pass and keep a page or counts."""
+        active = self.sweeper.active_partitions()
+        if not self.sweeper.recovering():  # a rebuild during recovery would index half a partition
+            for partition in active:
+                await self.indexes.ready(partition)
+        # Taken after the last await: an index closed by a rebalance meanwhile is not read.
+        indexes = [i for i in map(self.indexes.cached, active) if i is not None]
+        return (row for index in indexes for row in index.summaries())
 
     async def local_page(self, query: Query) -> list[dict[str, Any]]:
         return query.select(await self.local_rows(), time.time())
