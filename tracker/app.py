@@ -72,6 +72,7 @@ def faust_app(settings: Settings, broker_url: str) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_rebalance_timeout=settings.rebalance_timeout,
         producer_max_batch_size=settings.producer_max_batch_size,
+        consumer_max_fetch_size=settings.fetch_max_bytes,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
