@@ -237,7 +237,13 @@ class Indexes:
                     if (start and key == start) or key.startswith(FAUST_KEYS):
                         continue  # from_key is inclusive; faust's offsets are not sagas
                     start, n, sagas = key, n + 1, sagas + 1
-                    if (found := self.rows_of(value)) is not None:
+                    try:
+                        found = self.rows_of(value)
+                    except Exception:  # one undecodable saga must not leave the partition unindexed
+                        log.exception("cannot index saga %r of partition %d", key[:200], partition)
+                        self.metrics.processing_errors.labels("index").inc()
+                        continue
+                    if found is not None:
                         if (k := key_of(found[0])) is not None:
                             counts[k] += 1
                         batch.update(found[1])

@@ -248,3 +248,12 @@ async def test_indexes_are_rebuilt_from_saga_state_when_partitions_move(shell: S
             break
         await asyncio.sleep(0.01)
     assert list(shell.deadlines()) == [b"%015d|o-0" % 125_000, b"%015d|o-1" % 999_000]
+
+
+async def test_an_undecodable_saga_row_does_not_leave_its_partition_unindexed(shell: Shell, track: Any) -> None:
+    await track.put(record(order_event("OrderCreated", saga_id="o-1")), key=b"o-1")
+    shell.tracker.tables.sagas.data[b"o-0"] = b'{"not": "a saga"}'
+    shell.tracker.indexes.reset()
+    index = await shell.tracker.indexes.ready(0)
+    assert index is not None and [r["saga_id"] for r in index.summaries()] == ["o-1"]
+    assert shell.metric("saga_tracker_processing_errors_total", stage="index") == 1.0
