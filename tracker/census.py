@@ -27,9 +27,6 @@ class Census:
     def __init__(self) -> None:
         self.partitions: dict[int, Counter[Key]] = {}
 
-    def known(self, partition: int) -> bool:
-        return partition in self.partitions
-
     def change(self, partition: int, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         counts = self.partitions.get(partition)
         if counts is None:  # not rebuilt yet: the rebuild will see this change

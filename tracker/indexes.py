@@ -129,10 +129,6 @@ class Index:
     def drop_deadline(self, key: bytes) -> None:
         self.db.delete(DEADLINE + key, self.unwritten)
 
-    def has(self, key: bytes) -> bool:
-        """Whether a raw index key (prefix included) is present."""
-        return self.db.get(key) is not None
-
     def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Rows under ``prefix`` in key order from ``start`` (keys without the prefix)."""
         key: Any
@@ -151,9 +147,6 @@ class Index:
             if key >= bound:
                 return
             yield key, orjson.loads(value)
-
-    def deadlines(self) -> list[bytes]:
-        return [k for k, _ in self.scan(DEADLINE)]
 
     def oldest_pending(self, prefix: bytes) -> float | None:
         """When the oldest saga still pending under ``pending_prefix(...)`` started waiting (epoch s)."""
