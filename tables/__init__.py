@@ -7,7 +7,7 @@ deadline indexes) are local and rebuilt from it, see ``tracker.indexes``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,3 +56,16 @@ def partition_items(table: TableT, partition: int, start: bytes = b"") -> Iterab
         return sorted((k, v) for k, v in store.data.items() if k >= start)
     db = dbs.get(partition)
     return None if db is None else db.items(from_key=start)
+
+
+def on_changelog_applied(table: TableT, callback: Callable[[set[int]], None]) -> None:
+    """Call ``callback`` with the partitions whose state faust is about to change from the
+    changelog (recovery, standby): every write to a table that is not the tracker's own."""
+    apply: Any = table.apply_changelog_batch
+
+    def applying(batch: Any) -> None:
+        batch = list(batch)
+        callback({event.message.partition for event in batch})
+        apply(batch)
+
+    table.apply_changelog_batch = applying  # type: ignore[method-assign]

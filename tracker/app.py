@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import tables as tables_module
 import topics as topics_module
-from tables import Tables, partition_items
+from tables import Tables, on_changelog_applied, partition_items
 from topics import Topics
 from tracker import patches, web
 from tracker.admin import bootstrap_of
@@ -111,6 +111,7 @@ def build(
         census,
         metrics,
     )
+    on_changelog_applied(tables.sagas, indexes.invalidate)
     sweeper = Sweeper(
         app,
         tables,
@@ -234,13 +235,13 @@ def _wire(t: TrackerApp) -> None:
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         progress.forget(args[0] if args else kwargs.get("revoked", ()))
-        t.indexes.reset()
+        t.indexes.moved()
         t.sweeper.set_behind(True)  # timeout records wait until the new catch-up is done
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         progress.restart()
-        t.indexes.reset()  # rebuilt from the saga state once its recovery is done
+        t.indexes.moved()  # kept where the partition stayed and its changelog did not move
         t.sweeper.set_behind(True)
 
     @app.service

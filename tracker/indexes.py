@@ -3,14 +3,16 @@
 The ``sagas`` table is the only state with a changelog. Summary rows (list and stats
 queries), the pending index (running sagas by type, step and since when) and the
 deadline index (ordered by due time, what the sweeper reads) are functions of it, so
-each worker keeps them in a local RocksDB per partition it owns as active and rebuilds
-them from that partition of ``sagas`` whenever partitions move. That is one changelog
+each worker keeps them in a local RocksDB per partition it owns as active and builds
+them from that partition of ``sagas`` when it becomes active here. That is one changelog
 write per change instead of four, and a quarter of the records to read on recovery.
 
 An index is written only by the track agent, synchronously after the saga's own row, so
-both stay in step within a process; across restarts and rebalances it is rebuilt, never
-trusted. A rebuild runs in chunks (the event loop keeps serving) and is abandoned when
-partitions move again while it runs.
+both stay in step within a process. Anything else that changes a partition's saga state
+goes through faust applying changelog records (a recovery after a rebalance, a standby):
+that invalidates the partition's index, and so does the partition leaving. Across
+restarts an index is rebuilt, never trusted. A build runs in chunks (the event loop keeps
+serving) and starts over when partitions move while it runs.
 """
 
 from __future__ import annotations
@@ -165,20 +167,30 @@ class Indexes:
         self.epoch = 0  # bumped when partitions move: what was built before may be stale
         self.unindexed: set[str] = set()  # saga types with no definition any more, logged once
 
-    def reset(self) -> None:
-        """Partitions moved: every index must be rebuilt before it is used again."""
+    def moved(self) -> None:
+        """Partitions are moving: builds under way start over. A built index stays: it is
+        dropped when its partition is no longer active here, or when the changelog changes
+        its saga state (``invalidate``), so a partition that stays is not rebuilt."""
         self.epoch += 1
         for task in self.building.values():
             task.cancel()
         self.building.clear()
-        for index in self.built.values():
-            index.db.close()
-        self.built.clear()
+
+    def invalidate(self, partitions: Iterable[int]) -> None:
+        """Saga state of these partitions changed behind the track agent's back (changelog
+        records applied by a recovery or a standby): their indexes must be rebuilt."""
+        for partition in set(partitions):
+            if (task := self.building.pop(partition, None)) is not None:
+                self.epoch += 1  # a build under way read state that is now old
+                task.cancel()
+            if (index := self.built.pop(partition, None)) is not None:
+                index.db.close()
 
     async def refresh(self, active: Iterable[int]) -> None:
         """Index the partitions active here that are not yet (and count their sagas); drop
-        the census of those that left. Call only when no changelog is recovering."""
+        the indexes and census of those that left. Call only when no changelog is recovering."""
         active = list(active)
+        self.invalidate(set(self.built) - set(active))
         for partition in active:
             await self.ready(partition)
         for partition in set(self.census.partitions) - set(active):
@@ -275,4 +287,5 @@ class Indexes:
         return {k: row[k] for k in ("saga_type", "status", "current_step")}, rows_of(state, row)
 
     def close(self) -> None:
-        self.reset()
+        self.moved()
+        self.invalidate(list(self.built))

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -13,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tables import on_changelog_applied
 from tracker.app import TrackerApp, build
 from tracker.correlation import Record
 from tracker.events import Event, timeout_event
@@ -211,10 +213,10 @@ async def test_a_stale_deadline_row_is_removed_when_its_timeout_arrives(shell: S
     assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="stale_timeout") == 1.0
 
 
-async def test_indexes_are_rebuilt_from_saga_state_when_partitions_move(shell: Shell, track: Any) -> None:
-    # Summaries, pending and deadline rows have no changelog: after a rebalance (or a
-    # restart, or a changelog recovery that wrote sagas behind their back) they are rebuilt
-    # from the partition's saga state, and so is the census.
+async def test_indexes_are_rebuilt_when_the_changelog_changes_saga_state(shell: Shell, track: Any) -> None:
+    # Summaries, pending and deadline rows have no changelog: when a changelog recovery (or
+    # a standby) writes sagas behind the track agent's back, they are rebuilt from the
+    # partition's saga state, and so is the census. A rebalance alone keeps them.
     for n in range(3):
         await track.put(record(order_event("OrderCreated", saga_id=f"o-{n}", time=100.0 + n)), key=f"o-{n}".encode())
     indexes = shell.tracker.indexes
@@ -230,8 +232,9 @@ async def test_indexes_are_rebuilt_from_saga_state_when_partitions_move(shell: S
     assert done is not None
     done.update(status="completed", deadline=None, current=None, ended_at=150.0)
     shell.tracker.tables.sagas.data[b"o-2"] = orjson.dumps(done)
-    assert shell.deadlines() == before  # not trusted, but not looked at either until partitions move
-    indexes.reset()
+    indexes.moved()  # partitions moved, this one stayed: nothing to rebuild
+    assert await indexes.ready(0) is not None and shell.deadlines() == before
+    indexes.invalidate({0})  # as faust applying changelog records to partition 0 does
     assert not indexes.built
     index = await indexes.ready(0)
     assert index is not None
@@ -241,7 +244,7 @@ async def test_indexes_are_rebuilt_from_saga_state_when_partitions_move(shell: S
     # Twice: the fixture indexed the empty partition first.
     assert shell.metric("saga_tracker_index_rebuild_duration_seconds_count") == 2.0
     # The track agent waits for the rebuild too: the next record finds the rebuilt index.
-    indexes.reset()
+    indexes.invalidate({0})
     await track.put(record(order_event("PaymentAuthorized", saga_id="o-0", time=105.0)), key=b"o-0")
     for _ in range(100):
         if indexes.built and (shell.saga("o-0") or {}).get("current") == 2:
@@ -253,7 +256,25 @@ async def test_indexes_are_rebuilt_from_saga_state_when_partitions_move(shell: S
 async def test_an_undecodable_saga_row_does_not_leave_its_partition_unindexed(shell: Shell, track: Any) -> None:
     await track.put(record(order_event("OrderCreated", saga_id="o-1")), key=b"o-1")
     shell.tracker.tables.sagas.data[b"o-0"] = b'{"not": "a saga"}'
-    shell.tracker.indexes.reset()
+    shell.tracker.indexes.invalidate({0})
     index = await shell.tracker.indexes.ready(0)
     assert index is not None and [r["saga_id"] for r in index.summaries()] == ["o-1"]
     assert shell.metric("saga_tracker_processing_errors_total", stage="index") == 1.0
+
+
+def test_changelog_batches_name_their_partitions_before_they_are_applied() -> None:
+    applied: list[list[Any]] = []
+    seen: list[set[int]] = []
+
+    class Table:  # the one method faust's recovery and standbys call
+        def apply_changelog_batch(self, batch: Any) -> None:
+            applied.append(list(batch))
+
+    def event(partition: int) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    table: Any = Table()
+    on_changelog_applied(table, lambda partitions: seen.append(partitions) or None)
+    batch = [event(0), event(2), event(0)]
+    table.apply_changelog_batch(iter(batch))  # faust may pass any iterable: read once
+    assert seen == [{0, 2}] and applied == [batch]
