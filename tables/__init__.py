@@ -2,7 +2,7 @@
 
 ``sagas`` is co-partitioned with the saga log (same partition count, key = saga id). It is
 the only state with a changelog: the rows derived from it (summaries, the pending and
-deadline indexes) are local and rebuilt from it, see ``tracker.indexes``.
+deadline indexes) are local and built from it, see ``tracker.indexes``.
 """
 
 from __future__ import annotations
