@@ -131,8 +131,8 @@ class Metrics:
         )
         self.index_rebuild_duration = Histogram(
             "saga_tracker_index_rebuild_duration_seconds",
-            "Time to rebuild one partition's local indexes (summaries, pending, deadlines) from its saga "
-            "state, done whenever partitions move.",
+            "Time to build one partition's local indexes (summaries, pending, deadlines) from its saga "
+            "state: on start, when the partition moves here, and after a changelog recovery changed it.",
             buckets=(0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
             registry=r,
         )
