@@ -51,3 +51,4 @@ def test_scale_benchmark_smoke_run() -> None:
     # One changelog record per saga: the indexes are rebuilt from the saga state, not recovered.
     assert "2000 changelog records written" in out and "raw consumption of the changelogs: 2000 records" in out
     assert re.search(r"recovery: ready after [\d.]+s .* 2000 sagas counted in flight; peak RSS \d+ MB", out), out
+    assert re.search(r"sweep scan of 1000 due deadlines .*: ratio \d+\.\d+ \(right after writing them", out), out
