@@ -131,10 +131,10 @@ class Index:
     def drop_deadline(self, key: bytes) -> None:
         self.db.delete(DEADLINE + key, self.unwritten)
 
-    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """Rows under ``prefix`` in key order from ``start`` (keys without the prefix)."""
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Rows under ``prefix`` in key order (keys without the prefix)."""
         key: Any
-        for key, value in self.db.items(from_key=prefix + start):
+        for key, value in self.db.items(from_key=prefix):
             if not key.startswith(prefix):
                 return
             yield key[len(prefix) :], value
