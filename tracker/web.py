@@ -211,8 +211,7 @@ class Api:
         here), streamed: list and stats queries make one pass and keep a page or counts."""
         active = self.sweeper.active_partitions()
         if not self.sweeper.recovering():  # a rebuild during recovery would index half a partition
-            for partition in active:
-                await self.indexes.ready(partition)
+            await self.indexes.refresh(active)
         # Taken after the last await: an index closed by a rebalance meanwhile is not read.
         indexes = [i for i in map(self.indexes.cached, active) if i is not None]
         return (row for index in indexes for row in index.summaries())
