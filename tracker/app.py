@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 import tables as tables_module
@@ -102,6 +103,8 @@ def build(
         max_event_bytes=settings.max_event_bytes,
         decisions=settings.decisions,
         generation=settings.generation,
+        partitions=settings.partitions,
+        copartitioned=lambda topic, partition: copartitioned(app, tables, settings.partitions, topic, partition),
     )
     census = Census()
     indexes = Indexes(
@@ -141,12 +144,21 @@ def build(
         caught_up=lambda: not sweeper.behind,
         deferred=sweeper.forget,
     )
+    ingest.apply_here = tracking.apply_here
     tracker = TrackerApp(
         app, settings, catalog, topics, tables, indexes, metrics, ingest, tracking, sweeper, progress, generations
     )
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _wire(tracker)
     return tracker
+
+
+def copartitioned(app: Any, tables: Tables, partitions: int, topic: str, partition: int) -> bool:
+    """``topic`` has the saga state's partition count (as of this worker's last assignment;
+    unknown: no) and the state's ``partition`` is active here, not a standby."""
+    if app.consumer.topic_partitions(topic) != partitions:
+        return False
+    return TP(tables.sagas.changelog_topic.get_topic_name(), partition) in app.assignor.assigned_actives()
 
 
 def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:

@@ -37,6 +37,13 @@ class Metrics:
         self.input_records = Counter(
             "saga_tracker_input_records_total", "Records read from the services' topics.", ["topic"], registry=r
         )
+        self.routed = Counter(
+            "saga_tracker_routed_events_total",
+            "Service events by route: applied where they were read (the topic is keyed by saga id and "
+            "co-partitioned with the saga state), or re-keyed onto the saga log.",
+            ["route"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "saga_tracker_dead_letters_total", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r
         )

@@ -122,10 +122,13 @@ class Tracking:
         try:
             return await self._apply(record)
         except Exception as exc:
-            log.exception("tracking failed on %s", record.source)
-            self.metrics.processing_errors.labels("tracking").inc()
-            await self.dead_letters.send(record, getattr(exc, "reason", "processing_error"), repr(exc))
+            await self._failed(record, exc)
             return None
+
+    async def _failed(self, record: Record, exc: Exception) -> None:
+        log.exception("tracking failed on %s", record.source)
+        self.metrics.processing_errors.labels("tracking").inc()
+        await self.dead_letters.send(record, getattr(exc, "reason", "processing_error"), repr(exc))
 
     async def _apply(self, record: Record) -> Transition | None:
         event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
@@ -133,6 +136,22 @@ class Tracking:
             self.metrics.timeouts_deferred.inc()
             self.deferred(event.saga_id, event.token)
             return None
+        return await self._decide(event, record)
+
+    async def apply_here(self, event: Event, record: Record) -> bool:
+        """Apply a service event read from its saga's own partition of a co-partitioned
+        topic (see ``ingest``), in the ingest agent; never raises. False when that partition's
+        saga state is not open here (partitions moving): the caller forwards the event."""
+        if self.indexes.cached(record.partition) is None and await self.indexes.ready(record.partition) is None:
+            return False
+        try:
+            # The record's own position: a redelivery re-sends what it caused, as on the log.
+            await self._decide(replace(event, position=record.source), record)
+        except Exception as exc:
+            await self._failed(record, exc)
+        return True
+
+    async def _decide(self, event: Event, record: Record) -> Transition | None:
         if self.role.shadow and event.kind == SERVICE:
             # A shadow run over history decides in event time: a deadline that passed before
             # this event fires first (what the changed definition would have done live).

@@ -19,6 +19,7 @@ from tracker.app import TrackerApp, build
 from tracker.correlation import Record
 from tracker.events import Event, timeout_event
 from tracker.indexes import DEADLINE
+from tracker.ingest import partition_of
 from tracker.loader import load_catalog
 from tracker.settings import Settings
 
@@ -278,3 +279,30 @@ def test_changelog_batches_name_their_partitions_before_they_are_applied() -> No
     batch = [event(0), event(2), event(0)]
     table.apply_changelog_batch(iter(batch))  # faust may pass any iterable: read once
     assert seen == [{0, 2}] and applied == [batch]
+
+
+def saga_in_partition(partition: int, partitions: int) -> str:
+    return next(f"o-{n}" for n in range(1000) if partition_of(f"o-{n}", partitions) == partition)
+
+
+async def test_an_event_read_from_its_sagas_partition_is_applied_in_place(shell: Shell) -> None:
+    t = shell.tracker
+    t.ingest.copartitioned = lambda topic, partition: topic == "orders"
+    agent = t.app.agents[f"{t.settings.app_id}-ingest"]
+    here = saga_in_partition(2, t.settings.partitions)
+    elsewhere = saga_in_partition(1, t.settings.partitions)
+    await t.indexes.ready(2)
+    async with agent.test_context() as ctx:
+        ctx.original_channel = t.app.topic("orders")  # what its messages name as their topic
+        for saga_id in (here, elsewhere):
+            body = {"id": f"{saga_id}:created", "type": "OrderCreated", "time": 100, "data": {"order_id": saga_id}}
+            await ctx.put(orjson.dumps(body), key=saga_id.encode(), partition=2)
+    # In its saga's partition: applied by the ingest agent itself, nothing on the saga log.
+    state = shell.saga(here)
+    assert state is not None and state["status"] == "running"
+    assert state["seen"] == [f"{here}:created"]
+    # Read from another saga's partition: re-keyed onto the saga log, state untouched here.
+    forwarded = await shell.next("saga_log")
+    assert forwarded.key == elsewhere.encode() and shell.saga(elsewhere) is None
+    assert shell.metric("saga_tracker_routed_events_total", route="here") == 1.0
+    assert shell.metric("saga_tracker_routed_events_total", route="saga_log") == 1.0

@@ -72,6 +72,8 @@ def test_events_in_state_in_the_changelog_backed_table(scenario: Scenario) -> No
     assert s.kafka.read(s.topic("compensations"), timeout=1) == []  # services compensated b-1 themselves
     status, metrics = w.get("/metrics")
     assert status == 200 and 'saga_tracker_transitions_total{outcome="duplicate",saga_type="order"} 1.0' in metrics
+    # The topics are keyed by saga id with the tracker's partition count: applied where read.
+    assert 'saga_tracker_routed_events_total{route="here"} 8.0' in metrics
 
 
 def test_unusable_input_goes_to_the_dead_letter_topic_with_its_reason(scenario: Scenario) -> None:
