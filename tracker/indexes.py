@@ -152,8 +152,8 @@ class Index:
 
     def oldest_pending(self, prefix: bytes) -> float | None:
         """When the oldest saga still pending under ``pending_prefix(...)`` started waiting (epoch s)."""
-        for key, _ in self.scan(PENDING + prefix):
-            return int(key[len(prefix) :].split(b"|", 1)[0]) / 1000
+        for key, _ in self.scan(PENDING + prefix):  # key: "<since ms>|<saga id>"
+            return int(key.split(b"|", 1)[0]) / 1000
         return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +13,13 @@ from typing import Any
 import faust
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tables import on_changelog_applied
 from tracker.app import TrackerApp, build
 from tracker.correlation import Record
 from tracker.events import Event, timeout_event
-from tracker.indexes import DEADLINE
+from tracker.indexes import DEADLINE, pending_prefix
 from tracker.ingest import partition_of
 from tracker.loader import load_catalog
 from tracker.settings import Settings
@@ -306,3 +307,18 @@ async def test_an_event_read_from_its_sagas_partition_is_applied_in_place(shell:
     assert forwarded.key == elsewhere.encode() and shell.saga(elsewhere) is None
     assert shell.metric("saga_tracker_routed_events_total", route="here") == 1.0
     assert shell.metric("saga_tracker_routed_events_total", route="saga_log") == 1.0
+
+
+async def test_the_oldest_pending_age_is_read_from_the_index_for_long_type_and_step_names(shell: Shell, track: Any) -> None:
+    """Index keys of the pending index are "<since ms>|<saga id>" under the type and step: the
+    prefix must be cut off once (twice failed every scrape once a name pair was long)."""
+    await track.put(record(order_event("OrderCreated", "o-1", time=100.0)), key=b"o-1")
+    await track.put(record(order_event("OrderCreated", "o-2", time=250.5)), key=b"o-2")
+    index = shell.tracker.indexes.cached(0)
+    assert index is not None
+    assert index.oldest_pending(pending_prefix("order_fulfilment", "payment")) == 100.0
+    assert index.oldest_pending(pending_prefix("order_fulfilment", "shipping")) is None
+    shell.tracker.sweeper.active_partitions = lambda: [0]  # type: ignore[method-assign]  # no assignor here
+    text = generate_latest(shell.tracker.metrics.registry).decode()
+    line = next(x for x in text.splitlines() if x.startswith("saga_tracker_oldest_in_flight_age_seconds{"))
+    assert 'step="payment"' in line and abs(float(line.rsplit(" ", 1)[1]) - (time.time() - 100.0)) < 60
