@@ -109,13 +109,12 @@ class SagaState:
     def from_dict(cls, data: Any) -> SagaState:
         if not isinstance(data, dict):
             raise StateError("a stored saga state must be an object")
-        known = {f.name for f in fields(cls)}
         try:
-            values = {k: v for k, v in data.items() if k in known}
-            values["steps"] = [StepState(**s) for s in values.get("steps", [])]
+            values = {k: v for k, v in data.items() if k in _KNOWN}
+            values["steps"] = [_load(StepState, _STEP_FIELDS, s) for s in values.get("steps", [])]
             dl = values.get("deadline")
             values["deadline"] = Deadline(**dl) if dl else None
-            return cls(**values)
+            return _load(cls, _FIELDS, values)
         except TypeError as exc:
             raise StateError(f"cannot load saga state: {exc}") from None
 
@@ -138,6 +137,19 @@ class SagaState:
 
 WALL_CLOCK = ("updated_at",)
 _FIELDS = tuple(f.name for f in fields(SagaState))
+_KNOWN = frozenset(_FIELDS)
+_STEP_FIELDS = tuple(f.name for f in fields(StepState))
+
+
+def _load(cls: Any, names: tuple[str, ...], values: dict[str, Any]) -> Any:
+    """``cls(**values)``. A stored state or step has every field in field order (as orjson
+    wrote it; it writes them in ``__dict__`` order): the common case, read per event and
+    per saga on a rebuild. Its values are then set as they are, without the call."""
+    if not isinstance(values, dict) or tuple(values) != names:
+        return cls(**values)
+    obj = object.__new__(cls)
+    obj.__dict__.update(values)
+    return obj
 
 
 def logical(data: dict[str, Any]) -> dict[str, Any]:
