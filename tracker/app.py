@@ -33,6 +33,7 @@ from tracker.indexes import Indexes, pending_prefix
 from tracker.ingest import Ingest, record_of
 from tracker.metrics import Metrics, StateCollector
 from tracker.progress import Progress
+from tracker.restore import Restore
 from tracker.settings import Settings
 from tracker.state import FAILED_NEEDS_MANUAL
 from tracker.sweeper import Sweeper
@@ -115,6 +116,10 @@ def build(
         metrics,
     )
     on_changelog_applied(tables.sagas, indexes.invalidate)
+    # faust gives up waiting for the step the restore runs in after its broker request timeout.
+    restore = Restore(tables.sagas, bootstrap, settings.fetch_max_bytes, metrics, indexes.invalidate)
+    manager: Any = app.tables
+    restore.install(manager.recovery, budget=0.5 * float(app.conf.broker_request_timeout))
     sweeper = Sweeper(
         app,
         tables,

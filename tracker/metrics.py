@@ -143,6 +143,12 @@ class Metrics:
             buckets=(0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
             registry=r,
         )
+        self.restored_records = Counter(
+            "saga_tracker_changelog_restored_records_total",
+            "Changelog records written to the saga store in batches before faust's own recovery "
+            "(which reads what is left record by record).",
+            registry=r,
+        )
         self.processing_errors = Counter(
             "saga_tracker_processing_errors_total", "Records whose processing raised (dead-lettered).", ["stage"], registry=r
         )
