@@ -71,7 +71,8 @@ def decode(record: Record, max_bytes: int) -> dict[str, Any]:
         raise CorrelationError("not_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise CorrelationError("not_object", f"the JSON value is a {type(obj).__name__}, not an object")
-    if not _depth_ok(obj, MAX_DEPTH):
+    # Nesting needs a bracket per level: few brackets in all (the common case), no walk.
+    if value.count(b"{") + value.count(b"[") > MAX_DEPTH and not _depth_ok(obj, MAX_DEPTH):
         raise CorrelationError("too_deep", f"JSON nested deeper than {MAX_DEPTH} levels")
     return obj
 

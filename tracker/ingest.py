@@ -84,7 +84,7 @@ class Ingest:
 
     async def handle(self, record: Record) -> None:
         """Never raises: what cannot be used is dead-lettered with its reason."""
-        self.metrics.input_records.labels(record.topic).inc()
+        self.metrics.child(self.metrics.input_records, record.topic).inc()
         try:
             event = self.event_of(record)
             if event is None:
@@ -105,10 +105,10 @@ class Ingest:
             and self.copartitioned(record.topic, record.partition)
             and await self.apply_here(event, record)
         ):
-            self.metrics.routed.labels("here").inc()
+            self.metrics.child(self.metrics.routed, "here").inc()
             return
         await self.saga_log.send(key=event.saga_id.encode(), value=orjson.dumps(event.to_dict()))
-        self.metrics.routed.labels("saga_log").inc()
+        self.metrics.child(self.metrics.routed, "saga_log").inc()
 
     def event_of(self, record: Record) -> Event | None:
         return to_event(

@@ -33,6 +33,7 @@ _MILESTONES = {
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = registry
         self.input_records = Counter(
             "saga_tracker_input_records_total", "Records read from the services' topics.", ["topic"], registry=r
@@ -153,16 +154,24 @@ class Metrics:
             "saga_tracker_processing_errors_total", "Records whose processing raised (dead-lettered).", ["stage"], registry=r
         )
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: looked up several times per event."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def applied(
         self, definition: SagaDefinition, kind: str, outcomes: Iterable[str], old: SagaState | None, new: SagaState | None
     ) -> None:
         saga_type = definition.name
-        self.events.labels(saga_type, kind).inc()
+        self.child(self.events, saga_type, kind).inc()
         for outcome in outcomes:
-            self.transitions.labels(saga_type, outcome).inc()
+            self.child(self.transitions, saga_type, outcome).inc()
             milestone = _MILESTONES.get(outcome)
             if milestone is not None:
-                self.sagas.labels(saga_type, milestone).inc()
+                self.child(self.sagas, saga_type, milestone).inc()
         if new is None or new is old:
             return
         before = old.steps if old is not None and old.steps else [None] * len(new.steps)

@@ -6,7 +6,6 @@ Standard library only. Stored as one JSON object per saga in a changelog-backed 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -126,8 +125,8 @@ class SagaState:
     def copy(self) -> SagaState:
         """A copy ``apply`` may change without touching this one. History, early-event and
         seen entries are never changed once appended, so only their lists are copied."""
-        new = copy.copy(self)
-        new.steps = [copy.copy(x) for x in self.steps]
+        new = _shallow(self)
+        new.steps = [_shallow(x) for x in self.steps]
         new.keys, new.trace, new.counts = dict(self.keys), dict(self.trace), dict(self.counts)
         new.seen, new.early, new.history = list(self.seen), list(self.early), list(self.history)
         new.parked = list(self.parked)
@@ -139,6 +138,13 @@ WALL_CLOCK = ("updated_at",)
 _FIELDS = tuple(f.name for f in fields(SagaState))
 _KNOWN = frozenset(_FIELDS)
 _STEP_FIELDS = tuple(f.name for f in fields(StepState))
+
+
+def _shallow(obj: Any) -> Any:
+    """``copy.copy`` of a plain dataclass instance, without its generic protocol (per step, per event)."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
 
 
 def _load(cls: Any, names: tuple[str, ...], values: dict[str, Any]) -> Any:
