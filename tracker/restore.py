@@ -135,6 +135,12 @@ class Restore:
                     if last is None or last >= end:
                         consumer.pause(part)
                         del todo[part]
+                for part in [p for p in todo if not fetched.get(p)]:
+                    # Past the end with no record there (a transaction marker, compaction):
+                    # the offset stays at the last record restored, as faust would leave it.
+                    if await consumer.position(part) > todo[part][1]:
+                        consumer.pause(part)
+                        del todo[part]
         finally:
             await consumer.stop()
             if restored:
