@@ -147,6 +147,8 @@ class Tracking:
         try:
             # The record's own position: a redelivery re-sends what it caused, as on the log.
             await self._decide(replace(event, position=record.source), record)
+        except PartitionError:
+            return False  # moved away meanwhile (a shadow run awaits between steps): forward it
         except Exception as exc:
             await self._failed(record, exc)
         return True
