@@ -105,7 +105,7 @@ def build(
         decisions=settings.decisions,
         generation=settings.generation,
         partitions=settings.partitions,
-        copartitioned=lambda topic, partition: copartitioned(app, tables, settings.partitions, topic, partition),
+        copartitioned=lambda topic, partition: copartitioned(app, tables, progress, settings.partitions, topic, partition),
     )
     census = Census()
     indexes = Indexes(
@@ -158,10 +158,10 @@ def build(
     return tracker
 
 
-def copartitioned(app: Any, tables: Tables, partitions: int, topic: str, partition: int) -> bool:
-    """``topic`` has the saga state's partition count (as of this worker's last assignment;
-    unknown: no) and the state's ``partition`` is active here, not a standby."""
-    if app.consumer.topic_partitions(topic) != partitions:
+def copartitioned(app: Any, tables: Tables, progress: Progress, partitions: int, topic: str, partition: int) -> bool:
+    """``topic`` has the saga state's partition count (as the broker said since the last
+    rebalance; not known yet: no) and the state's ``partition`` is active here, not a standby."""
+    if progress.partitions(topic) != partitions:
         return False
     return TP(tables.sagas.changelog_topic.get_topic_name(), partition) in app.assignor.assigned_actives()
 

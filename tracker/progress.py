@@ -62,6 +62,7 @@ class Progress:
         self._peek: AIOKafkaConsumer | None = None
         self.stalled_after = max(5.0, 2 * float(getattr(app.conf, "broker_commit_interval", 2.8)))
         self.source_topics = tuple(source_topics)
+        self.counts: dict[str, int] | None = None  # partitions per source topic, this rebalance
         self.lag_threshold = lag_threshold
         self.next_offset: dict[TP, int] = {}  # next offset to process, per partition, this worker
         self.phase = SOURCES
@@ -89,6 +90,10 @@ class Progress:
         does, with a backlog behind them. ``epoch`` tells a measurement begun before it."""
         self.epoch += 1
         self.phase, self.targets, self.assignment = SOURCES, {}, frozenset()
+        self.counts = None  # partitions may have been added: count again
+        # A partition that did not move under its old owner gets a fresh window with the new
+        # one: kept, it looked wedged the moment it arrived and the worker exited at once.
+        self.still.clear()
 
     async def close(self) -> None:
         admin, offsets, peek = self._admin, self._offsets, self._peek
@@ -129,12 +134,26 @@ class Progress:
             self._admin = admin
         return self._admin
 
-    def source_partitions(self) -> list[TP]:
-        out: list[TP] = []
-        for topic in self.source_topics:
-            count = self.app.consumer.topic_partitions(topic) or 0
-            out.extend(TP(topic, p) for p in range(count))
-        return out
+    async def source_partitions(self) -> list[TP]:
+        """Every partition of the services' topics (and decisions), counted by the broker once
+        per rebalance. Not from faust's ``consumer.topic_partitions``: that is aiokafka's
+        metadata snapshot of the group's subscription, which only the group's leader fills;
+        on every other worker it knows no topic, and catch-up then ignored every service
+        topic (found by the fault harness: a timeout fired while a failure event waited)."""
+        if self.counts is None:
+            known = await self.describe()
+            self.counts = {topic: known.get(topic, 0) for topic in self.source_topics}  # 0: no such topic yet
+        return [TP(topic, p) for topic in self.source_topics for p in range(self.counts[topic])]
+
+    async def describe(self) -> dict[str, int]:
+        """Partitions per topic, of every topic the broker has (no request that names one,
+        which a broker may answer by creating it)."""
+        admin = await self.admin()
+        return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics() if t["error_code"] == 0}
+
+    def partitions(self, topic: str) -> int | None:
+        """The partition count of a source topic as of this rebalance; None until measured."""
+        return None if self.counts is None else self.counts.get(topic)
 
     async def group_positions(self, tps: list[TP]) -> dict[TP, int]:
         """Next offset the group will process, per partition (local progress wins)."""
@@ -166,7 +185,7 @@ class Progress:
         assignment = frozenset(self.app.consumer.assignment())
         if assignment != self.assignment:
             self.assignment, self.phase, self.targets = assignment, SOURCES, {}
-        sources = self.source_partitions()
+        sources = await self.source_partitions()
         own_log = await self.own_log_partitions()
         highwaters = await self.end_offsets([*sources, *own_log])
         # Committed offsets, or this worker's own progress where it is further. Never the

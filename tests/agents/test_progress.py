@@ -24,6 +24,22 @@ def test_a_partition_that_stops_moving_with_records_left_is_stalled() -> None:
     assert p.stalled({dead: 13, busy: 80, idle: 7}) == []
 
 
+def test_a_rebalance_gives_a_partition_that_did_not_move_a_fresh_window() -> None:
+    """Kept across the rebalance, a partition that stood still under its dead owner looked
+    stalled (and wedged) the moment it arrived here, and the new owner exited at once."""
+    now = [100.0]
+    app = SimpleNamespace(conf=SimpleNamespace(broker_commit_interval=2.8))
+    p = Progress(app, ["orders"], "log", "127.0.0.1:9", lag_threshold=100, clock=lambda: now[0])
+    tp = TP("orders", 1)
+    p.lags = {tp: 2}
+    assert p.stalled({tp: 1}) == []
+    now[0] += 30.0  # its owner was killed; nobody moved it for 30 s
+    p.restart()  # now it is ours
+    assert p.stalled({tp: 1}) == []
+    now[0] += 6.0  # and stands still here too
+    assert p.stalled({tp: 1}) == [tp]
+
+
 class Measured(Progress):
     """Progress with the broker's answers given: end offsets and the group's positions."""
 
@@ -39,8 +55,8 @@ class Measured(Progress):
         super().__init__(app, ["orders"], "log", "127.0.0.1:9", lag_threshold=5)
         self.ends, self.at = ends, at
 
-    def source_partitions(self) -> list[TP]:
-        return [tp for tp in self.ends if tp.topic == "orders"]
+    async def describe(self) -> dict[str, int]:
+        return {"orders": len([tp for tp in self.ends if tp.topic == "orders"])}
 
     async def own_log_partitions(self) -> list[TP]:
         return []

@@ -38,3 +38,24 @@ def test_a_peek_tells_a_record_from_an_empty_offset_from_no_answer(kafka: Kafka)
     # past it this sweep, and the next sweep asks again.
     assert first[unanswered] == 0.0 and unanswered not in p.peeked
     assert again == first
+
+
+def test_catch_up_counts_source_partitions_with_the_broker_not_the_consumers_snapshot(kafka: Kafka) -> None:
+    """faust's ``consumer.topic_partitions`` is empty on every worker but the group's leader;
+    catch-up took it for "no partitions" and ignored every service topic there."""
+    topic, missing = f"pc-{uuid.uuid4().hex[:8]}", f"pc-{uuid.uuid4().hex[:8]}-never-created"
+    kafka.create([topic], partitions=3)
+    app = SimpleNamespace(conf=SimpleNamespace(), consumer=SimpleNamespace(topic_partitions=lambda topic: None))
+    p = Progress(app, [topic, missing], "log", kafka.bootstrap, lag_threshold=0)
+
+    async def go() -> list[TP]:
+        try:
+            return await p.source_partitions()
+        finally:
+            await p.close()
+
+    assert p.partitions(topic) is None  # not measured yet: the ingest agent forwards meanwhile
+    assert run(go()) == [TP(topic, 0), TP(topic, 1), TP(topic, 2)]
+    assert (p.partitions(topic), p.partitions(missing)) == (3, 0)
+    p.restart()  # a rebalance: partitions may have been added, counted again
+    assert p.partitions(topic) is None
