@@ -13,6 +13,7 @@ from typing import Any
 import faust
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tables import on_changelog_applied
@@ -335,3 +336,12 @@ async def test_an_event_whose_partition_moves_away_while_applying_is_forwarded_n
     record_ = Record("orders", 0, 5, b"o-9", b"{}", [], 1.0)
     assert await t.tracking.apply_here(order_event("OrderCreated", "o-9"), record_) is False
     assert shell.metric("saga_tracker_dead_letters_total", reason="partition_not_here") is None
+
+
+def test_a_sagas_partition_is_the_one_the_producer_puts_its_saga_log_records_in() -> None:
+    partitioner = DefaultPartitioner()
+    for n in range(500):
+        saga_id = f"order-{n}-é"
+        for count in (1, 4, 12):
+            everyone = list(range(count))
+            assert partition_of(saga_id, count) == partitioner(saga_id.encode(), everyone, everyone)
