@@ -163,7 +163,7 @@ def copartitioned(app: Any, tables: Tables, progress: Progress, partitions: int,
     rebalance; not known yet: no) and the state's ``partition`` is active here, not a standby."""
     if progress.partitions(topic) != partitions:
         return False
-    return TP(tables.sagas.changelog_topic.get_topic_name(), partition) in app.assignor.assigned_actives()
+    return bool(app.assignor.is_active(TP(tables.sagas.changelog_topic.get_topic_name(), partition)))
 
 
 def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
