@@ -44,17 +44,24 @@ def declare(app: faust.App, settings: Settings) -> Tables:
     return Tables(sagas=sagas)
 
 
+def partition_store(table: TableT, partition: int) -> Any | None:
+    """One partition's open RocksDB; None if not open here or not a RocksDB store.
+
+    faust has no public API for one partition's store: this is the single place that reaches in.
+    """
+    dbs = getattr(table.data, "_dbs", None)
+    return None if dbs is None else dbs.get(partition)
+
+
 def partition_items(table: TableT, partition: int, start: bytes = b"") -> Iterable[tuple[bytes, bytes]] | None:
     """One partition's (key, value) rows in key order from ``start``; None if not open here.
 
-    faust has no public API for one partition's store: this is the single place that reaches
-    in. The memory store (agent tests) keeps no partitions: it answers with all its rows.
+    The memory store (agent tests) keeps no partitions: it answers with all its rows.
     """
     store: Any = table.data
-    dbs = getattr(store, "_dbs", None)
-    if dbs is None:
+    if not hasattr(store, "_dbs"):
         return sorted((k, v) for k, v in store.data.items() if k >= start)
-    db = dbs.get(partition)
+    db = partition_store(table, partition)
     return None if db is None else db.items(from_key=start)
 
 

@@ -29,6 +29,7 @@ from aiokafka.structs import TopicPartition
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP, TableT
 
+from tables import partition_store
 from tracker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,6 @@ class Restore:
 
         recovery._build_offsets = _build_offsets
 
-    def _db(self, partition: int) -> Any:
-        return getattr(self.table.data, "_dbs", {}).get(partition)
-
     async def run(
         self,
         tps: set[TP],
@@ -84,7 +82,7 @@ class Restore:
         todo: dict[TopicPartition, tuple[TP, int]] = {}
         for tp in tps:
             last, end = offsets.get(tp), highwaters.get(tp)
-            if tp.topic != changelog or end is None or self._db(tp.partition) is None:
+            if tp.topic != changelog or end is None or partition_store(self.table, tp.partition) is None:
                 continue
             if (last if last is not None else -1) < end:
                 todo[TopicPartition(tp.topic, tp.partition)] = (tp, end)
@@ -113,7 +111,7 @@ class Restore:
                     if part not in todo or not records:
                         continue
                     tp, end = todo[part]
-                    db = self._db(tp.partition)
+                    db = partition_store(self.table, tp.partition)
                     if db is None:  # closed under us: partitions moved; faust takes over
                         del todo[part]
                         continue
