@@ -8,6 +8,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from tests.integration.harness import Kafka, run
 from tracker import patches
@@ -74,6 +75,41 @@ def test_seeking_to_committed_rewinds_partitions_committed_at_zero_or_never(kafk
             committed = await patches.seek_all_to_committed(c)
             assert committed == {never: None, zero: 0, later: 2}
             assert [await c.position(tp) for tp in (never, zero, later)] == [0, 0, 2]
+        finally:
+            await c.stop()
+
+    run(go())
+
+
+def test_the_livelock_check_skips_a_partition_not_positioned_yet(kafka: Kafka) -> None:
+    """Right after an assignment aiokafka has no position for a partition yet and asserts when
+    asked for one; faust's livelock timer asked, and its exception ended the worker (exit 1)."""
+    patches.apply()
+    topic = f"live-{uuid.uuid4().hex[:8]}"
+    tp, elsewhere = TopicPartition(topic, 0), TopicPartition(topic, 1)
+
+    class Thread:  # what the patched check reads of faust's consumer thread before faust's own code
+        def __init__(self, consumer: AIOKafkaConsumer) -> None:
+            self.consumer = consumer
+
+        def _ensure_consumer(self) -> AIOKafkaConsumer:
+            return self.consumer
+
+    async def go() -> None:
+        await ensure_topics(kafka.bootstrap, [topic], 2)
+        c = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
+        await c.start()
+        try:
+            c.assign([tp])  # no await since: the fetcher has not reset the position yet
+            state = c._fetcher._subscriptions.subscription.assignment.state_value(tp)
+            with pytest.raises(AssertionError):
+                state.position  # noqa: B018 - what faust's check reads
+            assert not patches.positioned(c, tp)
+            assert not patches.positioned(c, elsewhere)  # not assigned here at all
+            # The guard answers before faust's check, which would assert (and needs a real thread).
+            assert AIOKafkaConsumerThread.verify_event_path(Thread(c), 0.0, tp) is None  # type: ignore[arg-type]
+            assert await c.position(tp) == 0
+            assert patches.positioned(c, tp)
         finally:
             await c.stop()
 
