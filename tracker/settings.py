@@ -80,6 +80,13 @@ class Settings:
         "it reports wrong end offsets for batched records.",
         default=16384,
     )
+    producer_linger_ms: float = _doc(
+        "Milliseconds the producer waits to fill a batch (Apache Kafka 4's default, 5). faust sends "
+        "records one by one, so without it every changelog record is a batch and a request of its own: "
+        "5 ms took the worker from 2,473-2,551 to 2,633-2,915 events/s on the benchmark (16 KiB batches). "
+        "Ignored with a batch size of 1, where a lone record would wait the whole linger.",
+        default=5.0,
+    )
     fetch_max_bytes: int = _doc(
         "Most bytes the broker returns per partition per fetch, for input and for restoring the saga "
         "state from its changelog. Larger restores faster (faust's own recovery at 1 MiB: 38x the raw "
@@ -200,6 +207,8 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"{PREFIX}WEB_PORT must be a port number")
+        if self.producer_linger_ms < 0:
+            raise SettingsError(f"{PREFIX}PRODUCER_LINGER_MS must not be negative")
         if self.sweep_interval <= 0 or self.session_timeout <= 0:
             raise SettingsError(f"{PREFIX}SWEEP_INTERVAL and {PREFIX}SESSION_TIMEOUT must be positive")
         if self.crash_point not in ("", "before_send", "after_send"):

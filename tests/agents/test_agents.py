@@ -17,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tables import on_changelog_applied
-from tracker.app import TrackerApp, build
+from tracker.app import TrackerApp, build, faust_app
 from tracker.correlation import Record
 from tracker.events import Event, timeout_event
 from tracker.indexes import DEADLINE, pending_prefix
@@ -345,3 +345,14 @@ def test_a_sagas_partition_is_the_one_the_producer_puts_its_saga_log_records_in(
         for count in (1, 4, 12):
             everyone = list(range(count))
             assert partition_of(saga_id, count) == partitioner(saga_id.encode(), everyone, everyone)
+
+
+def test_the_producer_lingers_only_where_a_batch_holds_more_than_one_record() -> None:
+    """faust hands records to the producer one by one: without a linger every changelog record
+    is a batch of its own; with a batch size of 1 a linger would hold each lone record."""
+    real = {"SAGA_TRACKER_BROKER": "kafka://k:9092"}
+    assert faust_app(Settings.from_env(real), "kafka://k:9092").conf.producer_linger == 0.005
+    slow = {**real, "SAGA_TRACKER_PRODUCER_LINGER_MS": "20"}
+    assert faust_app(Settings.from_env(slow), "kafka://k:9092").conf.producer_linger == 0.02
+    for one in ({**real, "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "1"}, {}):  # {}: the embedded broker
+        assert faust_app(Settings.from_env(one), "kafka://k:9092").conf.producer_linger == 0.0

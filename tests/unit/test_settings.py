@@ -26,6 +26,7 @@ def test_defaults_and_embedded_broker_tuning() -> None:
         }
     )
     assert not real.embedded and real.producer_max_batch_size == 16384 and real.session_timeout == 30.0
+    assert real.producer_linger_ms == 5.0
     assert real.partitions == 12 and real.definitions == ("a.yaml", "b.yaml") and real.sweep_interval == 0.25
     with pytest.raises(dataclasses.FrozenInstanceError):
         real.partitions = 3  # type: ignore[misc]
@@ -39,6 +40,7 @@ def test_defaults_and_embedded_broker_tuning() -> None:
         ({"SAGA_TRACKER_BROKER": "localhost:9092"}, "kafka://"),
         ({"SAGA_TRACKER_WEB_PORT": "70000"}, "WEB_PORT"),
         ({"SAGA_TRACKER_CRASH_POINT": "sometimes"}, "CRASH_POINT"),
+        ({"SAGA_TRACKER_PRODUCER_LINGER_MS": "-1"}, "PRODUCER_LINGER_MS must not be negative"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:
