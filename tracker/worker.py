@@ -37,4 +37,8 @@ def run(settings: Settings) -> None:
         # short-lived consumer every few seconds, which would fill the log with tables.
         logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
         worker = faust.Worker(tracker.app, loglevel=settings.log_level.upper())
+        # faust's startup spinner, at WARNING and above, sets the root logger to DEBUG and spins
+        # on every record: each debug call in faust and aiokafka (one per send) then built a
+        # record nobody shows, a tenth of the worker's CPU under load. Workers have no terminal.
+        worker.spinner = None
         worker.execute_from_commandline()
