@@ -428,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sagas", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="a small run that checks the harness works")
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="only the tracker worker (to compare its settings, e.g. SAGA_TRACKER_PRODUCER_LINGER_MS, run after run); no ratios",
+    )
     args = parser.parse_args(argv)
     records = generate(args.sagas, args.seed)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
@@ -440,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
             f"bytes, {PARTITIONS} partitions",
             flush=True,
         )
-        results.append(asyncio.run(raw(broker.bootstrap, topic, len(records), data)))
-        results.append(asyncio.run(core(broker.bootstrap, topic, len(records), data)))
-        q = None if args.smoke else quix(broker.bootstrap, topic, len(records), data)
+        if not args.worker_only:
+            results.append(asyncio.run(raw(broker.bootstrap, topic, len(records), data)))
+            results.append(asyncio.run(core(broker.bootstrap, topic, len(records), data)))
+        q = None if args.smoke or args.worker_only else quix(broker.bootstrap, topic, len(records), data)
         if q is not None:
             results.append(q)
         mine = []
@@ -453,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'contender':38} {'events':>9} {'events/s':>10} {'CPU us/event':>13}")
     for r in results:
         print(f"{r.name:38} {r.events:>9} {r.rate:>10.0f} {r.cpu_us:>13.1f}")
+    complete = all(r.events == len(records) for r in results)
+    if args.worker_only:
+        for t, rss in mine:
+            print(f"{t.name}: peak RSS {rss:.0f} MB")
+        return 0 if complete else 1
     base = results[0]
     ceiling = results[1]
     print(f"\n{ceiling.name}: {ceiling.rate / base.rate:.3f} of raw (the tracker's own work per event, without faust)")
@@ -463,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  tracker/quix = {t.rate / q.rate:.3f}   (target >= 1.0)")
         else:
             print("  tracker/quix = n/a (quixstreams not installed: make bench installs it)")
-    return 0 if all(r.events == len(records) for r in results) else 1
+    return 0 if complete else 1
 
 
 if __name__ == "__main__":
