@@ -14,9 +14,10 @@ Then, on one fresh embedded broker:
    against raw aiokafka consumption of the same changelog records, and the worker's peak RSS;
 2. **sweep**: the worker is restarted on its local state and a further window of sagas falls
    due at ``--due-rate`` per second: time from each deadline to its compensation on the
-   compensations topic (p50, p99), and the sweep's share of the worker's time (from the
-   ``saga_tracker_sweep_duration_seconds`` histogram), compared with the same window over a
-   worker with ``--small`` sagas in flight.
+   compensations topic (p50, p99), and the sweep's share of the worker's time (wall time,
+   from the ``saga_tracker_sweep_duration_seconds`` histogram; and the CPU of the sweep's own
+   code, ``saga_tracker_sweep_cpu_seconds_total``, against wall time and the worker's CPU),
+   compared with the same window over a worker with ``--small`` sagas in flight.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
-from bench.run import metric, order_definitions, proc_rss_mb, spawn_worker, stop
+from bench.run import metric, order_definitions, proc_cpu, proc_rss_mb, spawn_worker, stop
 from tracker.admin import ensure_topics
 from tracker.broker import EmbeddedBroker, free_port
 from tracker.definitions import SagaDefinition
@@ -52,6 +53,7 @@ from tracker.machine import apply
 
 PARTITIONS = 4
 TABLES = ("sagas",)  # the only changelog-backed table; the indexes are rebuilt from it
+CPU = "saga_tracker_sweep_cpu_seconds_total"  # the sweeps' own code: scan and decisions
 TIMEOUT_DAYS = 30  # the payment step's timeout in the benchmark's copy of the order saga
 partition_of = DefaultPartitioner()
 
@@ -183,8 +185,12 @@ class Worker:
         raise TimeoutError("the worker did not get ready")
 
     def metric(self, name: str) -> float:
+        return self.metrics(name)[0]
+
+    def metrics(self, *names: str) -> tuple[float, ...]:
+        """Several samples from one scrape."""
         _, text = get_json(f"{self.base}/metrics", timeout=10)
-        return metric(text, name)
+        return tuple(metric(text, name) for name in names)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -228,9 +234,10 @@ def sweep_window(w: World, in_flight: int, rate: int, window: float, lead: float
         if time.time() > start:
             print(f"warning: the worker was ready {time.time() - start:.1f}s after the first deadline", file=sys.stderr)
         time.sleep(max(0.0, start - time.time()))
-        s0, t0 = worker.metric("saga_tracker_sweep_duration_seconds_sum"), time.perf_counter()
+        pid = worker.proc.pid if worker.proc else 0
+        s0, c0, p0, t0 = (*worker.metrics("saga_tracker_sweep_duration_seconds_sum", CPU), proc_cpu(pid), time.perf_counter())
         time.sleep(window)
-        s1, t1 = worker.metric("saga_tracker_sweep_duration_seconds_sum"), time.perf_counter()
+        s1, c1, p1, t1 = (*worker.metrics("saga_tracker_sweep_duration_seconds_sum", CPU), proc_cpu(pid), time.perf_counter())
         got = asyncio.run(compensations(w, due_sagas, timeout=max(120.0, 4 * window)))
         rss = proc_rss_mb(worker.proc.pid) if worker.proc else 0.0
     finally:
@@ -243,6 +250,8 @@ def sweep_window(w: World, in_flight: int, rate: int, window: float, lead: float
         "p99": percentile(late, 0.99),
         "early": sum(1 for x in late if x < 0),
         "sweep_share": (s1 - s0) / (t1 - t0),
+        "cpu_share": (c1 - c0) / (t1 - t0),
+        "cpu_of_worker": (c1 - c0) / max(p1 - p0, 1e-9),
         "rss": rss,
     }
 
@@ -345,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"sweep with {n} in flight, {args.due_rate}/s due for {args.window:g}s: {r['handled']}/{r['due']} "
                 f"compensated, deadline -> compensation p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s, "
-                f"{r['early']} early; sweep share of the worker's time {100 * r['sweep_share']:.1f}%; "
+                f"{r['early']} early; sweep share of the worker's time {100 * r['sweep_share']:.1f}% (wall), its own "
+                f"code's CPU {100 * r['cpu_share']:.2f}% of wall time, {100 * r['cpu_of_worker']:.2f}% of the worker's CPU; "
                 f"peak RSS {r['rss']:.0f} MB",
                 flush=True,
             )

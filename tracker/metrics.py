@@ -113,6 +113,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.sweep_cpu = Counter(
+            "saga_tracker_sweep_cpu_seconds_total",
+            "CPU time of the sweeps' own code: reading the due deadlines and deciding what to send "
+            "(not the lag measurement's broker round trips, not the produce path).",
+            registry=r,
+        )
         self.sweep_duration = Histogram(
             "saga_tracker_sweep_duration_seconds",
             "Time one deadline sweep took (lag measurement included); its sum over time is the sweep's share.",

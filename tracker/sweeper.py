@@ -89,6 +89,9 @@ class Sweeper:
             log.critical("consumer wedged on %s: exiting to restart", ", ".join(map(str, self.progress.wedged)))
             os._exit(70)
         self.set_behind(behind)
+        # The scan and the decisions are this sweep's own CPU; the clock pauses across each
+        # send, while other tasks may run on this thread.
+        cpu, mark = 0.0, time.thread_time()
         # A rebalance while measuring (a zombie waking up is revoked mid-sweep) voids the answer.
         fire = not behind and self.may_fire() and self.progress.epoch == epoch and not self.recovering()
         now = self.clock()
@@ -116,13 +119,17 @@ class Sweeper:
                 if now - self.sent.get(sent_key, -1e18) < self.resend_after:
                     continue  # already sent; the agent has not applied it yet
                 record = timeout_event(row["saga_id"], row["saga_type"], token, row["due"])
-                await self.saga_log.send(key=row["saga_id"].encode(), value=orjson.dumps(record.to_dict()), partition=partition)
+                key, value = row["saga_id"].encode(), orjson.dumps(record.to_dict())
+                cpu += time.thread_time() - mark
+                await self.saga_log.send(key=key, value=value, partition=partition)
+                mark = time.thread_time()
                 self.sent[sent_key] = now
                 sent += 1
         self.sent = {k: at for k, at in self.sent.items() if k in live}
         self.due = due
         if sent:
             self.metrics.timeouts_sent.inc(sent)
+        self.metrics.sweep_cpu.inc(cpu + time.thread_time() - mark)
         return sent
 
     def forget(self, saga_id: str, token: str) -> None:

@@ -113,6 +113,11 @@ def test_the_same_timeout_record_twice_changes_nothing_the_second_time(make_scen
     assert ids(s.kafka.read(s.topic("compensations"), timeout=1)) == ids(first)
     _, metrics = w.get("/metrics")
     assert 'saga_tracker_transitions_total{outcome="duplicate",saga_type="order"} 2.0' in metrics
+    # The sweeps that fired it spent CPU of their own, never more than their wall time.
+    sample = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith("saga_tracker_sweep")
+    }
+    assert 0 < sample["saga_tracker_sweep_cpu_seconds_total"] <= sample["saga_tracker_sweep_duration_seconds_sum"]
 
 
 def test_a_backlog_of_completions_does_not_time_out_after_a_restart(scenario: Scenario) -> None:
