@@ -74,7 +74,7 @@ def faust_app(settings: Settings, broker_url: str) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_rebalance_timeout=settings.rebalance_timeout,
         producer_max_batch_size=settings.producer_max_batch_size,
-        # A batch of one record would otherwise wait out the linger, record after record.
+        # Batches of one record: a linger batches nothing, it only delays a record no other follows.
         producer_linger=settings.producer_linger_ms / 1000 if settings.producer_max_batch_size > 1 else 0.0,
         consumer_max_fetch_size=settings.fetch_max_bytes,
         web_host=settings.web_host,

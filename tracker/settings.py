@@ -84,7 +84,7 @@ class Settings:
         "Milliseconds the producer waits to fill a batch (Apache Kafka 4's default, 5). faust sends "
         "records one by one, so without it every changelog record is a batch and a request of its own: "
         "5 ms took the worker from 2,473-2,551 to 2,633-2,915 events/s on the benchmark (16 KiB batches). "
-        "Ignored with a batch size of 1, where a lone record would wait the whole linger.",
+        "Ignored with a batch size of 1: nothing to batch, it would only delay a record no other follows.",
         default=5.0,
     )
     fetch_max_bytes: int = _doc(

@@ -349,7 +349,7 @@ def test_a_sagas_partition_is_the_one_the_producer_puts_its_saga_log_records_in(
 
 def test_the_producer_lingers_only_where_a_batch_holds_more_than_one_record() -> None:
     """faust hands records to the producer one by one: without a linger every changelog record
-    is a batch of its own; with a batch size of 1 a linger would hold each lone record."""
+    is a batch of its own; with a batch size of 1 it batches nothing and only delays lone records."""
     real = {"SAGA_TRACKER_BROKER": "kafka://k:9092"}
     assert faust_app(Settings.from_env(real), "kafka://k:9092").conf.producer_linger == 0.005
     slow = {**real, "SAGA_TRACKER_PRODUCER_LINGER_MS": "20"}
