@@ -239,7 +239,7 @@ def sweep_window(w: World, in_flight: int, rate: int, window: float, lead: float
         time.sleep(window)
         s1, c1, p1, t1 = (*worker.metrics("saga_tracker_sweep_duration_seconds_sum", CPU), proc_cpu(pid), time.perf_counter())
         got = asyncio.run(compensations(w, due_sagas, timeout=max(120.0, 4 * window)))
-        rss = proc_rss_mb(worker.proc.pid) if worker.proc else 0.0
+        rss = proc_rss_mb(pid) if pid else 0.0
     finally:
         worker.stop()
     late = [at - due for due, at in got]
