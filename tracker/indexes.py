@@ -84,6 +84,17 @@ def deadline_row(state: SagaState, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def keys_of(state: SagaState, placed: dict[str, Any]) -> list[bytes]:
+    """The keys of a saga's index rows (``placed``: its ``placement`` or summary); what
+    ``rows_of`` writes, without building the rows."""
+    keys = [SUMMARY + state.saga_id.encode()]
+    if (pending := pending_key(placed)) is not None:
+        keys.append(PENDING + pending)
+    if state.deadline is not None:
+        keys.append(DEADLINE + deadline_key(state.deadline.due, state.saga_id))
+    return keys
+
+
 def rows_of(state: SagaState, row: dict[str, Any]) -> dict[bytes, bytes]:
     """Every index row of one saga (``row``: its summary), by key."""
     out = {SUMMARY + state.saga_id.encode(): orjson.dumps(row)}
@@ -124,9 +135,9 @@ class Index:
             batch.put(key, value)
         self.db.write(batch, self.unwritten)
 
-    def change(self, old: dict[bytes, bytes], new: dict[bytes, bytes]) -> None:
-        """Replace a saga's rows (``rows_of`` before and after); writes only what differs."""
-        self.write({k: v for k, v in new.items() if old.get(k) != v}, [k for k in old if k not in new])
+    def change(self, old: Iterable[bytes], new: dict[bytes, bytes]) -> None:
+        """Replace a saga's rows: ``old`` their keys before (``keys_of``), ``new`` the rows after (``rows_of``)."""
+        self.write(new, old)
 
     def drop_deadline(self, key: bytes) -> None:
         self.db.delete(DEADLINE + key, self.unwritten)

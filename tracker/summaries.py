@@ -25,17 +25,23 @@ SORTS = ("updated_at", "started_at", "saga_id")
 MAX_LIMIT = 500
 
 
-def summary(definition: SagaDefinition, s: SagaState) -> dict[str, Any]:
+def placement(definition: SagaDefinition, s: SagaState) -> dict[str, Any]:
+    """The summary fields that place a saga in the census and the indexes (see ``indexes.keys_of``)."""
     current = definition.steps[s.current] if s.current is not None else None
-    pending_since = s.steps[s.current].started_at if s.current is not None and s.steps else None
     return {
         "saga_id": s.saga_id,
         "saga_type": s.saga_type,
-        "version": s.version,
         "status": s.status,
-        "visible_status": visible_status(definition, s),
         "current_step": current.name if current else None,
-        "pending_since": pending_since,
+        "pending_since": s.steps[s.current].started_at if s.current is not None and s.steps else None,
+    }
+
+
+def summary(definition: SagaDefinition, s: SagaState) -> dict[str, Any]:
+    return {
+        **placement(definition, s),
+        "version": s.version,
+        "visible_status": visible_status(definition, s),
         "started_at": s.started_at,
         "updated_at": s.updated_at,
         "ended_at": s.ended_at,

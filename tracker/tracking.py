@@ -18,19 +18,19 @@ from typing import Any, Protocol
 import faust
 import orjson
 
-from tables import Tables
+from tables import Tables, partition_store
 from tracker.census import Census
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog, SagaDefinition
 from tracker.errors import PartitionError
 from tracker.events import SERVICE, TIMEOUT, Event
-from tracker.indexes import Index, Indexes, deadline_key, rows_of
+from tracker.indexes import Index, Indexes, deadline_key, keys_of, rows_of
 from tracker.ingest import GENERATION_HEADER
 from tracker.machine import Emit, Transition, apply, virtual_timeout
 from tracker.metrics import Metrics
 from tracker.state import SagaState
-from tracker.summaries import summary
+from tracker.summaries import placement, summary
 
 log = logging.getLogger(__name__)
 ROUTINE = frozenset({"started", "completed"})
@@ -113,8 +113,12 @@ class Tracking:
         # index; ``deferred`` lets the sweeper send it again at once when it is still due.
         self.caught_up, self.deferred = caught_up, deferred
 
-    def load(self, saga_id: str) -> SagaState | None:
-        raw = self.tables.sagas.get(saga_id.encode())
+    def load(self, saga_id: str, partition: int | None = None) -> SagaState | None:
+        """The saga's stored state. Given its partition, read from that partition's store
+        directly: faust's table ``get`` reads RocksDB twice (contains, then get) per event."""
+        key = saga_id.encode()
+        db = partition_store(self.tables.sagas, partition) if partition is not None else None
+        raw = db.get(key) if db is not None else self.tables.sagas.get(key)
         return None if raw is None else SagaState.from_dict(orjson.loads(raw))
 
     async def handle(self, record: Record) -> Transition | None:
@@ -172,7 +176,7 @@ class Tracking:
         index = await self.indexes.ready(record.partition)
         if index is None:  # only while partitions move: this record is not ours to apply
             raise PartitionError(f"saga state partition {record.partition} is not open on this worker")
-        state = self.load(event.saga_id)
+        state = self.load(event.saga_id, record.partition)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
             if state
@@ -215,12 +219,13 @@ class Tracking:
     def store(
         self, index: Index, definition: SagaDefinition, old: SagaState | None, new: SagaState
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """Write the saga, then the index rows derived from it; return its summary rows before and after."""
-        old_row = summary(definition, old) if old is not None else None
+        """Write the saga, then the index rows derived from it; return where it stood before
+        (its ``placement``) and its summary row after, for the census."""
+        was = placement(definition, old) if old is not None else None
         row = summary(definition, new)
         self.tables.sagas[new.saga_id.encode()] = orjson.dumps(new)  # orjson writes the dataclasses as to_dict() would
-        index.change(rows_of(old, old_row) if old is not None and old_row is not None else {}, rows_of(new, row))
-        return old_row, row
+        index.change(keys_of(old, was) if old is not None and was is not None else (), rows_of(new, row))
+        return was, row
 
     async def send(self, emit: Emit) -> Any:
         """Queue one output; returns its delivery future (None when there is nothing to send).
