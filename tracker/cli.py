@@ -198,6 +198,22 @@ def _retire(generation: int) -> int:
     return 0
 
 
+def _cleanup(delete: bool) -> int:
+    from tracker.admin import bootstrap_of
+    from tracker.settings import Settings
+    from tracker.upgrades import retired_topics
+
+    settings = Settings.from_env()
+    found = asyncio.run(retired_topics(bootstrap_of(settings.broker), settings.app_id, delete=delete))
+    if not found:
+        print("nothing to clean up")
+    elif delete:
+        print(f"deleted: {', '.join(found)}")
+    else:
+        print(f"no longer used (delete them with --delete once every worker runs this release): {', '.join(found)}")
+    return 0
+
+
 def _generations() -> int:
     from tracker import generations as gens
     from tracker.admin import bootstrap_of
@@ -249,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     rt = sub.add_parser("retire", help="delete a generation's own topics (not the promoted one)")
     rt.add_argument("generation", type=int)
     sub.add_parser("generations", help="list generations, the promoted one and their workers")
+    cl = sub.add_parser("cleanup", help="list the changelog topics of tables earlier releases had (--delete: delete them)")
+    cl.add_argument("--delete", action="store_true", help="delete them (every worker must run this release)")
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
@@ -261,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             return _retire(args.generation)
         if args.command == "generations":
             return _generations()
+        if args.command == "cleanup":
+            return _cleanup(args.delete)
         if args.command == "broker":
             return _broker(args.port)
         from tracker.settings import Settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 
 import faust
 
@@ -13,6 +14,7 @@ from tracker.app import build
 from tracker.broker import EmbeddedBroker
 from tracker.loader import load_catalog
 from tracker.settings import Settings
+from tracker.upgrades import remove_retired_stores
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ def run(settings: Settings) -> None:
         # Read by the ingest agent of every generation: it must exist with the saga log's partitions.
         ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
         tracker = build(settings, catalog, broker_url=url)
+        remove_retired_stores(Path(tracker.app.conf.tabledir))
         log.info("tracking %s on %s", ", ".join(d.key for d in catalog.definitions), bootstrap_of(url))
         # aiokafka logs every (re)assignment at INFO: the generations registry is read by a
         # short-lived consumer every few seconds, which would fill the log with tables.

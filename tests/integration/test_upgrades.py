@@ -1,0 +1,59 @@
+"""Upgrading from the release with four changelog-backed tables: what it left behind goes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.integration.harness import Kafka, Scenario
+from tracker.upgrades import RETIRED_TABLES
+
+
+def topics(kafka: Kafka) -> set[str]:
+    async def listed() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    return asyncio.run(listed())
+
+
+def test_cleanup_lists_then_deletes_only_the_retired_tables_changelogs(scenario: Scenario, kafka: Kafka) -> None:
+    s = scenario
+    retired = [f"{s.app_id}-summaries-changelog", f"{s.app_id}-pending-changelog", f"{s.app_id}-g2-deadlines-changelog"]
+    # Look-alikes that must stay: this release's own changelog, another app's, another app
+    # whose id merely starts with this one's.
+    kept = [f"{s.app_id}-sagas-changelog", f"other-{s.id}-summaries-changelog", f"{s.app_id}x-pending-changelog"]
+    kafka.create(retired + kept)
+
+    listed = s.cli("cleanup")
+    assert listed.returncode == 0, listed.stderr
+    assert all(t in listed.stdout for t in retired) and not any(t in listed.stdout for t in kept)
+    assert set(retired + kept) <= topics(kafka)  # listing deletes nothing
+
+    deleted = s.cli("cleanup", "--delete")
+    assert deleted.returncode == 0, deleted.stderr
+    assert all(t in deleted.stdout for t in retired)
+    left = topics(kafka)
+    assert not set(retired) & left and set(kept) <= left
+    again = s.cli("cleanup")
+    assert again.returncode == 0 and "nothing to clean up" in again.stdout
+
+
+def test_a_worker_removes_the_retired_tables_stores_from_its_volume(scenario: Scenario) -> None:
+    worker = scenario.worker("w1")
+    tables = worker.data / "v1" / "tables"
+    retired = [tables / f"{t}-{p}.db" for t in RETIRED_TABLES for p in (0, 3)] + [tables / "summaries-backups"]
+    for path in retired:
+        path.mkdir(parents=True)
+        (path / "000004.log").write_bytes(b"old rows")
+    kept = tables / "summaries-notes.db"  # not a partition's store
+    kept.mkdir()
+    worker.start()
+    assert not [p for p in retired if p.exists()], worker.tail()
+    assert kept.exists() and list(tables.glob("sagas-*.db"))  # this release's own stores are there
+    assert "a store of the summaries table, which this release no longer has" in worker.log.read_text()
