@@ -32,13 +32,18 @@ def retired_stores(tabledir: Path) -> list[Path]:
 
 
 def remove_retired_stores(tabledir: Path) -> list[Path]:
-    """Remove them (a worker at start, before faust opens its stores); returns what it removed."""
+    """Remove them (a worker at start, before faust opens its stores); returns what it removed.
+    Housekeeping: one it cannot remove is logged and left, and the worker starts all the same."""
     removed = []
     for path in retired_stores(tabledir):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            log.warning("cannot remove %s, a store this release no longer uses: %s", path, exc)
+            continue
         log.warning("removed %s: a store of the %s table, which this release no longer has", path, path.name.split("-")[0])
         removed.append(path)
     return removed

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
+from typing import Any
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.harness import Kafka, Scenario
-from tracker.upgrades import RETIRED_TABLES
+from tracker import upgrades
+from tracker.upgrades import RETIRED_TABLES, remove_retired_stores
 
 
 def topics(kafka: Kafka) -> set[str]:
@@ -57,3 +62,23 @@ def test_a_worker_removes_the_retired_tables_stores_from_its_volume(scenario: Sc
     assert not [p for p in retired if p.exists()], worker.tail()
     assert kept.exists() and list(tables.glob("sagas-*.db"))  # this release's own stores are there
     assert "a store of the summaries table, which this release no longer has" in worker.log.read_text()
+
+
+def test_a_store_that_cannot_be_removed_is_logged_and_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck, gone = tmp_path / "pending-1.db", tmp_path / "deadlines-2.db"
+    stuck.mkdir()
+    gone.mkdir()
+    rmtree = upgrades.shutil.rmtree
+
+    def refuse(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == stuck:
+            raise PermissionError(13, "Permission denied", str(path))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(upgrades.shutil, "rmtree", refuse)
+    with caplog.at_level(logging.WARNING, logger="tracker.upgrades"):
+        assert remove_retired_stores(tmp_path) == [gone]
+    assert stuck.exists() and not gone.exists()
+    assert f"cannot remove {stuck}" in caplog.text
