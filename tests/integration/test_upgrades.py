@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.harness import Kafka, Scenario
+from tests.integration.harness import Kafka, Scenario, run
 from tracker import upgrades
 from tracker.upgrades import RETIRED_TABLES, remove_retired_stores
 
@@ -24,7 +23,7 @@ def topics(kafka: Kafka) -> set[str]:
         finally:
             await admin.close()
 
-    return asyncio.run(listed())
+    return run(listed())  # not asyncio.run: Playwright's tests leave a loop running in this thread
 
 
 def test_cleanup_lists_then_deletes_only_the_retired_tables_changelogs(scenario: Scenario, kafka: Kafka) -> None:
