@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_VENV := .venv-bench
 
-.PHONY: demo test lint typecheck unit integration install clean bench bench-scale faults
+.PHONY: demo test lint typecheck unit integration install clean bench bench-scale bench-floor faults
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -50,6 +50,10 @@ $(BENCH_VENV)/.installed:
 
 bench: $(STAMP) $(BENCH_VENV)/.installed
 	QUIX_PYTHON=$(BENCH_VENV)/bin/python $(BIN)/python -m bench.run --sagas $${SAGAS:-20000}
+
+# faust alone on the same input: an agent, its consumer without the agent, an agent writing a table.
+bench-floor: $(STAMP)
+	$(BIN)/python -m bench.floor --sagas $${SAGAS:-10000}
 
 # A worker with SAGAS (default 1,000,000) in flight: recovery time, peak RSS, sweep cost.
 bench-scale: $(STAMP)

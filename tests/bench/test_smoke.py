@@ -56,3 +56,12 @@ def test_scale_benchmark_smoke_run() -> None:
     assert "2000 changelog records written" in out and "raw consumption of the changelogs: 2000 records" in out
     assert re.search(r"recovery: ready after [\d.]+s .* 2000 sagas counted in flight; peak RSS \d+ MB", out), out
     assert re.search(r"sweep scan of 1000 due deadlines .*: ratio \d+\.\d+ \(right after writing them", out), out
+
+
+def test_faust_floor_smoke_run() -> None:
+    """faust alone (an agent, a consumer callback, an agent writing a table) on the same input."""
+    out = smoke("bench.floor", "--sagas", "300")
+    rows = re.findall(r"^(agent|handler|agent \+ table)\s+(\d+)\s+([\d.]+)\s", out, re.M)
+    assert [name for name, _, _ in rows] == ["agent", "handler", "agent + table"], out
+    assert all(int(rate) > 0 and float(us) > 0 for _, rate, us in rows), rows
+    assert re.search(r"channel, stream and agent: -?[\d.]+ us/event; faust's consumer alone: [\d.]+ us/event", out), out
