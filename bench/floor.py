@@ -7,9 +7,11 @@ with a 5 ms linger), timed from its first record to its last, CPU of the whole p
 * **agent**: an agent that reads each record and does nothing with it;
 * **handler**: the same records handed to a function straight from faust's consumer (the
   conductor's per-partition callback, as the tracker's patches reach in elsewhere), without
-  the channel queue, stream, event and agent: what faust's consumer alone costs;
-* **agent + table**: the agent writing each record to a RocksDB table (changelog through
-  faust's producer): the issue's "straightforward faust agent that updates a table".
+  the channel queue, stream, event and agent: what faust's consumer alone costs (the agent is
+  still declared, for the subscription, and its idle stream's CPU is counted);
+* **agent + table**: the agent writing each record to a RocksDB table with faust's default
+  options (changelog through faust's producer): the issue's "straightforward faust agent that
+  updates a table".
 
     python -m bench.floor --sagas 10000 --rounds 3
 """
