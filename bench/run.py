@@ -165,20 +165,29 @@ async def raw(bootstrap: str, topic: str, total: int, data_dir: Path, changelog:
 
 
 class _Sagas:
-    """The saga table for ``core``: RocksDB, each write also queued for the changelog."""
+    """The saga table for ``core``: what ``Tracking`` reads of a faust table, on one RocksDB."""
 
     def __init__(self, db: Any) -> None:
         self.db = db
-        self.written: list[tuple[bytes, bytes]] = []
         # What ``tables.partition_store`` reads of a faust table: every partition's store (one here).
         self.data = SimpleNamespace(_dbs=dict.fromkeys(range(PARTITIONS), db))
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)  # type: ignore[no-any-return]
 
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.db[key] = value
-        self.written.append((key, value))
+
+class _Writes:
+    """``tracker.changelog.Changelog`` for ``core``: the row to RocksDB, its record to the
+    changelog on aiokafka, the delivered offset recorded in the store."""
+
+    def __init__(self, db: Any, producer: AIOKafkaProducer, topic: str, sent: list[Any]) -> None:
+        self.db, self.producer, self.topic, self.sent = db, producer, topic, sent
+
+    async def put(self, partition: int, key: bytes, value: bytes) -> None:
+        self.db.put(key, value)
+        delivery = await self.producer.send(self.topic, value, key=key, partition=partition)
+        delivery.add_done_callback(lambda d: self.db.put(b"__faust\0offset__", str(d.result().offset).encode()))
+        self.sent.append(delivery)
 
 
 class _Out:
@@ -225,7 +234,10 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     out: Any = _Out(producer, outputs, pending)  # stands in for faust topics
     tables: Any = SimpleNamespace(sagas=sagas)
     kinds = ("compensation", "outcome", "decision", "shadow")
-    tracking = Tracking(catalog, tables, {k: out for k in kinds}, DeadLetters(out, metrics), metrics, census, indexes)
+    writes = _Writes(db, producer, changelog, pending)
+    tracking = Tracking(
+        catalog, tables, {k: out for k in kinds}, DeadLetters(out, metrics), metrics, census, indexes, writes=writes
+    )
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
@@ -235,7 +247,7 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     t0, c0 = time.perf_counter(), cpu()
     while seen < total:
         batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-        for tp, messages in batches.items():
+        for messages in batches.values():
             for m in messages:
                 record = Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers), m.timestamp / 1000)
                 seen += 1
@@ -246,9 +258,6 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
                     continue
                 if not await tracking.apply_here(event, record):
                     raise RuntimeError(f"{record.source} was not applied")
-                for key, value in sagas.written:
-                    pending.append(await producer.send(changelog, value, key=key, partition=tp.partition))
-                sagas.written.clear()
         if len(pending) > 10_000:
             await asyncio.gather(*pending)
             pending.clear()

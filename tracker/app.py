@@ -25,6 +25,7 @@ from topics import Topics
 from tracker import patches, web
 from tracker.admin import bootstrap_of
 from tracker.census import Census
+from tracker.changelog import Changelog
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
@@ -243,8 +244,12 @@ def _wire(t: TrackerApp) -> None:
         commits and catch-up for good. Exiting lets the orchestrator restart the worker,
         which reprocesses from the committed offsets (at-least-once)."""
         buffer: Any = app.producer.buffer
-        waiting = buffer.size + getattr(buffer, "_saga_tracker_in_hand", 0)
+        changelog = t.tracking.writes
+        in_flight = changelog.in_flight if isinstance(changelog, Changelog) else 0
+        waiting = buffer.size + getattr(buffer, "_saga_tracker_in_hand", 0) + in_flight
         moved = getattr(buffer, "_saga_tracker_moved", None)
+        if moved is not None and isinstance(changelog, Changelog):
+            moved = max(moved, changelog.moved)  # saga state goes to the producer directly
         if stall and waiting and moved is not None and time.monotonic() - moved > stall:
             log.critical("producer stalled: %d records waiting, none sent for %.0fs; exiting to restart", waiting, stall)
             os._exit(70)

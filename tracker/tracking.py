@@ -20,6 +20,7 @@ import orjson
 
 from tables import Tables, partition_store
 from tracker.census import Census
+from tracker.changelog import Changelog, StateWrites
 from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog, SagaDefinition
@@ -100,9 +101,12 @@ class Tracking:
         role: Role | None = None,
         caught_up: Callable[[], bool] = lambda: True,
         deferred: Callable[[str, str], None] = lambda saga_id, token: None,
+        writes: StateWrites | None = None,
     ) -> None:
-        """``outputs``: topic by emit kind (compensation, outcome, decision) and ``shadow``."""
+        """``outputs``: topic by emit kind (compensation, outcome, decision) and ``shadow``;
+        ``writes``: where saga state is written (default: the sagas table's ``Changelog``)."""
         self.catalog, self.tables, self.outputs = catalog, tables, outputs
+        self.writes: StateWrites = writes if writes is not None else Changelog(tables.sagas)
         self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
         self.crash = crash or Crash("", "")
         self.census, self.indexes = census, indexes
@@ -187,7 +191,7 @@ class Tracking:
             return None
         transition = apply(definition, state, event, self.clock())
         if transition.changed and transition.state is not None:
-            old_row, new_row = self.store(index, definition, state, transition.state)
+            old_row, new_row = await self.store(index, definition, state, transition.state, record.partition)
             self.census.change(record.partition, old_row, new_row)
         if "stale_timeout" in transition.outcomes and transition.state is not None:
             # An index row whose deadline has moved on must not be swept again and again.
@@ -216,14 +220,15 @@ class Tracking:
             )
         return transition
 
-    def store(
-        self, index: Index, definition: SagaDefinition, old: SagaState | None, new: SagaState
+    async def store(
+        self, index: Index, definition: SagaDefinition, old: SagaState | None, new: SagaState, partition: int
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Write the saga, then the index rows derived from it; return where it stood before
         (its ``placement``) and its summary row after, for the census."""
         was = placement(definition, old) if old is not None else None
         row = summary(definition, new)
-        self.tables.sagas[new.saga_id.encode()] = orjson.dumps(new)  # orjson writes the dataclasses as to_dict() would
+        # orjson writes the dataclasses as to_dict() would
+        await self.writes.put(partition, new.saga_id.encode(), orjson.dumps(new))
         index.change(keys_of(old, was) if old is not None and was is not None else (), rows_of(new, row))
         return was, row
 
