@@ -8,11 +8,13 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+from rocksdict import AccessType, Options, Rdict
 
 from tests.integration.harness import Scenario
 from tracker.state import logical
 
 pytestmark = pytest.mark.integration
+FAUST_OFFSET = b"__faust\0offset__"  # faust's row in each partition store: the changelog offset it holds
 
 
 def latest_table_rows(s: Scenario, table: str, until: Callable[[dict[bytes, dict]], bool]) -> dict[bytes, dict]:
@@ -74,6 +76,20 @@ def test_events_in_state_in_the_changelog_backed_table(scenario: Scenario) -> No
     assert status == 200 and 'saga_tracker_transitions_total{outcome="duplicate",saga_type="order"} 1.0' in metrics
     # The topics are keyed by saga id with the tracker's partition count: applied where read.
     assert 'saga_tracker_routed_events_total{route="here"} 8.0' in metrics
+    w.stop()
+    # Each partition's store records the offset of its last changelog record, as faust's own
+    # table writes do: recovery reads the changelog only after it.
+    last: dict[int, int] = {}
+    for r in s.kafka.read(f"{s.app_id}-sagas-changelog", timeout=3):
+        last[r["partition"]] = max(last.get(r["partition"], -1), r["offset"])
+    assert last
+    for partition, offset in last.items():
+        store = w.data / "v1" / "tables" / f"sagas-{partition}.db"
+        db = Rdict(str(store), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            assert db.get(FAUST_OFFSET) == str(offset).encode(), partition
+        finally:
+            db.close()
 
 
 def test_unusable_input_goes_to_the_dead_letter_topic_with_its_reason(scenario: Scenario) -> None:
