@@ -30,7 +30,6 @@ from tracker.correlation import Record
 from tracker.deadletters import DeadLetters
 from tracker.definitions import Catalog
 from tracker.generations import Generations
-from tracker.handoff import Handoff
 from tracker.indexes import Indexes, pending_prefix
 from tracker.ingest import Ingest, record_of
 from tracker.metrics import Metrics, StateCollector
@@ -203,25 +202,18 @@ def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
 def _wire(t: TrackerApp) -> None:
     app, progress = t.app, t.progress
 
-    handoff = Handoff(app, progress.processed)
-
     def agent(topic: faust.TopicT, name: str, handle: Callable[[Record], Awaitable[Any]]) -> None:
-        """The worker's records reach ``handle`` from faust's consumer (see ``handoff``); the
-        agent subscribes to the topic, and is what faust's ``test_context()`` drives."""
-
         async def consume(stream: Any) -> None:
             async for event in stream.events():
-                record = record_of(event.message)
+                record = record_of(event)
                 await handle(record)  # never raises: failures are dead-lettered per record
                 progress.processed(event.message.tp, record.offset)
 
         # Concurrency 1: faust may commit past an in-flight message otherwise (#606).
         app.agent(topic, name=f"{t.settings.group_id}-{name}", concurrency=1)(consume)
-        handoff.route(topic, handle)
 
     agent(t.topics.sources, "ingest", t.ingest.handle)
     agent(t.topics.saga_log, "track", t.tracking.handle)
-    handoff.install()
 
     @app.timer(t.settings.sweep_interval)
     async def sweep() -> None:

@@ -42,8 +42,8 @@ def partition_of(saga_id: str, partitions: int) -> int:
     return (murmur2(saga_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def record_of(m: faust.types.Message) -> Record:
-    """The tracker's view of a record faust consumed."""
+def record_of(event: faust.EventT) -> Record:
+    m = event.message
     ts = m.timestamp
     raw: Any = m.headers or []
     pairs = raw.items() if isinstance(raw, Mapping) else raw
