@@ -11,7 +11,11 @@ with a 5 ms linger), timed from its first record to its last, CPU of the whole p
   still declared, for the subscription, and its idle stream's CPU is counted);
 * **agent + table**: the agent writing each record to a RocksDB table with faust's default
   options (changelog through faust's producer): the issue's "straightforward faust agent that
-  updates a table".
+  updates a table";
+* **agent + changelog**: the same table written the way the tracker writes saga state
+  (``tracker.changelog``: the row put in the partition's RocksDB, its changelog record sent on
+  the producer, the offset recorded on delivery), without faust's table write and producer
+  buffer.
 
     python -m bench.floor --sagas 10000 --rounds 3
 """
@@ -35,7 +39,7 @@ from typing import Any
 from bench.run import generate, produce
 from tracker.broker import EmbeddedBroker
 
-MODES = ("agent", "handler", "agent + table")
+MODES = ("agent", "handler", "agent + table", "agent + changelog")
 
 
 def child(mode: str, bootstrap: str, topic: str, total: int, out: str, data: str) -> None:
@@ -43,6 +47,7 @@ def child(mode: str, bootstrap: str, topic: str, total: int, out: str, data: str
     import faust
 
     from tracker import patches
+    from tracker.changelog import Changelog
 
     patches.apply()
     app = faust.App(
@@ -60,6 +65,7 @@ def child(mode: str, bootstrap: str, topic: str, total: int, out: str, data: str
     )
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     table = app.Table("rows", partitions=4, key_type=bytes, value_type=bytes)
+    writes = Changelog(table)
     clock: dict[str, float] = {}
 
     def seen(n: list[int] = [0]) -> None:  # noqa: B006 - the counter, kept between calls
@@ -76,6 +82,8 @@ def child(mode: str, bootstrap: str, topic: str, total: int, out: str, data: str
         async for event in stream.events():
             if mode == "agent + table":
                 table[event.key] = event.value
+            elif mode == "agent + changelog":
+                await writes.put(event.message.partition, event.key, event.value)
             seen()
 
     if mode == "handler":
@@ -141,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode:16} {rate:>18.0f} {used:>22.1f}   {' / '.join(f'{u:.1f}' for _, u in runs)}")
     handler, agent = (statistics.median(u for _, u in results[m]) for m in ("handler", "agent"))
     print(f"\nchannel, stream and agent: {agent - handler:.1f} us/event; faust's consumer alone: {handler:.1f} us/event")
+    faust_write, direct = (statistics.median(u for _, u in results[m]) for m in ("agent + table", "agent + changelog"))
+    through, direct = faust_write - agent, direct - agent
+    print(f"a table write through faust: {through:.1f} us/event; as the tracker writes: {direct:.1f} us/event")
     return 0
 
 

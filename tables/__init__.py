@@ -2,7 +2,8 @@
 
 ``sagas`` is co-partitioned with the saga log (same partition count, key = saga id). It is
 the only state with a changelog: the rows derived from it (summaries, the pending and
-deadline indexes) are local and built from it, see ``tracker.indexes``.
+deadline indexes) are local and built from it, see ``tracker.indexes``. The tracker writes
+it through ``tracker.changelog`` (row, changelog record, offset), not faust's ``table[key] =``.
 """
 
 from __future__ import annotations

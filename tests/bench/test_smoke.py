@@ -59,9 +59,11 @@ def test_scale_benchmark_smoke_run() -> None:
 
 
 def test_faust_floor_smoke_run() -> None:
-    """faust alone (an agent, a consumer callback, an agent writing a table) on the same input."""
+    """faust alone (an agent, a consumer callback, an agent writing a table through faust and
+    as the tracker writes saga state) on the same input."""
     out = smoke("bench.floor", "--sagas", "300")
-    rows = re.findall(r"^(agent|handler|agent \+ table)\s+(\d+)\s+([\d.]+)\s", out, re.M)
-    assert [name for name, _, _ in rows] == ["agent", "handler", "agent + table"], out
+    rows = re.findall(r"^(agent|handler|agent \+ table|agent \+ changelog)\s+(\d+)\s+([\d.]+)\s", out, re.M)
+    assert [name for name, _, _ in rows] == ["agent", "handler", "agent + table", "agent + changelog"], out
     assert all(int(rate) > 0 and float(us) > 0 for _, rate, us in rows), rows
     assert re.search(r"channel, stream and agent: -?[\d.]+ us/event; faust's consumer alone: [\d.]+ us/event", out), out
+    assert re.search(r"a table write through faust: -?[\d.]+ us/event; as the tracker writes: -?[\d.]+ us/event", out), out
