@@ -45,6 +45,8 @@ class Changelog:
         self.gaps: set[int] = set()  # partitions whose changelog has records this store lacks
 
     async def put(self, partition: int, key: bytes, value: bytes) -> None:
+        """Store the row, then send its changelog record. The row is stored before the first
+        await: a caller's load, decision and write stay one step of the event loop."""
         db = partition_store(self.table, partition)
         if db is None:  # the memory store of the agent tests: faust's own write
             self.table[key] = value

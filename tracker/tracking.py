@@ -190,14 +190,14 @@ class Tracking:
             await self.dead_letters.send(record, "unknown_saga_type", f"no definition for {event.saga_type!r}")
             return None
         transition = apply(definition, state, event, self.clock())
-        if transition.changed and transition.state is not None:
-            old_row, new_row = await self.store(index, definition, state, transition.state, record.partition)
-            self.census.change(record.partition, old_row, new_row)
         if "stale_timeout" in transition.outcomes and transition.state is not None:
             # An index row whose deadline has moved on must not be swept again and again.
             current = transition.state.deadline
             if current is None or deadline_key(current.due, event.saga_id) != deadline_key(event.time, event.saga_id):
                 index.drop_deadline(deadline_key(event.time, event.saga_id))
+        if transition.changed and transition.state is not None:
+            old_row, new_row = await self.store(index, definition, state, transition.state, record.partition)
+            self.census.change(record.partition, old_row, new_row)  # deltas: in any order
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
             await self.crash.maybe("before_send")
@@ -223,13 +223,17 @@ class Tracking:
     async def store(
         self, index: Index, definition: SagaDefinition, old: SagaState | None, new: SagaState, partition: int
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """Write the saga, then the index rows derived from it; return where it stood before
-        (its ``placement``) and its summary row after, for the census."""
+        """Write the index rows derived from the saga, then the saga; return where it stood
+        before (its ``placement``) and its summary row after, for the census.
+
+        Both are written before the first await (``put`` stores the row before it sends), so
+        a decision stays one step of the event loop: load, apply, write. The index is local
+        and rebuilt from the saga rows, so their order does not matter across a crash."""
         was = placement(definition, old) if old is not None else None
         row = summary(definition, new)
+        index.change(keys_of(old, was) if old is not None and was is not None else (), rows_of(new, row))
         # orjson writes the dataclasses as to_dict() would
         await self.writes.put(partition, new.saga_id.encode(), orjson.dumps(new))
-        index.change(keys_of(old, was) if old is not None and was is not None else (), rows_of(new, row))
         return was, row
 
     async def send(self, emit: Emit) -> Any:

@@ -356,3 +356,25 @@ def test_the_producer_lingers_only_where_a_batch_holds_more_than_one_record() ->
     assert faust_app(Settings.from_env(slow), "kafka://k:9092").conf.producer_linger == 0.02
     for one in ({**real, "SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "1"}, {}):  # {}: the embedded broker
         assert faust_app(Settings.from_env(one), "kafka://k:9092").conf.producer_linger == 0.0
+
+
+async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shell: Shell, track: Any) -> None:
+    # The ingest and track agents interleave at awaits: a saga's index rows written after the
+    # send's await could overwrite those of the saga's next record, applied meanwhile.
+    table, gate, seen = shell.tracker.tables.sagas, asyncio.Event(), []
+
+    class SlowSend:
+        async def put(self, partition: int, key: bytes, value: bytes) -> None:
+            table[key] = value  # stored before the first await, as tracker.changelog does
+            seen.append((shell.saga("o-1"), shell.deadlines()))
+            await gate.wait()  # the producer's buffer is full
+
+    shell.tracker.tracking.writes = SlowSend()
+    put = asyncio.ensure_future(track.put(record(order_event("OrderCreated")), key=b"o-1"))
+    while not seen:
+        await asyncio.sleep(0.01)
+    state, deadlines = seen[0]
+    assert state is not None and list(deadlines) == [b"%015d|o-1" % 120_000]
+    assert deadlines[b"%015d|o-1" % 120_000]["token"] == state["deadline"]["token"]
+    gate.set()
+    await put
