@@ -54,7 +54,13 @@ class Changelog:
         db.put(key, value)
         app: Any = self.table.app
         topic = self.table.changelog_topic.get_topic_name()
-        delivery = await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+        try:
+            delivery = await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+        except Exception:
+            # As a failed delivery (below): the row is stored, its record will not be; a caller
+            # that dead-lettered the input instead would let it be committed.
+            log.critical("changelog record for partition %d not sent; exiting to restart", partition, exc_info=True)
+            os._exit(70)
         self.in_flight += 1
         delivery.add_done_callback(partial(self._delivered, partition))
 

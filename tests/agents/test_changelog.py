@@ -15,11 +15,18 @@ from tracker.changelog import Changelog
 TOPIC = "app-sagas-changelog"
 
 
+class Db(dict[bytes, bytes]):
+    """A partition's RocksDB, as far as ``Changelog`` uses it."""
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self[key] = value
+
+
 class Store:
     """faust's RocksDB store, as far as ``Changelog`` uses it: partition stores and offsets."""
 
     def __init__(self) -> None:
-        self._dbs: dict[int, dict[bytes, bytes]] = {0: {}}
+        self._dbs: dict[int, Db] = {0: Db()}
         self.offsets: dict[TP, int] = {}
 
     def persisted_offset(self, tp: TP) -> int | None:
@@ -74,3 +81,21 @@ async def test_an_undelivered_record_exits_the_worker(changelog: Changelog, monk
     with pytest.raises(SystemExit) as exited:
         changelog._delivered(0, failed)
     assert exited.value.code == 70 and changelog.table.data.offsets == {}
+
+
+async def test_a_record_the_producer_refuses_exits_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exit_(code: int) -> None:
+        raise SystemExit(code)
+
+    async def send(*args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError("no metadata for the changelog topic")
+
+    monkeypatch.setattr("tracker.changelog.os._exit", exit_)
+    table: Any = SimpleNamespace(
+        data=Store(),
+        app=SimpleNamespace(producer=SimpleNamespace(send=send)),
+        changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC),
+    )
+    with pytest.raises(SystemExit) as exited:
+        await Changelog(table).put(0, b"saga-1", b"{}")
+    assert exited.value.code == 70 and table.data._dbs[0] == {b"saga-1": b"{}"}
