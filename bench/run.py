@@ -176,18 +176,37 @@ class _Sagas:
         return self.db.get(key)  # type: ignore[no-any-return]
 
 
-class _Writes:
-    """``tracker.changelog.Changelog`` for ``core``: the row to RocksDB, its record to the
-    changelog on aiokafka, the delivered offset recorded in the store."""
+class _Store:
+    """faust's RocksDB store for ``core``, as far as ``tracker.changelog.Changelog`` uses it:
+    every partition's store (one here) and the persisted offsets."""
 
-    def __init__(self, db: Any, producer: AIOKafkaProducer, topic: str, sent: list[Any]) -> None:
-        self.db, self.producer, self.topic, self.sent = db, producer, topic, sent
+    OFFSET = b"__faust\0offset__"
 
-    async def put(self, partition: int, key: bytes, value: bytes) -> None:
-        self.db.put(key, value)
-        delivery = await self.producer.send(self.topic, value, key=key, partition=partition)
-        delivery.add_done_callback(lambda d: self.db.put(b"__faust\0offset__", str(d.result().offset).encode()))
-        self.sent.append(delivery)
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self._dbs = dict.fromkeys(range(PARTITIONS), db)
+
+    def persisted_offset(self, tp: Any) -> int | None:
+        raw = self.db.get(self.OFFSET + str(tp.partition).encode())
+        return None if raw is None else int(raw)
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.db.put(self.OFFSET + str(tp.partition).encode(), str(offset).encode())
+
+
+def _changelog_table(db: Any, producer: AIOKafkaProducer, topic: str, sent: list[Any]) -> Any:
+    """The saga table as ``Changelog`` writes it: its store, faust's producer API on aiokafka."""
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int, timestamp: Any, headers: Any) -> Any:
+        delivery = await producer.send(topic, value, key=key, partition=partition)
+        sent.append(delivery)
+        return delivery
+
+    return SimpleNamespace(
+        data=_Store(db),
+        app=SimpleNamespace(producer=SimpleNamespace(send=send)),
+        changelog_topic=SimpleNamespace(get_topic_name=lambda: topic),
+    )
 
 
 class _Out:
@@ -209,12 +228,14 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     from rocksdict import Rdict
 
     from tracker.census import Census
+    from tracker.changelog import Changelog
     from tracker.correlation import Ignored, Record, correlate
     from tracker.deadletters import DeadLetters
     from tracker.errors import CorrelationError
     from tracker.indexes import Indexes
     from tracker.loader import load_catalog
     from tracker.metrics import Metrics
+    from tracker.settings import Settings
     from tracker.tracking import Tracking
 
     (data_dir / "core.yaml").write_text(order_definitions(topic))
@@ -234,7 +255,8 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     out: Any = _Out(producer, outputs, pending)  # stands in for faust topics
     tables: Any = SimpleNamespace(sagas=sagas)
     kinds = ("compensation", "outcome", "decision", "shadow")
-    writes = _Writes(db, producer, changelog, pending)
+    # The worker's cache; flushed after each batch below, as the worker's commits flush it.
+    writes = Changelog(_changelog_table(db, producer, changelog, pending), cache_rows=Settings().state_cache_rows)
     tracking = Tracking(
         catalog, tables, {k: out for k in kinds}, DeadLetters(out, metrics), metrics, census, indexes, writes=writes
     )
@@ -258,6 +280,7 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
                     continue
                 if not await tracking.apply_here(event, record):
                     raise RuntimeError(f"{record.source} was not applied")
+        await writes.flush()
         if len(pending) > 10_000:
             await asyncio.gather(*pending)
             pending.clear()

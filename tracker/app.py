@@ -134,6 +134,8 @@ def build(
         # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
         may_fire=lambda: generations.active or generations.shadow,
     )
+    writes = Changelog(tables.sagas, cache_rows=settings.state_cache_rows, frozen_after=settings.session_timeout)
+    _flush_cache_first(app, writes)
     tracking = Tracking(
         catalog,
         tables,
@@ -151,6 +153,7 @@ def build(
         role=generations,
         caught_up=lambda: not sweeper.behind,
         deferred=sweeper.forget,
+        writes=writes,
     )
     ingest.apply_here = tracking.apply_here
     tracker = TrackerApp(
@@ -159,6 +162,20 @@ def build(
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _wire(tracker)
     return tracker
+
+
+def _flush_cache_first(app: faust.App, writes: Changelog) -> None:
+    """Every producer flush writes the cached state rows first. faust flushes the producer
+    before it commits input offsets (periodically, and when partitions are revoked), so no
+    offset is committed before the state it caused is in the changelog."""
+    producer: Any = app.producer
+    flush = producer.flush
+
+    async def flush_cache_first() -> None:
+        await writes.flush()
+        await flush()
+
+    producer.flush = flush_cache_first
 
 
 def copartitioned(app: Any, tables: Tables, progress: Progress, partitions: int, topic: str, partition: int) -> bool:
@@ -235,6 +252,12 @@ def _wire(t: TrackerApp) -> None:
             log.exception("index rebuild failed")
             t.metrics.processing_errors.labels("index").inc()
 
+    @app.timer(1.0)
+    async def alive() -> None:
+        """Notice a freeze longer than the session timeout even while no state is written."""
+        if isinstance(t.tracking.writes, Changelog):
+            t.tracking.writes.alive()
+
     stall = t.settings.stall_timeout
 
     @app.timer(5.0)
@@ -280,5 +303,7 @@ def _wire(t: TrackerApp) -> None:
             await progress.close()
             t.indexes.close()
 
-    api = web.Api(app, t.settings, t.catalog, t.tables, t.indexes, t.metrics, t.sweeper, t.topics.saga_log)
+    api = web.Api(
+        app, t.settings, t.catalog, t.tables, t.indexes, t.metrics, t.sweeper, t.topics.saga_log, cached=t.tracking.writes.cached
+    )
     web.register(app, api, t.generations)

@@ -12,10 +12,34 @@ store has every record before it.
 Every write of saga state goes through here, so each saga's changelog records are in the
 order of its writes. faust's commit flushes its buffer and then aiokafka's producer, so an
 input offset is committed only once the changelog records it caused are delivered, as before.
+
+**The row cache** (``cache_rows`` > 0; Kafka Streams' record cache, and what Quix Streams'
+transactions do until a checkpoint): a write that decided no output is kept here, newest value
+per saga, instead of going to the store and the changelog at once; reads look here first.
+``flush`` writes the cached rows, the store first and then their changelog records, and runs
+before every faust commit (``app`` wraps the producer's ``flush``, which faust's commit and its
+revocation await before anything is committed), and when the cache is full. So a saga that
+changes several times between commits costs one changelog record, not one per change, and:
+
+* no input offset is committed before the rows it caused are in the changelog: a crash loses
+  only rows of uncommitted input, which is read again and re-applied (the machine is
+  deterministic; nothing the lost rows decided left the worker, see the next point);
+* a write that decides an output (a compensation, an outcome, a decision) is written through,
+  store and changelog record, before the output is sent: every output is recorded in state
+  before it leaves, as without the cache;
+* a saga's changelog records stay in the order of its writes: the cache keeps one row per key,
+  a write-through takes its key out of the cache, and every send goes through one lock.
+
+**A worker that was frozen** (SIGSTOP, a suspended VM) for longer than its session timeout has
+lost its partitions to another worker, which re-applies their uncommitted input. What it would
+write now (its cached rows, or the next change) lands in the changelog *after* the new owner's
+records and would win on the next recovery. ``alive`` (a timer, and every write) notices the gap
+and exits the worker before it writes anything; a restart starts from the committed offsets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -32,26 +56,96 @@ log = logging.getLogger(__name__)
 class StateWrites(Protocol):
     """Where ``Tracking`` writes saga state (the benchmark has a stand-in without faust)."""
 
-    async def put(self, partition: int, key: bytes, value: bytes) -> None: ...
+    async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None: ...
+
+    def cached(self, key: bytes) -> bytes | None: ...
 
 
 class Changelog:
-    def __init__(self, table: TableT) -> None:
-        self.table = table
+    def __init__(self, table: TableT, *, cache_rows: int = 0, frozen_after: float = 0.0) -> None:
+        """``cache_rows``: most rows the cache holds before it is flushed; 0: every write goes
+        through (the agent tests' memory store always does). ``frozen_after``: the session
+        timeout, seconds (0: not watched)."""
+        self.table, self.cache_rows, self.frozen_after = table, cache_rows, frozen_after
+        self.ran: float | None = None  # when this worker's event loop last ran ``alive``
+        self.rows: dict[bytes, tuple[int, bytes]] = {}  # the cache: key -> (partition, value)
+        self.sending = asyncio.Lock()  # changelog records leave in the order rows were stored
         # For the producer watchdog: records handed to the producer and not yet answered,
         # and when the last answer came.
         self.in_flight = 0
         self.moved = time.monotonic()
         self.gaps: set[int] = set()  # partitions whose changelog has records this store lacks
+        self.flushed_rows = self.written_rows = 0  # rows written by flushes / written in all
 
-    async def put(self, partition: int, key: bytes, value: bytes) -> None:
-        """Store the row, then send its changelog record. The row is stored before the first
-        await: a caller's load, decision and write stay one step of the event loop."""
+    def alive(self) -> None:
+        """The event loop runs (a timer calls this every second, and so does every write). A gap
+        longer than the session timeout means the worker was frozen and its partitions moved:
+        exit before writing anything stale."""
+        now = time.monotonic()
+        if self.frozen_after and self.ran is not None and now - self.ran > self.frozen_after:
+            log.critical(
+                "this worker did not run for %.0fs, longer than its session timeout (%gs): its partitions "
+                "have moved and its %d cached rows are stale; exiting to restart from the committed offsets",
+                now - self.ran,
+                self.frozen_after,
+                len(self.rows),
+            )
+            os._exit(70)
+        self.ran = now
+
+    def cached(self, key: bytes) -> bytes | None:
+        """The saga's newest row if it is in the cache (not yet in the store)."""
+        found = self.rows.get(key)
+        return None if found is None else found[1]
+
+    async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
+        """Cache the row, or (``through``, or no cache) store it and send its changelog record.
+        Either way the row is readable before the first await: a caller's load, decision and
+        write stay one step of the event loop."""
         db = partition_store(self.table, partition)
         if db is None:  # the memory store of the agent tests: faust's own write
             self.table[key] = value
             return
+        self.alive()
+        if self.cache_rows and not through:
+            self.rows[key] = (partition, value)
+            if len(self.rows) >= self.cache_rows:
+                await self.flush()
+            return
+        self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
         db.put(key, value)
+        self.written_rows += 1
+        async with self.sending:  # after the records of a flush that stored its rows earlier
+            await self._send(partition, key, value)
+
+    async def flush(self) -> None:
+        """Write every cached row: all to their stores first (no await in between, so a read
+        finds each row in the cache or the store), then their changelog records.
+
+        A row of a partition whose store is no longer open here is dropped: its input was not
+        committed (every commit flushes first), so the partition's owner reads it again."""
+        if not self.rows:
+            return
+        self.alive()
+        rows, self.rows = self.rows, {}
+        sends: list[tuple[int, bytes, bytes]] = []
+        dropped: dict[int, int] = {}
+        for key, (partition, value) in rows.items():
+            db = partition_store(self.table, partition)
+            if db is None:
+                dropped[partition] = dropped.get(partition, 0) + 1
+                continue
+            db.put(key, value)
+            sends.append((partition, key, value))
+        for partition, n in dropped.items():
+            log.warning("%d cached rows of partition %d dropped: it is no longer open here", n, partition)
+        self.flushed_rows += len(sends)
+        self.written_rows += len(sends)
+        async with self.sending:
+            for partition, key, value in sends:
+                await self._send(partition, key, value)
+
+    async def _send(self, partition: int, key: bytes, value: bytes) -> None:
         app: Any = self.table.app
         topic = self.table.changelog_topic.get_topic_name()
         try:

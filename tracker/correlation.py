@@ -93,9 +93,11 @@ def _lookup(ref: FieldRef, record: Record, body: Mapping[str, Any]) -> Any:
     if ref.source == "field":
         node: Any = body
         for part in ref.path:
-            if not isinstance(node, Mapping) or part not in node:
+            if not isinstance(node, dict):  # decoded JSON: objects are dicts
                 return None
-            node = node[part]
+            node = node.get(part)
+            if node is None:  # absent, or null: neither identifies anything
+                return None
         return node
     if ref.source == "header":
         return _header(record, ref.path[0])
@@ -159,7 +161,7 @@ def _text(what: str, value: Any, reason: str) -> str:
 def correlate(catalog: Catalog, record: Record, *, max_bytes: int) -> Event:
     """Map one raw record to the saga event it is; raise CorrelationError or Ignored."""
     body = decode(record, max_bytes)
-    candidates = [d for d in catalog.current.values() if record.topic in d.topics]
+    candidates = catalog.readers.get(record.topic, ())
     if not candidates:
         raise CorrelationError("unknown_topic", f"no saga definition reads topic {record.topic!r}")
     event_type: str | None = None

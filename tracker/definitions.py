@@ -484,6 +484,8 @@ class Catalog:
     ignored: Mapping[tuple[str, str], str]  # (topic, event type) -> the saga type that ignores it
     current: Mapping[str, SagaDefinition]
     versions: Mapping[str, SagaDefinition]
+    # topic -> the current definitions reading it, in declaration order (looked up per record)
+    readers: Mapping[str, tuple[SagaDefinition, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, definitions: Iterable[SagaDefinition], *, file: str | None = None) -> Catalog:
@@ -512,7 +514,12 @@ class Catalog:
                     by_topic_type[(topic, t)] = d
                 ignored.update({(topic, t): d.name for t in d.ignore})
         ignored = {k: v for k, v in ignored.items() if k not in by_topic_type}
-        return cls(defs, by_topic_type, ignored, current, versions)
+        readers: dict[str, tuple[SagaDefinition, ...]] = {}
+        for d in current.values():
+            for topic in d.topics:
+                if d not in readers.get(topic, ()):
+                    readers[topic] = (*readers.get(topic, ()), d)
+        return cls(defs, by_topic_type, ignored, current, versions, readers)
 
     @property
     def topics(self) -> tuple[str, ...]:

@@ -181,18 +181,21 @@ class Metrics:
         if new is None or new is old:
             return
         before = old.steps if old is not None and old.steps else [None] * len(new.steps)
+        child = self.child
         for spec, was, now in zip(definition.steps, before, new.steps, strict=False):
+            if was is not None and now.__dict__ == was.__dict__:
+                continue  # the common case: a step this record did not touch
             name = spec.name
             if now.state == st.TIMED_OUT and (was is None or was.state != st.TIMED_OUT):
-                self.timeouts.labels(saga_type, name).inc()
+                child(self.timeouts, saga_type, name).inc()
             for attempt in range((was.comp_attempts if was else 0) + 1, now.comp_attempts + 1):
-                (self.comp_emitted if attempt == 1 else self.comp_reemitted).labels(saga_type, name).inc()
+                child(self.comp_emitted if attempt == 1 else self.comp_reemitted, saga_type, name).inc()
             if now.comp_confirmed_at is not None and (was is None or was.comp_confirmed_at is None):
-                self.comp_confirmed.labels(saga_type, name).inc()
+                child(self.comp_confirmed, saga_type, name).inc()
             if now.completed_at is not None and (was is None or was.completed_at is None) and now.started_at is not None:
-                self.step_duration.labels(saga_type, name).observe(max(0.0, now.completed_at - now.started_at))
+                child(self.step_duration, saga_type, name).observe(max(0.0, now.completed_at - now.started_at))
         if new.terminal and (old is None or not old.terminal) and new.started_at is not None and new.ended_at is not None:
-            self.saga_duration.labels(saga_type, new.status).observe(max(0.0, new.ended_at - new.started_at))
+            child(self.saga_duration, saga_type, new.status).observe(max(0.0, new.ended_at - new.started_at))
 
 
 class StateCollector(Collector):

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import faust
@@ -121,8 +121,10 @@ class Tracking:
         """The saga's stored state. Given its partition, read from that partition's store
         directly: faust's table ``get`` reads RocksDB twice (contains, then get) per event."""
         key = saga_id.encode()
-        db = partition_store(self.tables.sagas, partition) if partition is not None else None
-        raw = db.get(key) if db is not None else self.tables.sagas.get(key)
+        raw = self.writes.cached(key)
+        if raw is None:
+            db = partition_store(self.tables.sagas, partition) if partition is not None else None
+            raw = db.get(key) if db is not None else self.tables.sagas.get(key)
         return None if raw is None else SagaState.from_dict(orjson.loads(raw))
 
     async def handle(self, record: Record) -> Transition | None:
@@ -139,7 +141,7 @@ class Tracking:
         await self.dead_letters.send(record, getattr(exc, "reason", "processing_error"), repr(exc))
 
     async def _apply(self, record: Record) -> Transition | None:
-        event = replace(Event.from_dict(orjson.loads(record.value or b"null")), position=f"{record.partition}/{record.offset}")
+        event = Event.from_dict(orjson.loads(record.value or b"null")).at(f"{record.partition}/{record.offset}")
         if event.kind == TIMEOUT and not self.caught_up() and not self.applied(event):
             self.metrics.timeouts_deferred.inc()
             self.deferred(event.saga_id, event.token)
@@ -154,7 +156,7 @@ class Tracking:
             return False
         try:
             # The record's own position: a redelivery re-sends what it caused, as on the log.
-            await self._decide(replace(event, position=record.source), record)
+            await self._decide(event.at(record.source), record)
         except PartitionError:
             return False  # moved away meanwhile (a shadow run awaits between steps): forward it
         except Exception as exc:
@@ -166,7 +168,7 @@ class Tracking:
             # A shadow run over history decides in event time: a deadline that passed before
             # this event fires first (what the changed definition would have done live).
             while (due := virtual_timeout(self.load(event.saga_id), event.time)) is not None:
-                done = await self._apply_event(replace(due, position=event.position), record)
+                done = await self._apply_event(due.at(event.position), record)
                 if done is None or not done.changed:
                     break
         return await self._apply_event(event, record)
@@ -196,7 +198,10 @@ class Tracking:
             if current is None or deadline_key(current.due, event.saga_id) != deadline_key(event.time, event.saga_id):
                 index.drop_deadline(deadline_key(event.time, event.saga_id))
         if transition.changed and transition.state is not None:
-            old_row, new_row = await self.store(index, definition, state, transition.state, record.partition)
+            # A decision that sends something is written through before it is sent (see changelog).
+            old_row, new_row = await self.store(
+                index, definition, state, transition.state, record.partition, through=bool(transition.emits)
+            )
             self.census.change(record.partition, old_row, new_row)  # deltas: in any order
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
@@ -221,19 +226,26 @@ class Tracking:
         return transition
 
     async def store(
-        self, index: Index, definition: SagaDefinition, old: SagaState | None, new: SagaState, partition: int
+        self,
+        index: Index,
+        definition: SagaDefinition,
+        old: SagaState | None,
+        new: SagaState,
+        partition: int,
+        *,
+        through: bool = False,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Write the index rows derived from the saga, then the saga; return where it stood
         before (its ``placement``) and its summary row after, for the census.
 
-        Both are written before the first await (``put`` stores the row before it sends), so
-        a decision stays one step of the event loop: load, apply, write. The index is local
+        Both are written before the first await (``put`` caches or stores the row before it
+        sends), so a decision stays one step of the event loop: load, apply, write. The index is local
         and rebuilt from the saga rows, so their order does not matter across a crash."""
         was = placement(definition, old) if old is not None else None
         row = summary(definition, new)
         index.change(keys_of(old, was) if old is not None and was is not None else (), rows_of(new, row))
         # orjson writes the dataclasses as to_dict() would
-        await self.writes.put(partition, new.saga_id.encode(), orjson.dumps(new))
+        await self.writes.put(partition, new.saga_id.encode(), orjson.dumps(new), through=through)
         return was, row
 
     async def send(self, emit: Emit) -> Any:
@@ -251,5 +263,5 @@ class Tracking:
             topic = self.outputs["shadow"]
             headers.append(("saga_tracker_kind", emit.kind.encode()))
         delivery = await topic.send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
-        self.metrics.emitted.labels(emit.kind if self.role.active else "shadow").inc()
+        self.metrics.child(self.metrics.emitted, emit.kind if self.role.active else "shadow").inc()
         return delivery

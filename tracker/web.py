@@ -176,8 +176,11 @@ class Api:
         metrics: Metrics,
         sweeper: Sweeper,
         saga_log: faust.TopicT,
+        cached: Callable[[bytes], bytes | None] = lambda key: None,
     ) -> None:
+        """``cached``: a saga's newest state row not yet in its store (``Changelog.cached``)."""
         self.app, self.settings, self.catalog, self.tables, self.indexes = app, settings, catalog, tables, indexes
+        self.cached = cached
         self.metrics, self.sweeper, self.saga_log = metrics, sweeper, saga_log
         self.router = Router(app, tables.sagas, settings.partitions)
 
@@ -203,7 +206,10 @@ class Api:
     # --- local data --------------------------------------------------------------------------
 
     def local_saga(self, saga_id: str) -> dict[str, Any] | None:
-        raw = self.tables.sagas.get(saga_id.encode())
+        key = saga_id.encode()
+        raw = self.cached(key)
+        if raw is None:
+            raw = self.tables.sagas.get(key)
         return None if raw is None else saga_view(self.catalog, SagaState.from_dict(orjson.loads(raw)))
 
     async def local_rows(self) -> Iterator[dict[str, Any]]:

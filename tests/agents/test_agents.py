@@ -364,10 +364,13 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
     table, gate, seen = shell.tracker.tables.sagas, asyncio.Event(), []
 
     class SlowSend:
-        async def put(self, partition: int, key: bytes, value: bytes) -> None:
+        async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
             table[key] = value  # stored before the first await, as tracker.changelog does
             seen.append((shell.saga("o-1"), shell.deadlines()))
             await gate.wait()  # the producer's buffer is full
+
+        def cached(self, key: bytes) -> bytes | None:
+            return None
 
     shell.tracker.tracking.writes = SlowSend()
     put = asyncio.ensure_future(track.put(record(order_event("OrderCreated")), key=b"o-1"))
@@ -378,3 +381,34 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
     assert deadlines[b"%015d|o-1" % 120_000]["token"] == state["deadline"]["token"]
     gate.set()
     await put
+
+
+async def test_a_decision_that_sends_is_written_through_before_it_is_sent(shell: Shell, track: Any) -> None:
+    # With the row cache, a change that sends nothing may wait for the next commit; one that
+    # sends an output must be in the store and on its way to the changelog before the output.
+    table, order = shell.tracker.tables.sagas, []
+    tracking = shell.tracker.tracking
+
+    class Recording:
+        async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
+            table[key] = value
+            order.append(("put", through, bool(orjson.loads(value)["outbox"])))
+
+        def cached(self, key: bytes) -> bytes | None:
+            return None
+
+    send = tracking.send
+
+    async def recorded_send(emit: Any) -> Any:
+        order.append(("send", emit.kind))
+        return await send(emit)
+
+    tracking.writes = Recording()
+    tracking.send = recorded_send  # type: ignore[method-assign]
+    await track.put(record(order_event("OrderCreated")), key=b"o-1")
+    deadline = shell.saga("o-1")["deadline"]  # type: ignore[index]
+    await track.put(record(timeout_event("o-1", "order_fulfilment", deadline["token"], deadline["due"])), key=b"o-1")
+    assert order[0] == ("put", False, False)  # started: nothing sent, may be cached
+    assert order[1] == ("put", True, True)  # the timeout's compensation, recorded in the outbox
+    assert order[2:] and all(entry[0] == "send" for entry in order[2:])
+    assert ("send", "compensation") in order

@@ -99,3 +99,134 @@ async def test_a_record_the_producer_refuses_exits_the_worker(monkeypatch: pytes
     with pytest.raises(SystemExit) as exited:
         await Changelog(table).put(0, b"saga-1", b"{}")
     assert exited.value.code == 70 and table.data._dbs[0] == {b"saga-1": b"{}"}
+
+
+class Producer:
+    """faust's producer, as far as ``Changelog`` sends to it: records in the order handed over,
+    each delivered at once unless ``gate`` holds the sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes, bytes]] = []
+        self.gate: asyncio.Event | None = None
+        self.offsets: dict[int, int] = {}
+
+    async def send(self, topic: str, key: bytes, value: bytes, partition: int, timestamp: Any, headers: Any) -> Any:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sent.append((partition, key, value))
+        offset = self.offsets[partition] = self.offsets.get(partition, -1) + 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(topic=TOPIC, partition=partition, offset=offset))
+        return future
+
+
+def cached_changelog(rows: int = 100) -> tuple[Changelog, Store, Producer]:
+    store, producer = Store(), Producer()
+    store._dbs[1] = Db()
+    table: Any = SimpleNamespace(
+        data=store, app=SimpleNamespace(producer=producer), changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC)
+    )
+    return Changelog(table, cache_rows=rows), store, producer
+
+
+async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_flush() -> None:
+    changelog, store, producer = cached_changelog()
+    for version in (b"v1", b"v2", b"v3"):
+        await changelog.put(0, b"saga-1", version)
+    await changelog.put(1, b"saga-2", b"w1")
+    assert changelog.cached(b"saga-1") == b"v3" and changelog.cached(b"saga-2") == b"w1"
+    assert store._dbs[0] == {} and producer.sent == []  # nothing written until the flush
+    await changelog.flush()
+    assert store._dbs[0] == {b"saga-1": b"v3"} and store._dbs[1] == {b"saga-2": b"w1"}
+    assert sorted(producer.sent) == [(0, b"saga-1", b"v3"), (1, b"saga-2", b"w1")]  # one record each
+    await asyncio.sleep(0)  # delivery callbacks
+    assert changelog.cached(b"saga-1") is None and changelog.in_flight == 0
+    assert store.offsets == {TP(TOPIC, 0): 0, TP(TOPIC, 1): 0}
+
+
+async def test_a_write_through_replaces_the_cached_row_and_is_sent_at_once() -> None:
+    changelog, store, producer = cached_changelog()
+    await changelog.put(0, b"saga-1", b"v1")
+    await changelog.put(0, b"saga-1", b"v2", through=True)  # it decided an output
+    assert store._dbs[0] == {b"saga-1": b"v2"} and producer.sent == [(0, b"saga-1", b"v2")]
+    assert changelog.cached(b"saga-1") is None
+    await changelog.flush()
+    assert producer.sent == [(0, b"saga-1", b"v2")]  # the older cached row is never sent
+
+
+async def test_a_write_through_during_a_flush_is_sent_after_the_flushed_row_of_the_same_saga() -> None:
+    changelog, store, producer = cached_changelog()
+    await changelog.put(0, b"saga-1", b"v1")
+    producer.gate = asyncio.Event()  # the producer's buffer is full
+    flushing = asyncio.ensure_future(changelog.flush())
+    await asyncio.sleep(0)
+    assert store._dbs[0] == {b"saga-1": b"v1"}  # stored before the flush's first await
+    through = asyncio.ensure_future(changelog.put(0, b"saga-1", b"v2", through=True))
+    await asyncio.sleep(0)
+    assert store._dbs[0] == {b"saga-1": b"v2"}
+    producer.gate.set()
+    await asyncio.gather(flushing, through)
+    assert producer.sent == [(0, b"saga-1", b"v1"), (0, b"saga-1", b"v2")]  # the changelog ends at v2
+
+
+async def test_a_full_cache_is_flushed_by_the_write_that_fills_it() -> None:
+    changelog, store, producer = cached_changelog(rows=3)
+    for n in range(3):
+        await changelog.put(0, b"saga-%d" % n, b"v")
+    assert len(store._dbs[0]) == 3 and len(producer.sent) == 3 and not changelog.rows
+    assert changelog.flushed_rows == changelog.written_rows == 3
+
+
+async def test_rows_of_a_partition_that_left_are_dropped_not_sent(caplog: pytest.LogCaptureFixture) -> None:
+    changelog, store, producer = cached_changelog()
+    await changelog.put(0, b"saga-1", b"v1")
+    await changelog.put(1, b"saga-2", b"w1")
+    del store._dbs[1]  # revoked: its input was not committed, the new owner reads it again
+    with caplog.at_level(logging.WARNING):
+        await changelog.flush()
+    assert producer.sent == [(0, b"saga-1", b"v1")]
+    assert any("cached rows of partition 1 dropped" in r.message for r in caplog.records)
+
+
+async def test_without_a_cache_every_write_goes_through() -> None:
+    changelog, store, producer = cached_changelog(rows=0)
+    await changelog.put(0, b"saga-1", b"v1")
+    assert store._dbs[0] == {b"saga-1": b"v1"} and producer.sent == [(0, b"saga-1", b"v1")]
+    assert changelog.cached(b"saga-1") is None
+
+
+async def test_the_producer_flush_that_precedes_every_commit_writes_the_cache_first() -> None:
+    from tracker.app import _flush_cache_first
+
+    changelog, store, producer = cached_changelog()
+    order: list[str] = []
+
+    async def flush() -> None:  # faust's: the buffer, then aiokafka's producer
+        order.append(f"producer flush, {len(producer.sent)} sent")
+
+    producer.flush = flush  # type: ignore[attr-defined]
+    _flush_cache_first(changelog.table.app, changelog)
+    await changelog.put(0, b"saga-1", b"v1")
+    await changelog.table.app.producer.flush()
+    assert order == ["producer flush, 1 sent"] and store._dbs[0] == {b"saga-1": b"v1"}
+
+
+async def test_a_worker_frozen_past_its_session_timeout_exits_before_it_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exit_(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr("tracker.changelog.os._exit", exit_)
+    changelog, store, producer = cached_changelog()
+    changelog.frozen_after = 6.0
+    changelog.alive()
+    await changelog.put(0, b"saga-1", b"v1")
+    changelog.ran -= 5.0  # type: ignore[operator]  # the loop ran 5 s ago: busy, not frozen
+    changelog.alive()
+    await changelog.put(0, b"saga-2", b"w1")
+    changelog.ran -= 10.0  # type: ignore[operator]  # SIGSTOP for 10 s: its partitions moved
+    with pytest.raises(SystemExit) as exited:
+        await changelog.flush()
+    assert exited.value.code == 70 and producer.sent == [] and store._dbs[0] == {}
+    with pytest.raises(SystemExit):
+        await changelog.put(0, b"saga-1", b"v2", through=True)
+    assert producer.sent == []
