@@ -134,7 +134,7 @@ def build(
         # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
         may_fire=lambda: generations.active or generations.shadow,
     )
-    writes = Changelog(tables.sagas, cache_rows=settings.state_cache_rows, frozen_after=settings.session_timeout)
+    writes = Changelog(tables.sagas, cache_rows=settings.state_cache_rows, frozen_after=settings.session_timeout, metrics=metrics)
     _flush_cache_first(app, writes)
     tracking = Tracking(
         catalog,

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from faust.types import TP, TableT
 
 from tables import partition_store
+from tracker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,17 @@ class StateWrites(Protocol):
 
 
 class Changelog:
-    def __init__(self, table: TableT, *, cache_rows: int = 0, frozen_after: float = 0.0) -> None:
+    def __init__(self, table: TableT, *, cache_rows: int = 0, frozen_after: float = 0.0, metrics: Metrics | None = None) -> None:
         """``cache_rows``: most rows the cache holds before it is flushed; 0: every write goes
         through (the agent tests' memory store always does). ``frozen_after``: the session
         timeout, seconds (0: not watched)."""
         self.table, self.cache_rows, self.frozen_after = table, cache_rows, frozen_after
+        self.through_rows: Any = None
+        self.flushed_rows: Any = None
+        if metrics is not None:
+            self.through_rows = metrics.state_rows_written.labels("through")
+            self.flushed_rows = metrics.state_rows_written.labels("flush")
+            metrics.state_rows_cached.set_function(lambda: len(self.rows))
         self.ran: float | None = None  # when this worker's event loop last ran ``alive``
         self.rows: dict[bytes, tuple[int, bytes]] = {}  # the cache: key -> (partition, value)
         self.sending = asyncio.Lock()  # changelog records leave in the order rows were stored
@@ -75,7 +82,6 @@ class Changelog:
         self.in_flight = 0
         self.moved = time.monotonic()
         self.gaps: set[int] = set()  # partitions whose changelog has records this store lacks
-        self.flushed_rows = self.written_rows = 0  # rows written by flushes / written in all
 
     def alive(self) -> None:
         """The event loop runs (a timer calls this every second, and so does every write). A gap
@@ -114,7 +120,8 @@ class Changelog:
             return
         self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
         db.put(key, value)
-        self.written_rows += 1
+        if self.through_rows is not None:
+            self.through_rows.inc()
         async with self.sending:  # after the records of a flush that stored its rows earlier
             await self._send(partition, key, value)
 
@@ -139,8 +146,8 @@ class Changelog:
             sends.append((partition, key, value))
         for partition, n in dropped.items():
             log.warning("%d cached rows of partition %d dropped: it is no longer open here", n, partition)
-        self.flushed_rows += len(sends)
-        self.written_rows += len(sends)
+        if self.flushed_rows is not None:
+            self.flushed_rows.inc(len(sends))
         async with self.sending:
             for partition, key, value in sends:
                 await self._send(partition, key, value)

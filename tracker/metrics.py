@@ -113,6 +113,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.state_rows_written = Counter(
+            "saga_tracker_state_rows_written_total",
+            "Saga state rows written to the store and the changelog: 'through' (the change sends an "
+            "output, or there is no cache) or 'flush' (cached rows, before a commit or when the cache is "
+            "full). Against saga_tracker_events_total it shows how many changes the cache saved.",
+            ["how"],
+            registry=r,
+        )
+        self.state_rows_cached = Gauge(
+            "saga_tracker_state_rows_cached",
+            "Saga state rows changed since the last commit and not yet written (SAGA_TRACKER_STATE_CACHE_ROWS).",
+            registry=r,
+        )
         self.sweep_cpu = Counter(
             "saga_tracker_sweep_cpu_seconds_total",
             "CPU time of the sweeps' own code: reading the due deadlines and deciding what to send "

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from faust.types import TP
+from prometheus_client import CollectorRegistry
 
 from tracker.changelog import Changelog
+from tracker.metrics import Metrics
 
 TOPIC = "app-sagas-changelog"
 
@@ -120,13 +122,13 @@ class Producer:
         return future
 
 
-def cached_changelog(rows: int = 100) -> tuple[Changelog, Store, Producer]:
+def cached_changelog(rows: int = 100, metrics: Metrics | None = None) -> tuple[Changelog, Store, Producer]:
     store, producer = Store(), Producer()
     store._dbs[1] = Db()
     table: Any = SimpleNamespace(
         data=store, app=SimpleNamespace(producer=producer), changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC)
     )
-    return Changelog(table, cache_rows=rows), store, producer
+    return Changelog(table, cache_rows=rows, metrics=metrics), store, producer
 
 
 async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_flush() -> None:
@@ -174,7 +176,6 @@ async def test_a_full_cache_is_flushed_by_the_write_that_fills_it() -> None:
     for n in range(3):
         await changelog.put(0, b"saga-%d" % n, b"v")
     assert len(store._dbs[0]) == 3 and len(producer.sent) == 3 and not changelog.rows
-    assert changelog.flushed_rows == changelog.written_rows == 3
 
 
 async def test_rows_of_a_partition_that_left_are_dropped_not_sent(caplog: pytest.LogCaptureFixture) -> None:
@@ -230,3 +231,21 @@ async def test_a_worker_frozen_past_its_session_timeout_exits_before_it_writes(m
     with pytest.raises(SystemExit):
         await changelog.put(0, b"saga-1", b"v2", through=True)
     assert producer.sent == []
+
+
+async def test_written_and_cached_rows_are_counted() -> None:
+    metrics = Metrics(CollectorRegistry())
+    changelog, _store, _producer = cached_changelog(metrics=metrics)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    for n in range(3):
+        await changelog.put(0, b"saga-1", b"v%d" % n)
+    await changelog.put(0, b"saga-2", b"w1")
+    assert sample("saga_tracker_state_rows_cached") == 2.0
+    await changelog.put(0, b"saga-3", b"x1", through=True)
+    await changelog.flush()
+    assert sample("saga_tracker_state_rows_written_total", how="through") == 1.0
+    assert sample("saga_tracker_state_rows_written_total", how="flush") == 2.0  # 4 changes, 2 rows
+    assert sample("saga_tracker_state_rows_cached") == 0.0
