@@ -514,11 +514,8 @@ class Catalog:
                     by_topic_type[(topic, t)] = d
                 ignored.update({(topic, t): d.name for t in d.ignore})
         ignored = {k: v for k, v in ignored.items() if k not in by_topic_type}
-        readers: dict[str, tuple[SagaDefinition, ...]] = {}
-        for d in current.values():
-            for topic in d.topics:
-                if d not in readers.get(topic, ()):
-                    readers[topic] = (*readers.get(topic, ()), d)
+        topics = {t for d in current.values() for t in d.topics}
+        readers = {t: tuple(d for d in current.values() if t in d.topics) for t in topics}
         return cls(defs, by_topic_type, ignored, current, versions, readers)
 
     @property
