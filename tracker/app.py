@@ -304,6 +304,6 @@ def _wire(t: TrackerApp) -> None:
             t.indexes.close()
 
     api = web.Api(
-        app, t.settings, t.catalog, t.tables, t.indexes, t.metrics, t.sweeper, t.topics.saga_log, cached=t.tracking.writes.cached
+        app, t.settings, t.catalog, t.tables, t.indexes, t.metrics, t.sweeper, t.topics.saga_log, state=t.tracking.writes.get
     )
     web.register(app, api, t.generations)

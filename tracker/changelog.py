@@ -59,7 +59,7 @@ class StateWrites(Protocol):
 
     async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None: ...
 
-    def cached(self, key: bytes) -> bytes | None: ...
+    def get(self, key: bytes, partition: int | None = None) -> bytes | None: ...
 
 
 class Changelog:
@@ -99,10 +99,15 @@ class Changelog:
             os._exit(70)
         self.ran = now
 
-    def cached(self, key: bytes) -> bytes | None:
-        """The saga's newest row if it is in the cache (not yet in the store)."""
+    def get(self, key: bytes, partition: int | None = None) -> bytes | None:
+        """The saga's newest row: the cache, else the store. Given its partition, read that
+        partition's store directly: faust's table ``get`` reads RocksDB twice (contains, then
+        get)."""
         found = self.rows.get(key)
-        return None if found is None else found[1]
+        if found is not None:
+            return found[1]
+        db = partition_store(self.table, partition) if partition is not None else None
+        return db.get(key) if db is not None else self.table.get(key)
 
     async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
         """Cache the row, or (``through``, or no cache) store it and send its changelog record.

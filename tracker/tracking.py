@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import faust
 import orjson
 
-from tables import Tables, partition_store
+from tables import Tables
 from tracker.census import Census
 from tracker.changelog import Changelog, StateWrites
 from tracker.correlation import Record
@@ -118,13 +118,8 @@ class Tracking:
         self.caught_up, self.deferred = caught_up, deferred
 
     def load(self, saga_id: str, partition: int | None = None) -> SagaState | None:
-        """The saga's stored state. Given its partition, read from that partition's store
-        directly: faust's table ``get`` reads RocksDB twice (contains, then get) per event."""
-        key = saga_id.encode()
-        raw = self.writes.cached(key)
-        if raw is None:
-            db = partition_store(self.tables.sagas, partition) if partition is not None else None
-            raw = db.get(key) if db is not None else self.tables.sagas.get(key)
+        """The saga's newest state (the row cache first), from its partition's store if known."""
+        raw = self.writes.get(saga_id.encode(), partition)
         return None if raw is None else SagaState.from_dict(orjson.loads(raw))
 
     async def handle(self, record: Record) -> Transition | None:

@@ -176,11 +176,12 @@ class Api:
         metrics: Metrics,
         sweeper: Sweeper,
         saga_log: faust.TopicT,
-        cached: Callable[[bytes], bytes | None] = lambda key: None,
+        state: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
-        """``cached``: a saga's newest state row not yet in its store (``Changelog.cached``)."""
+        """``state``: a saga's newest state row, the row cache first (``Changelog.get``);
+        the table's by default."""
         self.app, self.settings, self.catalog, self.tables, self.indexes = app, settings, catalog, tables, indexes
-        self.cached = cached
+        self.state = state or tables.sagas.get
         self.metrics, self.sweeper, self.saga_log = metrics, sweeper, saga_log
         self.router = Router(app, tables.sagas, settings.partitions)
 
@@ -206,10 +207,7 @@ class Api:
     # --- local data --------------------------------------------------------------------------
 
     def local_saga(self, saga_id: str) -> dict[str, Any] | None:
-        key = saga_id.encode()
-        raw = self.cached(key)
-        if raw is None:
-            raw = self.tables.sagas.get(key)
+        raw = self.state(saga_id.encode())
         return None if raw is None else saga_view(self.catalog, SagaState.from_dict(orjson.loads(raw)))
 
     async def local_rows(self) -> Iterator[dict[str, Any]]:

@@ -369,8 +369,8 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
             seen.append((shell.saga("o-1"), shell.deadlines()))
             await gate.wait()  # the producer's buffer is full
 
-        def cached(self, key: bytes) -> bytes | None:
-            return None
+        def get(self, key: bytes, partition: int | None = None) -> bytes | None:
+            return table.get(key)
 
     shell.tracker.tracking.writes = SlowSend()
     put = asyncio.ensure_future(track.put(record(order_event("OrderCreated")), key=b"o-1"))
@@ -394,8 +394,8 @@ async def test_a_decision_that_sends_is_written_through_before_it_is_sent(shell:
             table[key] = value
             order.append(("put", through, bool(orjson.loads(value)["outbox"])))
 
-        def cached(self, key: bytes) -> bytes | None:
-            return None
+        def get(self, key: bytes, partition: int | None = None) -> bytes | None:
+            return table.get(key)
 
     send = tracking.send
 

@@ -36,6 +36,12 @@ STALL = 15.0
 HANDLED_BOUND = 45.0
 
 
+def on_its_own(code: int | None) -> bool:
+    """An exit the supervisor restarts (its watchdog, the freeze guard: 70), not a kill by the
+    scenario (-9, 137) or a clean stop (0, -15)."""
+    return code is not None and code > 0 and code != 137
+
+
 def fault_definitions(prefix: str) -> str:
     """The shipped sagas on prefixed topics, with short step timeouts."""
     sagas = []
@@ -82,7 +88,7 @@ class FaultScenario(Scenario):
         while not self.done.wait(1.0):
             for w in list(self.workers):
                 code = w.process.poll() if w.process is not None else None
-                if code is not None and code > 0 and code != 137:
+                if on_its_own(code):
                     self.restarts.append(f"{w.name} exited {code}")
                     w.start(wait=False)
 

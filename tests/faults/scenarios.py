@@ -12,6 +12,7 @@ import json
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.faults.harness import TIMEOUT, FaultScenario, ServicesThread, Verdict, verdict
+from tests.faults.harness import TIMEOUT, FaultScenario, ServicesThread, Verdict, on_its_own, verdict
 from tests.integration.harness import Kafka, Worker
 from tests.tools import tool
 from tracker.broker import EmbeddedBroker
@@ -69,8 +70,7 @@ def finish(
     before_loss: Sequence[dict[str, Any]] = (),
 ) -> Verdict:
     for w in s.workers:
-        if w.alive():
-            w.wait_ready(90)
+        settle(w)
     try:
         return verdict(name, s, services, reader, faults_end, before_loss=before_loss)
     finally:
@@ -78,6 +78,26 @@ def finish(
         services.stop()
         for w in s.workers:
             w.stop()
+
+
+def settle(w: Worker, timeout: float = 90.0) -> None:
+    """Wait for ``w`` to be ready if it runs. One that exits on its own (a watchdog, the freeze
+    guard: code 70, as ``FaultScenario.supervise`` restarts) is waited for again once the
+    supervisor has restarted it; one the scenario stopped or killed is left to the scenario."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = w.process.poll() if w.process is not None else 0
+        if code is None:
+            try:
+                w.wait_ready(max(1.0, deadline - time.monotonic()))
+                return
+            except AssertionError:
+                if not on_its_own(w.process.poll() if w.process is not None else 0):
+                    raise
+        elif not on_its_own(code):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"worker {w.name}: not ready in {timeout:g}s\n{w.tail()}")
 
 
 def every(done: threading.Event, seconds: float, act: Callable[[], None]) -> None:
@@ -162,15 +182,27 @@ def zombie(ctx: Context) -> Verdict:
     s = ctx.scenario()
     w1, w2 = s.worker("w1").start(), s.worker("w2").start()
 
+    woke: list[int | None] = []
+
     def freeze(done: threading.Event) -> None:
         time.sleep(2)
-        assert w2.process is not None
+        frozen = w2.process  # the supervisor replaces w2.process when it restarts w2
+        assert frozen is not None
         w2.send_signal(signal.SIGSTOP)
         time.sleep(10)  # past the 6 s session timeout: w1 takes its partitions
         w2.send_signal(signal.SIGCONT)
+        # Its freeze guard (tracker/changelog.py) exits it before it writes stale rows.
+        try:
+            woke.append(frozen.wait(timeout=20))
+        except subprocess.TimeoutExpired:
+            woke.append(None)
 
     services, end = drive(ctx, s, freeze)
-    return finish("SIGSTOP a worker past its session timeout, then SIGCONT", s, services, w1, end)
+    v = finish("SIGSTOP a worker past its session timeout, then SIGCONT", s, services, w1, end)
+    v.notes.append(f"the woken worker exited with code {woke[0]}" if woke and woke[0] is not None else "w2 kept running")
+    if woke != [70]:  # it may have written rows stale since its partitions moved
+        v.checks["state = oracle"] = f"the woken worker did not exit 70 (its freeze guard): {woke}"
+    return v
 
 
 def redelivery(ctx: Context) -> Verdict:
