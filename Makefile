@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check tracker topics tables tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy tracker topics tables
+	$(BIN)/mypy tracker topics tables tests bench
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

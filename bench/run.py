@@ -434,6 +434,72 @@ def wait_applied(
     raise TimeoutError("the tracker did not apply every record in time")
 
 
+STAGES = ("correlate", "state decode", "apply", "summary and index rows", "state encode", "metrics")
+
+
+def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) -> tuple[Result, dict[str, float]]:
+    """The tracker's per-event decisions and nothing else: correlation, the stored state's
+    decode, the pure machine, the summary and index rows, the state's encode and the metrics,
+    in memory (no Kafka, no RocksDB, no faust, no awaits). No plumbing, however cheap, makes
+    the tracker faster than this; it bounds what any design of the shell can reach.
+
+    Returns the untimed-stages run, and the µs per event of each stage from a second run
+    that times them (the clock reads cost a little on their own)."""
+    from tracker.correlation import Ignored, Record, correlate
+    from tracker.errors import CorrelationError
+    from tracker.indexes import keys_of, rows_of
+    from tracker.loader import load_catalog
+    from tracker.machine import apply
+    from tracker.metrics import Metrics
+    from tracker.state import SagaState
+    from tracker.summaries import placement, summary
+
+    (data_dir / "decisions.yaml").write_text(order_definitions(topic))
+    catalog = load_catalog([str(data_dir / "decisions.yaml")])
+    inputs = [Record(topic, 0, n, k, v, [], 1_800_000_000.0 + n * 0.001) for n, (k, v) in enumerate(records)]
+
+    def run(clock: Any) -> tuple[int, float, float, list[float]]:
+        metrics, store = Metrics(CollectorRegistry()), dict[str, bytes]()
+        spent = [0.0] * len(STAGES)
+        applied = 0
+        t0, c0 = time.perf_counter(), cpu()
+        for record in inputs:
+            a = clock()
+            try:
+                event = correlate(catalog, record, max_bytes=1 << 20)
+            except (CorrelationError, Ignored) as exc:
+                raise RuntimeError(f"{record.source}: {exc}") from None
+            b = clock()
+            raw = store.get(event.saga_id)
+            state = None if raw is None else SagaState.from_dict(orjson.loads(raw))
+            c = clock()
+            of = (state.saga_type, state.version) if state else (event.saga_type, event.version)
+            definition = catalog.definition(*of)
+            assert definition is not None
+            transition = apply(definition, state, event, record.timestamp or 0.0)
+            d = clock()
+            e = f = d
+            if transition.changed and transition.state is not None:
+                new = transition.state
+                if state is not None:  # the old index rows' keys, to delete
+                    keys_of(state, placement(definition, state))
+                rows_of(new, summary(definition, new))
+                e = clock()
+                store[event.saga_id] = orjson.dumps(new)
+                f = clock()
+            metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
+            g = clock()
+            for i, (start, end) in enumerate(((a, b), (b, c), (c, d), (d, e), (e, f), (f, g))):
+                spent[i] += end - start
+            applied += 1
+        return applied, time.perf_counter() - t0, cpu() - c0, spent
+
+    applied, seconds, used, _ = run(lambda: 0.0)
+    _, _, _, spent = run(time.perf_counter)
+    stages = {name: spent[i] / applied * 1e6 for i, name in enumerate(STAGES)}
+    return Result("tracker decisions alone (no I/O)", applied, seconds, used), stages
+
+
 def quix(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result | None:
     """Quix Streams doing the same per-saga state update, with its RocksDB state and changelog."""
     python = os.environ.get("QUIX_PYTHON")  # make bench installs Quix Streams in a venv of its own
@@ -495,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.worker_only:
             results.append(asyncio.run(raw(broker.bootstrap, topic, len(records), data)))
             results.append(asyncio.run(core(broker.bootstrap, topic, len(records), data)))
+            alone, stages = decisions(topic, records, data)
+            results.append(alone)
         q = None if args.smoke or args.worker_only else quix(broker.bootstrap, topic, len(records), data)
         if q is not None:
             results.append(q)
@@ -522,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     base = results[0]
     ceiling = results[1]
     print(f"\n{ceiling.name}: {ceiling.rate / base.rate:.3f} of raw (the tracker's own work per event, without faust)")
+    print(f"{alone.name}: {alone.cpu_us:.1f} us/event; by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print(f"  its CPU against raw's and Quix's whole per-event CPU: at most {base.cpu_us / alone.cpu_us:.3f} of raw", end="")
+    print(f", {q.cpu_us / alone.cpu_us:.3f} of Quix" if q is not None else "")
     if forwarded is not None:
         print(f"{forwarded.name}: {forwarded.rate / in_place.rate:.2f} of the rate keyed by saga id (through the saga log)")
     for t, rss in mine:

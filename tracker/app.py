@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TP
+from faust.types import TP, AppT
 from prometheus_client import CollectorRegistry
 
 import tables as tables_module
@@ -164,7 +164,7 @@ def build(
     return tracker
 
 
-def _flush_cache_first(app: faust.App, writes: Changelog) -> None:
+def _flush_cache_first(app: AppT, writes: Changelog) -> None:
     """Every producer flush writes the cached state rows first. faust flushes the producer
     before it commits input offsets (periodically, and when partitions are revoked), so no
     offset is committed before the state it caused is in the changelog."""

@@ -57,9 +57,9 @@ def shell(tmp_path: Path) -> Iterator[Shell]:
     t = build(settings, load_catalog(), registry=CollectorRegistry())
     app = t.app
     app.finalize()
-    app.conf.store = "memory://"
+    app.conf.store = "memory://"  # type: ignore[assignment]  # faust's setter takes a str
     app.flow_control.resume()
-    channels = {
+    channels: dict[str, Any] = {
         name: app.channel(key_type=bytes, value_type=bytes, maxsize=1000)
         for name in ("compensation", "outcome", "decision", "dead_letter", "saga_log")
     }
@@ -115,7 +115,7 @@ async def test_track_agent_sends_compensations_with_trace_headers_and_is_idempot
     await track.put(timeout, key=b"o-1")
     sent = await shell.next("compensation")
     assert sent.key == b"o-1" and orjson.loads(sent.value)["id"] == "o-1:order:compensate:1"
-    assert dict(sent.message.headers)["traceparent"] == b"00-aa-bb-01"
+    assert dict(sent.message.headers or ())["traceparent"] == b"00-aa-bb-01"
     before = shell.saga("o-1")
     await track.put(timeout, key=b"o-1")  # a new copy of the same timeout record
     assert shell.saga("o-1") == before
@@ -159,7 +159,7 @@ async def test_a_timeout_already_applied_goes_through_while_behind(shell: Shell,
 async def test_track_agent_dead_letters_a_broken_log_record_and_keeps_going(shell: Shell, track: Any) -> None:
     await track.put(b'{"kind": "service"}', key=b"x")
     dead = await shell.next("dead_letter")
-    headers = dict(dead.message.headers)
+    headers = dict(dead.message.headers or ())
     assert headers["x-dead-letter-reason"] == b"processing_error" and b"misses field" in headers["x-dead-letter-detail"]
     await track.put(record(order_event("OrderCreated", "o-2")), key=b"o-2")
     assert shell.saga("o-2") is not None
@@ -181,7 +181,7 @@ async def test_ingest_forwards_by_saga_id_and_dead_letters_the_rest(shell: Shell
     )
     await ingest.handle(Record("payments", 3, 13, b"k", b"{not json", [], 99.0))
     dead = await shell.next("dead_letter")
-    assert dict(dead.message.headers)["x-dead-letter-reason"] == b"not_json" and dead.value == b"{not json"
+    assert dict(dead.message.headers or ())["x-dead-letter-reason"] == b"not_json" and dead.value == b"{not json"
     await ingest.handle(Record("orders", 0, 1, b"k", orjson.dumps({"type": "OrderViewed", "data": {}}), [], 99.0))
     assert shell.metric("saga_tracker_ignored_events_total", saga_type="order_fulfilment") == 1.0
     assert shell.metric("saga_tracker_dead_letters_total", reason="not_json") == 1.0
@@ -277,7 +277,7 @@ def test_changelog_batches_name_their_partitions_before_they_are_applied() -> No
         return SimpleNamespace(message=SimpleNamespace(partition=partition))
 
     table: Any = Table()
-    on_changelog_applied(table, lambda partitions: seen.append(partitions) or None)
+    on_changelog_applied(table, seen.append)
     batch = [event(0), event(2), event(0)]
     table.apply_changelog_batch(iter(batch))  # faust may pass any iterable: read once
     assert seen == [{0, 2}] and applied == [batch]
@@ -386,7 +386,7 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
 async def test_a_decision_that_sends_is_written_through_before_it_is_sent(shell: Shell, track: Any) -> None:
     # With the row cache, a change that sends nothing may wait for the next commit; one that
     # sends an output must be in the store and on its way to the changelog before the output.
-    table, order = shell.tracker.tables.sagas, []
+    table, order = shell.tracker.tables.sagas, list[tuple[Any, ...]]()
     tracking = shell.tracker.tracking
 
     class Recording:

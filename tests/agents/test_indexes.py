@@ -43,7 +43,7 @@ def _states() -> list[SagaState]:
 def test_keys_of_names_every_row_rows_of_writes() -> None:
     # The track agent deletes a saga's old rows by these keys: a key missed here is a stale
     # pending or deadline row that stays in the index.
-    d, prefixes = order_saga(), set()
+    d, prefixes = order_saga(), set[bytes]()
     for state in _states():
         keys = keys_of(state, placement(d, state))
         assert keys == list(rows_of(state, summary(d, state)))

@@ -203,7 +203,7 @@ def verdict(
     views = {sid: read_model(reader, sid) for sid in expect}
     lost = [sid for sid in expect if views[sid] is None]
     v.checks["no saga lost"] = "pass" if not lost and len(expect) >= len(services.ids) else f"missing {sorted(lost)[:5]}"
-    wrong_status = [f"{sid}: {views[sid]['status']} != {exact[sid].status}" for sid in off if views.get(sid)]
+    wrong_status = [f"{sid}: {view['status']} != {exact[sid].status}" for sid in off if (view := views.get(sid))]
 
     records = [*before_loss, *s.kafka.read(s.topic("compensations"), timeout=3.0)]
     comps = [(r, json.loads(r["value"])) for r in records]
@@ -262,14 +262,14 @@ def verdict(
 
     early, slow = [], []
     for r, c in comps:
-        e = expect.get(c.get("saga_id", ""))
-        if e is None or e.due is None or e.ambiguous:
+        found = expect.get(c.get("saga_id", ""))
+        if found is None or found.due is None or found.ambiguous:
             continue
-        at = r["timestamp"] / 1000
-        if at < e.due:
-            early.append(f"{c['id']} {e.due - at:.2f}s early")
-        if at > max(e.due, faults_end) + HANDLED_BOUND:
-            slow.append(f"{c['id']} {at - max(e.due, faults_end):.1f}s after due")
+        due, at = found.due, r["timestamp"] / 1000
+        if at < due:
+            early.append(f"{c['id']} {due - at:.2f}s early")
+        if at > max(due, faults_end) + HANDLED_BOUND:
+            slow.append(f"{c['id']} {at - max(due, faults_end):.1f}s after due")
     v.checks["no early timeout"] = "pass" if not early else "; ".join(early[:3])
     v.checks["due handled in bound"] = "pass" if not slow else "; ".join(slow[:3])
     statuses = Counter(view["status"] for view in views.values() if view)

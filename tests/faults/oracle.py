@@ -119,7 +119,7 @@ def expected(specs: dict[str, SagaSpec], records: list[dict[str, Any]], margin: 
             continue  # not an event (hostile input): the tracker dead-letters it
         if not isinstance(body, dict):
             continue
-        spec = by_topic_type.get((r["topic"], body.get("type")))
+        spec = by_topic_type.get((r["topic"], str(body.get("type"))))
         if spec is None:
             continue
         node: Any = body
@@ -164,7 +164,7 @@ def judge(spec: SagaSpec, saga_id: str, evs: dict[str, tuple[str, float]], margi
         c, f = when(st.completed_by), when(st.failed_by)
         if f is not None and (c is None or f < c) and (due is None or f < due - margin):
             # Services undo their own completed steps; the tracker only follows.
-            undo = [j for j in range(i) if spec.steps[j].compensation]
+            undo = {j for j in range(i) if spec.steps[j].compensation}
             out.undone = {spec.steps[j].name for j in undo if when(spec.steps[j].confirmed_by) is not None}
             out.status = "compensated" if len(out.undone) == len(undo) else "compensating"
             return out
@@ -173,9 +173,9 @@ def judge(spec: SagaSpec, saga_id: str, evs: dict[str, tuple[str, float]], margi
             continue
         if due is None:
             return out  # waits without limit (running)
-        for t in (c, f):
-            if t is not None and abs(t - due) <= margin:
-                out.ambiguous = f"step {st.name} event {t - due:+.2f}s from its deadline"
+        for near in (c, f):
+            if near is not None and abs(near - due) <= margin:
+                out.ambiguous = f"step {st.name} event {near - due:+.2f}s from its deadline"
         # Stalled: undo every step completed before the deadline, and each completion that
         # comes late while the saga is still compensating; once every undo is confirmed the
         # saga is compensated (terminal) and a later completion is fenced: recorded only.

@@ -318,7 +318,7 @@ def service_event(s: FaultScenario, saga_type: str, step: str, saga_id: str) -> 
     d = s.catalog.current[saga_type]
     i = d.step_index(step)
     spec = d.steps[i]
-    body = {"id": f"{saga_id}:{step}:late", "type": spec.completed_by[0], "time": iso(time.time())}
+    body: dict[str, Any] = {"id": f"{saga_id}:{step}:late", "type": spec.completed_by[0], "time": iso(time.time())}
     key = d.correlation.saga_id[0].path
     body["data"] = {key[-1]: saga_id}
     return (d.topics[i % len(d.topics)], saga_id.encode(), json.dumps(body).encode(), [])
@@ -339,7 +339,7 @@ HOSTILE: list[bytes] = [
 def hostile(ctx: Context) -> Verdict:
     s = ctx.scenario()
     w = s.worker("w1", SAGA_TRACKER_MAX_EVENT_BYTES="100000").start()
-    bad = [(s.prefix + "orders", b"k", value, []) for value in HOSTILE]
+    bad: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = [(s.prefix + "orders", b"k", value, []) for value in HOSTILE]
 
     def inject(done: threading.Event) -> None:
         while not done.wait(1.0):

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ class Kafka:
     def create(self, names: list[str], partitions: int = 4) -> None:
         run(ensure_topics(self.bootstrap, names, partitions))
 
-    def produce(self, records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+    def produce(self, records: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]) -> None:
         async def go() -> None:
             # One record per batch: the embedded broker's end offsets are right only then.
             p = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0)

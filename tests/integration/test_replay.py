@@ -24,7 +24,7 @@ def ids(s: Scenario, name: str) -> list[str]:
 
 
 def run_ok(s: Scenario, *args: str, **env: str) -> str:
-    done = s.cli(*args, **env)
+    done = s.cli(*args, **env)  # type: ignore[arg-type]  # env: only str values
     assert done.returncode == 0, f"saga-tracker {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

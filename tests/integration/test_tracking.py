@@ -142,7 +142,7 @@ def test_restart_with_local_state_deleted_recovers_every_saga_from_the_changelog
     for n in range(12):
         w.wait_saga(
             f"r-{n}",
-            lambda b, n=n: (
+            lambda b, n=n: (  # type: ignore[misc]
                 b["status"] == ("completed" if n % 3 == 2 else "running") and len(b["seen"]) == (4 if n % 3 == 2 else 1 + n % 3)
             ),
         )

@@ -166,6 +166,7 @@ def test_malformed_decisions_are_refused() -> None:
 
     from tracker.errors import StateError
 
+    bad: object
     for bad in (None, [], {"of": "service"}, {"of": "timeout"}, {"of": "timeout", "anchor": {}, "saga_id": ""}):
         with pytest.raises(StateError):
             decision_event(bad)

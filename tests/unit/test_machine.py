@@ -296,8 +296,8 @@ def test_invalid_operator_actions_are_rejected_and_change_nothing_else(setup: li
     for i, t in enumerate(setup):
         saga(ev(t, 100 + i))
     before = saga.s.to_dict()
-    t = saga(action(name, 200, **extra))
-    assert t.outcomes == ("rejected",) and t.emits == ()
+    done = saga(action(name, 200, **extra))
+    assert done.outcomes == ("rejected",) and done.emits == ()
     after = saga.s.to_dict()
     for k in ("history", "seen", "updated_at"):
         before.pop(k), after.pop(k)

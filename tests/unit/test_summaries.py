@@ -14,7 +14,7 @@ from hypothesis import strategies as hs
 
 from tracker.summaries import SORTS, Query
 
-rows = hs.lists(
+rows: hs.SearchStrategy[list[dict[str, Any]]] = hs.lists(
     hs.fixed_dictionaries(
         {
             "saga_id": hs.text("abc", min_size=1, max_size=4),
@@ -28,7 +28,7 @@ rows = hs.lists(
         }
     ),
     max_size=40,
-    unique_by=lambda r: r["saga_id"],
+    unique_by=lambda r: str(r["saga_id"]),
 )
 
 
@@ -43,7 +43,7 @@ def test_a_page_is_the_first_rows_in_order_after_the_cursor(
     all_rows: list[dict[str, Any]], sort: str, descending: bool, limit: int, status: str | None, data: hs.DataObject
 ) -> None:
     after = None
-    if all_rows and data.draw(hs.booleans()):
+    if all_rows and data.draw(hs.booleans()) is True:
         pivot = data.draw(hs.sampled_from(all_rows))
         after = Query(sort=sort).sort_key(pivot)
     q = Query(status=status, sort=sort, descending=descending, limit=limit, after=after)
