@@ -41,9 +41,13 @@ def test_benchmark_smoke_run() -> None:
     out = smoke("bench.run", "--sagas", "300")
     events = int(re.search(r"input: (\d+) events", out).group(1))  # type: ignore[union-attr]
     rows = re.findall(r"^(raw .*?|tracker .*?)\s+(\d+)\s+(\d+)\s+([\d.]+)$", out, re.M)
-    # raw, the tracker's code on plain aiokafka batches, the worker, the worker on the same
-    # events keyed by customer (through the saga log): every event processed by each
-    assert len(rows) == 4 and all(int(n) == events for _, n, _, _ in rows), rows
+    # raw, the tracker's code on plain aiokafka batches, its decisions alone in memory, the
+    # worker, the worker on the same events keyed by customer (through the saga log): every
+    # event processed by each
+    assert len(rows) == 5 and all(int(n) == events for _, n, _, _ in rows), rows
+    stages = re.search(r"decisions alone \(no I/O\): [\d.]+ us/event; by stage: (.*)$", out, re.M)
+    assert stages and stages.group(1).count(",") == 5 and "apply" in stages.group(1), out
+    assert re.search(r"at most \d+\.\d+ of raw", out), out
     assert re.search(r"keyed by customer\): \d+\.\d+ of the rate keyed by saga id", out), out
     assert re.search(r"tracker/raw\s+= \d+\.\d+", out) and "peak RSS" in out
     assert re.search(r"no faust \(aiokafka batches\): \d+\.\d+ of raw", out), out
