@@ -71,6 +71,7 @@ def generate(sagas: int, seed: int) -> list[tuple[bytes, bytes]]:
             types = ["OrderCreated", "PaymentDeclined", "OrderCancelled"]
         else:
             types = ["OrderCreated", "PaymentAuthorized", "InventoryReserved", "ShipmentCreated"]
+        customer = f"c-{rng.randint(1, 999):03d}"  # one per order: keyed by customer, a saga stays on one partition
         events = []
         for i, t in enumerate(types):
             body = {
@@ -81,7 +82,7 @@ def generate(sagas: int, seed: int) -> list[tuple[bytes, bytes]]:
                 "time": t0 + n * 0.01 + i,
                 "data": {
                     "order_id": saga,
-                    "customer_id": f"c-{rng.randint(1, 999):03d}",
+                    "customer_id": customer,
                     "amount": round(rng.uniform(5, 500), 2),
                     "currency": "EUR",
                     "note": "x" * rng.randint(40, 80),
@@ -278,7 +279,7 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
                 except (CorrelationError, Ignored):
                     skipped += 1
                     continue
-                if not await tracking.apply_here(event, record):
+                if not await tracking.apply_here(event, record, record.partition):
                     raise RuntimeError(f"{record.source} was not applied")
         await writes.flush()
         if len(pending) > 10_000:

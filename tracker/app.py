@@ -108,7 +108,7 @@ def build(
         decisions=settings.decisions,
         generation=settings.generation,
         partitions=settings.partitions,
-        copartitioned=lambda topic, partition: copartitioned(app, tables, progress, settings.partitions, topic, partition),
+        owned=lambda partition: owned(app, tables, partition),
     )
     census = Census()
     indexes = Indexes(
@@ -178,11 +178,8 @@ def _flush_cache_first(app: AppT, writes: Changelog) -> None:
     producer.flush = flush_cache_first
 
 
-def copartitioned(app: Any, tables: Tables, progress: Progress, partitions: int, topic: str, partition: int) -> bool:
-    """``topic`` has the saga state's partition count (as the broker said since the last
-    rebalance; not known yet: no) and the state's ``partition`` is active here, not a standby."""
-    if progress.partitions(topic) != partitions:
-        return False
+def owned(app: Any, tables: Tables, partition: int) -> bool:
+    """The saga state's ``partition`` is active here, not a standby."""
     return bool(app.assignor.is_active(TP(tables.sagas.changelog_topic.get_topic_name(), partition)))
 
 

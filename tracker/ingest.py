@@ -1,14 +1,24 @@
 """Ingest: read the services' topics, correlate each record, route it to its saga's writer.
 
 Every event must reach the one writer of its saga: the worker that owns the saga's
-partition (murmur2 of the saga id, as the producer partitions the saga log). A record
-that already sits in that partition of a topic co-partitioned with the saga state (a
-service that keys its events by the saga id, with the tracker's partition count: faust
-assigns partition ``p`` of all such topics to one worker) is applied on the spot, in this
-agent: one hop instead of two. Any other is re-keyed by saga id onto the tracker's own
-saga log and applied by the track agent. Also forwards the decisions other generations
-took (see ``generations``), so a generation that is not promoted follows them instead of
-deciding again.
+partition of the state (murmur2 of the saga id, as the producer partitions the saga log).
+When that worker is this one (the partition is active here), the event is applied on the
+spot, in this agent: one hop instead of two. That is every event of a topic keyed by saga id
+with the tracker's partition count (faust assigns partition ``p`` of all such topics with
+the state's ``p``), and, for a topic keyed by anything else, the share of events whose saga
+lives here (all of them with one worker). Any other is re-keyed by saga id onto the tracker's
+own saga log and applied by the track agent of the worker that owns it. Also forwards the
+decisions other generations took (see ``generations``), so a generation that is not promoted
+follows them instead of deciding again.
+
+Applying an event read from another partition than its saga's keeps every guarantee of the
+saga log route: one process writes a saga, and a decision is load, apply and write with no
+await between (the track agent interleaves with this one only at awaits); its state row is
+flushed before the input offset is committed (``changelog``); on a rebalance faust revokes
+every partition at once (eager protocol) and never commits the revoked partitions'
+uncommitted offsets, so a row dropped with its closed store has its input read again; and
+streams are paused while the state recovers. Its events may then reach the machine in
+another order than through the log, which it handles as any reordering (event times decide).
 """
 
 from __future__ import annotations
@@ -32,8 +42,8 @@ GENERATION_HEADER = "saga_tracker_generation"  # on every output: which generati
 
 log = logging.getLogger(__name__)
 
-# Applies an event whose record sits in its saga's partition here; False: not open here.
-ApplyHere = Callable[[Event, Record], Awaitable[bool]]
+# Applies an event to its saga's state partition, active here; False: not open here after all.
+ApplyHere = Callable[[Event, Record, int], Awaitable[bool]]
 
 
 def partition_of(saga_id: str, partitions: int) -> int:
@@ -71,16 +81,14 @@ class Ingest:
         decisions: str = "",
         generation: int = 1,
         partitions: int = 1,
-        copartitioned: Callable[[str, int], bool] = lambda topic, partition: False,
+        owned: Callable[[int], bool] = lambda partition: False,
         apply_here: ApplyHere | None = None,
     ) -> None:
-        """``copartitioned(topic, p)``: the topic has the saga state's partition count (so
-        faust assigns its partition ``p`` with the state's partition ``p``) and the state's
-        partition ``p`` is active here."""
+        """``owned(p)``: the saga state's partition ``p`` is active here (not a standby)."""
         self.catalog, self.saga_log, self.dead_letters = catalog, saga_log, dead_letters
         self.metrics, self.max_event_bytes = metrics, max_event_bytes
         self.decisions, self.generation = decisions, generation
-        self.partitions, self.copartitioned, self.apply_here = partitions, copartitioned, apply_here
+        self.partitions, self.owned, self.apply_here = partitions, owned, apply_here
 
     async def handle(self, record: Record) -> None:
         """Never raises: what cannot be used is dead-lettered with its reason."""
@@ -99,12 +107,8 @@ class Ingest:
                 self.metrics.processing_errors.labels("ingest").inc()
             await self.dead_letters.send(record, reason, getattr(exc, "detail", repr(exc)))
             return
-        if (
-            self.apply_here is not None
-            and partition_of(event.saga_id, self.partitions) == record.partition
-            and self.copartitioned(record.topic, record.partition)
-            and await self.apply_here(event, record)
-        ):
+        partition = partition_of(event.saga_id, self.partitions)
+        if self.apply_here is not None and self.owned(partition) and await self.apply_here(event, record, partition):
             self.metrics.child(self.metrics.routed, "here").inc()
             return
         await self.saga_log.send(key=event.saga_id.encode(), value=orjson.dumps(event.to_dict()))

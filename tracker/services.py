@@ -41,6 +41,10 @@ class Behaviour:
     ignore_compensation_rate: float = 0.2  # a compensation request is ignored (tracker re-emits)
     delay: tuple[float, float] = (0.05, 0.6)  # seconds a service takes to act
     reorder_delay: float = 1.5
+    # Key records by the saga id (the tracker's partition count: applied where read), or by
+    # the event id, as a service keying by its own entity would: a saga's events then land on
+    # any partition, each applied where read if its saga's state is here, else forwarded.
+    key_by_saga: bool = True
 
 
 def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -144,7 +148,8 @@ class Services:
         assert self.producer is not None
         value = orjson.dumps(body)
         headers = [("traceparent", f"00-{uuid.uuid5(uuid.NAMESPACE_URL, saga_id).hex}-{uuid.uuid4().hex[:16]}-01".encode())]
-        await self.producer.send_and_wait(topic, value, key=saga_id.encode(), headers=headers)
+        key = saga_id if self.behaviour.key_by_saga else str(body["id"])
+        await self.producer.send_and_wait(topic, value, key=key.encode(), headers=headers)
         self.stats[f"published:{body['type']}"] += 1
 
     def topic_of(self, d: SagaDefinition, step: int) -> str:

@@ -141,43 +141,45 @@ class Tracking:
             self.metrics.timeouts_deferred.inc()
             self.deferred(event.saga_id, event.token)
             return None
-        return await self._decide(event, record)
+        return await self._decide(event, record, record.partition)  # a saga-log record: its saga's partition
 
-    async def apply_here(self, event: Event, record: Record) -> bool:
-        """Apply a service event read from its saga's own partition of a co-partitioned
-        topic (see ``ingest``), in the ingest agent; never raises. False when that partition's
+    async def apply_here(self, event: Event, record: Record, partition: int) -> bool:
+        """Apply a service event whose saga's state ``partition`` is active here, in the
+        ingest agent that read it (see ``ingest``); never raises. False when that partition's
         saga state is not open here (partitions moving): the caller forwards the event."""
-        if self.indexes.cached(record.partition) is None and await self.indexes.ready(record.partition) is None:
+        if self.indexes.cached(partition) is None and await self.indexes.ready(partition) is None:
             return False
         try:
             # The record's own position: a redelivery re-sends what it caused, as on the log.
-            await self._decide(event.at(record.source), record)
+            await self._decide(event.at(record.source), record, partition)
         except PartitionError:
             return False  # moved away meanwhile (a shadow run awaits between steps): forward it
         except Exception as exc:
             await self._failed(record, exc)
         return True
 
-    async def _decide(self, event: Event, record: Record) -> Transition | None:
+    async def _decide(self, event: Event, record: Record, partition: int) -> Transition | None:
+        """``partition``: the saga state's (the record's own, but for an event applied in
+        place from a service topic's partition)."""
         if self.role.shadow and event.kind == SERVICE:
             # A shadow run over history decides in event time: a deadline that passed before
             # this event fires first (what the changed definition would have done live).
             while (due := virtual_timeout(self.load(event.saga_id), event.time)) is not None:
-                done = await self._apply_event(due.at(event.position), record)
+                done = await self._apply_event(due.at(event.position), record, partition)
                 if done is None or not done.changed:
                     break
-        return await self._apply_event(event, record)
+        return await self._apply_event(event, record, partition)
 
     def applied(self, event: Event) -> bool:
         """Already applied: a redelivery, which must go through (it re-sends what it decided)."""
         state = self.load(event.saga_id)
         return state is not None and event.id in state.seen
 
-    async def _apply_event(self, event: Event, record: Record) -> Transition | None:
-        index = await self.indexes.ready(record.partition)
+    async def _apply_event(self, event: Event, record: Record, partition: int) -> Transition | None:
+        index = await self.indexes.ready(partition)
         if index is None:  # only while partitions move: this record is not ours to apply
-            raise PartitionError(f"saga state partition {record.partition} is not open on this worker")
-        state = self.load(event.saga_id, record.partition)
+            raise PartitionError(f"saga state partition {partition} is not open on this worker")
+        state = self.load(event.saga_id, partition)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
             if state
@@ -195,9 +197,9 @@ class Tracking:
         if transition.changed and transition.state is not None:
             # A decision that sends something is written through before it is sent (see changelog).
             old_row, new_row = await self.store(
-                index, definition, state, transition.state, record.partition, through=bool(transition.emits)
+                index, definition, state, transition.state, partition, through=bool(transition.emits)
             )
-            self.census.change(record.partition, old_row, new_row)  # deltas: in any order
+            self.census.change(partition, old_row, new_row)  # deltas: in any order
         compensating = any(e.kind == "compensation" for e in transition.emits)
         if compensating:
             await self.crash.maybe("before_send")

@@ -287,26 +287,29 @@ def saga_in_partition(partition: int, partitions: int) -> str:
     return next(f"o-{n}" for n in range(1000) if partition_of(f"o-{n}", partitions) == partition)
 
 
-async def test_an_event_read_from_its_sagas_partition_is_applied_in_place(shell: Shell) -> None:
+async def test_an_event_whose_sagas_partition_is_active_here_is_applied_in_place(shell: Shell) -> None:
     t = shell.tracker
-    t.ingest.copartitioned = lambda topic, partition: topic == "orders"
+    t.ingest.owned = lambda partition: partition in (1, 2)  # the state's partitions active here
     agent = t.app.agents[f"{t.settings.app_id}-ingest"]
     here = saga_in_partition(2, t.settings.partitions)
-    elsewhere = saga_in_partition(1, t.settings.partitions)
-    await t.indexes.ready(2)
+    keyed_otherwise = saga_in_partition(1, t.settings.partitions)
+    elsewhere = saga_in_partition(3, t.settings.partitions)
     async with agent.test_context() as ctx:
         ctx.original_channel = t.app.topic("orders")  # what its messages name as their topic
-        for saga_id in (here, elsewhere):
+        for saga_id in (here, keyed_otherwise, elsewhere):
             body = {"id": f"{saga_id}:created", "type": "OrderCreated", "time": 100, "data": {"order_id": saga_id}}
-            await ctx.put(orjson.dumps(body), key=saga_id.encode(), partition=2)
-    # In its saga's partition: applied by the ingest agent itself, nothing on the saga log.
-    state = shell.saga(here)
-    assert state is not None and state["status"] == "running"
-    assert state["seen"] == [f"{here}:created"]
-    # Read from another saga's partition: re-keyed onto the saga log, state untouched here.
+            # All read from partition 2 (keyed by, say, customer): only one is in its saga's.
+            await ctx.put(orjson.dumps(body), key=b"customer-7", partition=2)
+    # In its saga's partition, or in another while the saga's partition is active here:
+    # applied by the ingest agent itself, nothing on the saga log.
+    for saga_id in (here, keyed_otherwise):
+        state = shell.saga(saga_id)
+        assert state is not None and state["status"] == "running"
+        assert state["seen"] == [f"{saga_id}:created"]
+    # Its saga's partition is another worker's: re-keyed onto the saga log, untouched here.
     forwarded = await shell.next("saga_log")
     assert forwarded.key == elsewhere.encode() and shell.saga(elsewhere) is None
-    assert shell.metric("saga_tracker_routed_events_total", route="here") == 1.0
+    assert shell.metric("saga_tracker_routed_events_total", route="here") == 2.0
     assert shell.metric("saga_tracker_routed_events_total", route="saga_log") == 1.0
 
 
@@ -334,7 +337,7 @@ async def test_an_event_whose_partition_moves_away_while_applying_is_forwarded_n
 
     t.indexes.ready = gone  # type: ignore[method-assign,assignment]
     record_ = Record("orders", 0, 5, b"o-9", b"{}", [], 1.0)
-    assert await t.tracking.apply_here(order_event("OrderCreated", "o-9"), record_) is False
+    assert await t.tracking.apply_here(order_event("OrderCreated", "o-9"), record_, 0) is False
     assert shell.metric("saga_tracker_dead_letters_total", reason="partition_not_here") is None
 
 

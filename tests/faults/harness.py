@@ -137,6 +137,7 @@ class Verdict:
     services: str = ""
     tracker: str = ""
     notes: list[str] = field(default_factory=list)
+    routes: Counter[str] = field(default_factory=Counter)  # route -> events (running workers)
 
     @property
     def passed(self) -> bool:

@@ -8,6 +8,7 @@ the read model to settle.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +47,14 @@ class Context:
 
 
 def drive(
-    ctx: Context, s: FaultScenario, during: Callable[[threading.Event], None] | None = None
+    ctx: Context,
+    s: FaultScenario,
+    during: Callable[[threading.Event], None] | None = None,
+    behaviour: Behaviour = BEHAVIOUR,
 ) -> tuple[ServicesThread, float]:
     """Start the services, generate the sagas while ``during`` breaks things; returns when the
     faults are over (their end time is when "due handled in bound" starts counting)."""
-    services = ServicesThread(s, ctx.seed, BEHAVIOUR)
+    services = ServicesThread(s, ctx.seed, behaviour)
     done = threading.Event()
     fault = threading.Thread(target=during, args=(done,)) if during else None
     if fault:
@@ -72,12 +77,31 @@ def finish(
     for w in s.workers:
         settle(w)
     try:
-        return verdict(name, s, services, reader, faults_end, before_loss=before_loss)
+        v = verdict(name, s, services, reader, faults_end, before_loss=before_loss)
+        v.routes = routes(s.workers)
+        return v
     finally:
         s.done.set()
         services.stop()
         for w in s.workers:
             w.stop()
+
+
+def routes(workers: Sequence[Worker]) -> Counter[str]:
+    """Events applied where they were read ("here") and forwarded to the saga log, summed over
+    the running workers (each counts since its last start)."""
+    out: Counter[str] = Counter()
+    for w in workers:
+        if not w.alive():
+            continue
+        try:
+            _, text = w.get("/metrics")
+        except OSError:
+            continue
+        for line in str(text).splitlines():
+            if line.startswith("saga_tracker_routed_events_total{"):
+                out[line.split('route="', 1)[1].split('"', 1)[0]] += int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def settle(w: Worker, timeout: float = 90.0) -> None:
@@ -120,7 +144,7 @@ def baseline(ctx: Context) -> Verdict:
     return finish("no faults (baseline)", s, services, w, end)
 
 
-def sigkill_random(ctx: Context) -> Verdict:
+def sigkill_random(ctx: Context, behaviour: Behaviour = BEHAVIOUR, name: str = "") -> Verdict:
     s = ctx.scenario()
     workers = [s.worker(f"w{i}").start() for i in range(3)]
     rng = random.Random(ctx.seed)
@@ -131,14 +155,24 @@ def sigkill_random(ctx: Context) -> Verdict:
         kills.append(w.name)
         restart(w)
 
-    services, end = drive(ctx, s, lambda done: every(done, 4.0, kill))
+    services, end = drive(ctx, s, lambda done: every(done, 4.0, kill), behaviour)
     for w in workers:
         if not w.alive():
             w.start(wait=False)
     for w in workers:
         w.wait_ready(90)
-    v = finish("SIGKILL a random worker every 4 s (3 workers)", s, services, workers[0], end)
+    v = finish(name or "SIGKILL a random worker every 4 s (3 workers)", s, services, workers[0], end)
     v.notes.append(f"killed {len(kills)} times: {', '.join(kills)}")
+    return v
+
+
+def keyed_otherwise(ctx: Context) -> Verdict:
+    """Events keyed by their own id: a saga's events on any partition, each applied in place
+    where its saga's state is active and forwarded to the saga log elsewhere, while workers die."""
+    behaviour = dataclasses.replace(BEHAVIOUR, key_by_saga=False)
+    v = sigkill_random(ctx, behaviour, "events keyed by event id; SIGKILL a random worker every 4 s (3 workers)")
+    if not (v.routes.get("here") and v.routes.get("saga_log")):  # both routes, or this tested one only
+        v.checks["both routes taken"] = f"routed {dict(v.routes)}"
     return v
 
 
@@ -503,6 +537,7 @@ ALL: dict[str, Callable[[Context], Verdict]] = {
     "burst": deadline_burst,
     "crash": crash_before_send,
     "zombie": zombie,
+    "keyed": keyed_otherwise,
     "redelivery": redelivery,
     "late": late_and_shuffled,
     "hostile": hostile,
