@@ -171,6 +171,7 @@ def keyed_otherwise(ctx: Context) -> Verdict:
     where its saga's state is active and forwarded to the saga log elsewhere, while workers die."""
     behaviour = dataclasses.replace(BEHAVIOUR, key_by_saga=False)
     v = sigkill_random(ctx, behaviour, "events keyed by event id; SIGKILL a random worker every 4 s (3 workers)")
+    v.notes.append(f"applied where read {v.routes['here']}, through the saga log {v.routes['saga_log']} (running workers)")
     if not (v.routes.get("here") and v.routes.get("saga_log")):  # both routes, or this tested one only
         v.checks["both routes taken"] = f"routed {dict(v.routes)}"
     return v
