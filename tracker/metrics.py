@@ -40,8 +40,8 @@ class Metrics:
         )
         self.routed = Counter(
             "saga_tracker_routed_events_total",
-            "Service events by route: applied where they were read (the topic is keyed by saga id and "
-            "co-partitioned with the saga state), or re-keyed onto the saga log.",
+            "Service events by route: applied where they were read (their saga's state partition is active "
+            "on this worker), or re-keyed onto the saga log.",
             ["route"],
             registry=r,
         )

@@ -48,7 +48,7 @@ def test_benchmark_smoke_run() -> None:
     stages = re.search(r"decisions alone \(no I/O\): [\d.]+ us/event; by stage: (.*)$", out, re.M)
     assert stages and stages.group(1).count(",") == 5 and "apply" in stages.group(1), out
     assert re.search(r"at most \d+\.\d+ of raw", out), out
-    assert re.search(r"keyed by customer\): \d+\.\d+ of the rate keyed by saga id", out), out
+    assert re.search(r"keyed by customer\): \d+\.\d+ of the rate keyed by saga id \(routes: here \d+, saga_log \d+\)", out), out
     assert re.search(r"tracker/raw\s+= \d+\.\d+", out) and "peak RSS" in out
     assert re.search(r"no faust \(aiokafka batches\): \d+\.\d+ of raw", out), out
 
