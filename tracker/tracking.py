@@ -136,7 +136,12 @@ class Tracking:
         await self.dead_letters.send(record, getattr(exc, "reason", "processing_error"), repr(exc))
 
     async def _apply(self, record: Record) -> Transition | None:
-        event = Event.from_dict(orjson.loads(record.value or b"null")).at(f"{record.partition}/{record.offset}")
+        event = Event.from_dict(orjson.loads(record.value or b"null"))
+        # A service event is at its input record's position whichever way it came, in place or
+        # through this log (the way can change between two deliveries when partitions move):
+        # a redelivery of that record re-sends what it decided. Any other: this record's.
+        from_input = event.kind == SERVICE and event.source
+        event = event.at(event.source if from_input else f"{record.partition}/{record.offset}")
         if event.kind == TIMEOUT and not self.caught_up() and not self.applied(event):
             self.metrics.timeouts_deferred.inc()
             self.deferred(event.saga_id, event.token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -122,6 +123,35 @@ async def test_track_agent_sends_compensations_with_trace_headers_and_is_idempot
     with pytest.raises(TimeoutError):
         await shell.next("compensation", timeout=0.3)
     assert shell.metric("saga_tracker_transitions_total", saga_type="order_fulfilment", outcome="duplicate") == 1.0
+
+
+async def test_an_event_applied_in_place_then_redelivered_through_the_saga_log_resends_its_output(
+    shell: Shell, track: Any
+) -> None:
+    # Partitions moved between two deliveries of one input record (a crash may have come between
+    # the state write and the send): the event is at the input record's position either way.
+    t = shell.tracker
+    for event_type in ("OrderCreated", "PaymentAuthorized", "InventoryReserved"):
+        await track.put(record(order_event(event_type)), key=b"o-1")
+    t.ingest.owned = lambda partition: True
+    t.ingest.partitions = 1  # the one partition the track agent's records above were applied in
+    ingest = t.app.agents[f"{t.settings.app_id}-ingest"]
+    body = {"id": "o-1:ShipmentCreated", "type": "ShipmentCreated", "time": 103, "data": {"order_id": "o-1"}}
+    async with ingest.test_context() as ctx:
+        ctx.original_channel = t.app.topic("shipping")
+        await ctx.put(orjson.dumps(body), key=b"customer-7", partition=3)  # keyed by another id
+    first = await shell.next("outcome")
+    assert shell.metric("saga_tracker_routed_events_total", route="here") == 1.0
+    position = shell.saga("o-1")["outbox"][0]["position"]  # type: ignore[index]
+    assert position.startswith("shipping/3/")
+    last = dataclasses.replace(order_event("ShipmentCreated", time=103.0), source=position)
+    await track.put(record(last), key=b"o-1")  # the same input record, forwarded by its next reader
+    again = await shell.next("outcome")
+    assert orjson.loads(again.value)["id"] == orjson.loads(first.value)["id"] == "o-1:saga:SagaCompleted"
+    copy = dataclasses.replace(last, source=position + "0")  # the service's second copy: no re-send
+    await track.put(record(copy), key=b"o-1")
+    with pytest.raises(TimeoutError):
+        await shell.next("outcome", timeout=0.3)
 
 
 async def test_a_timeout_record_is_set_aside_while_the_worker_is_behind(shell: Shell, track: Any) -> None:
