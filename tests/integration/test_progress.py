@@ -54,7 +54,7 @@ def test_catch_up_counts_source_partitions_with_the_broker_not_the_consumers_sna
         finally:
             await p.close()
 
-    assert p.partitions(topic) is None  # not measured yet: the ingest agent forwards meanwhile
+    assert p.partitions(topic) is None  # not measured yet
     assert run(go()) == [TP(topic, 0), TP(topic, 1), TP(topic, 2)]
     assert (p.partitions(topic), p.partitions(missing)) == (3, 0)
     p.restart()  # a rebalance: partitions may have been added, counted again
