@@ -155,7 +155,8 @@ class Tracking:
         if self.indexes.cached(partition) is None and await self.indexes.ready(partition) is None:
             return False
         try:
-            # The record's own position: a redelivery re-sends what it caused, as on the log.
+            # The input record's position, as on the log route (``_apply``): a redelivery of the
+            # record re-sends what it caused, whichever way it comes.
             await self._decide(event.at(record.source), record, partition)
         except PartitionError:
             return False  # moved away meanwhile (a shadow run awaits between steps): forward it

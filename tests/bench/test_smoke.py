@@ -42,8 +42,8 @@ def test_benchmark_smoke_run() -> None:
     events = int(re.search(r"input: (\d+) events", out).group(1))  # type: ignore[union-attr]
     rows = re.findall(r"^(raw .*?|tracker .*?)\s+(\d+)\s+(\d+)\s+([\d.]+)$", out, re.M)
     # raw, the tracker's code on plain aiokafka batches, its decisions alone in memory, the
-    # worker, the worker on the same events keyed by customer (through the saga log): every
-    # event processed by each
+    # worker, the worker on the same events keyed by customer (applied where read, or through
+    # the saga log: the routes are printed): every event processed by each
     assert len(rows) == 5 and all(int(n) == events for _, n, _, _ in rows), rows
     stages = re.search(r"decisions alone \(no I/O\): [\d.]+ us/event; by stage: (.*)$", out, re.M)
     assert stages and stages.group(1).count(",") == 5 and "apply" in stages.group(1), out

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.faults.harness import TIMEOUT, FaultScenario, ServicesThread, Verdict, on_its_own, verdict
 from tests.integration.harness import Kafka, Worker
 from tests.tools import tool
@@ -98,9 +100,11 @@ def routes(workers: Sequence[Worker]) -> Counter[str]:
             _, text = w.get("/metrics")
         except OSError:
             continue
-        for line in str(text).splitlines():
-            if line.startswith("saga_tracker_routed_events_total{"):
-                out[line.split('route="', 1)[1].split('"', 1)[0]] += int(float(line.rsplit(" ", 1)[1]))
+        for family in text_string_to_metric_families(str(text)):
+            if family.name == "saga_tracker_routed_events":  # the parser drops "_total"
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        out[sample.labels["route"]] += int(sample.value)
     return out
 
 
