@@ -1,0 +1,1 @@
+"""What operators configure and observe: frozen settings from the environment and metrics."""
