@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import generate, produce
-from tracker.broker import EmbeddedBroker
+from tracker.kafka.broker import EmbeddedBroker
 
 MODES = ("agent", "handler", "agent + table", "agent + changelog")
 
@@ -46,8 +46,8 @@ def child(mode: str, bootstrap: str, topic: str, total: int, out: str, data: str
     """One contender: a faust worker that writes ``[events/s, CPU µs/event]`` to ``out`` and exits."""
     import faust
 
-    from tracker import patches
-    from tracker.changelog import Changelog
+    from tracker.kafka import internals as patches
+    from tracker.stream.state_cache import Changelog
 
     patches.apply()
     app = faust.App(

@@ -31,9 +31,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from tracker.admin import ensure_topics
-from tracker.broker import EmbeddedBroker, free_port
-from tracker.demo import get_json
+from tracker.demo.runner import get_json
+from tracker.kafka.admin import ensure_topics
+from tracker.kafka.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -230,16 +230,16 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     instead of faust's per-record path: what a batch path of the tracker's own could reach."""
     from rocksdict import Rdict
 
-    from tracker.census import Census
-    from tracker.changelog import Changelog
-    from tracker.correlation import Ignored, Record, correlate
-    from tracker.deadletters import DeadLetters
-    from tracker.errors import CorrelationError
-    from tracker.indexes import Indexes
+    from tracker.core.census import Census
+    from tracker.core.correlation import Ignored, Record, correlate
+    from tracker.core.errors import CorrelationError
     from tracker.loader import load_catalog
-    from tracker.metrics import Metrics
-    from tracker.settings import Settings
-    from tracker.tracking import Tracking
+    from tracker.ops.metrics import Metrics
+    from tracker.ops.settings import Settings
+    from tracker.stream.deadletters import DeadLetters
+    from tracker.stream.indexes import Indexes
+    from tracker.stream.state_cache import Changelog
+    from tracker.stream.tracking import Tracking
 
     (data_dir / "core.yaml").write_text(order_definitions(topic))
     catalog = load_catalog([str(data_dir / "core.yaml")])
@@ -450,14 +450,14 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
 
     Returns the untimed-stages run, and the µs per event of each stage from a second run
     that times them (the clock reads cost a little on their own)."""
-    from tracker.correlation import Ignored, Record, correlate
-    from tracker.errors import CorrelationError
-    from tracker.indexes import keys_of, rows_of
+    from tracker.core.correlation import Ignored, Record, correlate
+    from tracker.core.errors import CorrelationError
+    from tracker.core.machine import apply
+    from tracker.core.state import SagaState
+    from tracker.core.summaries import placement, summary
     from tracker.loader import load_catalog
-    from tracker.machine import apply
-    from tracker.metrics import Metrics
-    from tracker.state import SagaState
-    from tracker.summaries import placement, summary
+    from tracker.ops.metrics import Metrics
+    from tracker.stream.indexes import keys_of, rows_of
 
     (data_dir / "decisions.yaml").write_text(order_definitions(topic))
     catalog = load_catalog([str(data_dir / "decisions.yaml")])

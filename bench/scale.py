@@ -42,14 +42,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
 from bench.run import metric, order_definitions, proc_cpu, proc_rss_mb, spawn_worker, stop
-from tracker.admin import ensure_topics
-from tracker.broker import EmbeddedBroker, free_port
-from tracker.definitions import SagaDefinition
-from tracker.demo import get_json
-from tracker.events import Event
-from tracker.indexes import DEADLINE, SUMMARY, Index, deadline_key, due_bound, options
+from tracker.core.definitions import SagaDefinition
+from tracker.core.events import Event
+from tracker.core.machine import apply
+from tracker.demo.runner import get_json
+from tracker.kafka.admin import ensure_topics
+from tracker.kafka.broker import EmbeddedBroker, free_port
 from tracker.loader import load_catalog
-from tracker.machine import apply
+from tracker.stream.indexes import DEADLINE, SUMMARY, Index, deadline_key, due_bound, options
 
 PARTITIONS = 4
 TABLES = ("sagas",)  # the only changelog-backed table; the indexes are rebuilt from it

@@ -15,7 +15,7 @@ from typing import Any
 import faust
 from faust.types import TableT
 
-from tracker.settings import Settings
+from tracker.ops.settings import Settings
 
 # faust's RocksDB defaults are sized for a big machine: per partition store, 64 MB write
 # buffers (up to 3) and a 2 GB block cache. Bounded here: a worker owning every partition

@@ -11,8 +11,8 @@ from typing import Any
 
 import faust
 
-from tracker.definitions import Catalog
-from tracker.settings import Settings
+from tracker.core.definitions import Catalog
+from tracker.ops.settings import Settings
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 

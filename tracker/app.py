@@ -22,23 +22,24 @@ import tables as tables_module
 import topics as topics_module
 from tables import Tables, on_changelog_applied, partition_items
 from topics import Topics
-from tracker import patches, web
-from tracker.admin import bootstrap_of
-from tracker.census import Census
-from tracker.changelog import Changelog
-from tracker.correlation import Record
-from tracker.deadletters import DeadLetters
-from tracker.definitions import Catalog
-from tracker.generations import Generations
-from tracker.indexes import Indexes, pending_prefix
-from tracker.ingest import Ingest, record_of
-from tracker.metrics import Metrics, StateCollector
-from tracker.progress import Progress
-from tracker.restore import Restore
-from tracker.settings import Settings
-from tracker.state import FAILED_NEEDS_MANUAL
-from tracker.sweeper import Sweeper
-from tracker.tracking import Crash, Tracking
+from tracker.core.census import Census
+from tracker.core.correlation import Record
+from tracker.core.definitions import Catalog
+from tracker.core.state import FAILED_NEEDS_MANUAL
+from tracker.generations.registry import Generations
+from tracker.kafka import internals as patches
+from tracker.kafka.admin import bootstrap_of
+from tracker.ops.metrics import Metrics, StateCollector
+from tracker.ops.settings import Settings
+from tracker.stream.catchup import Progress
+from tracker.stream.deadletters import DeadLetters
+from tracker.stream.indexes import Indexes, pending_prefix
+from tracker.stream.ingest import Ingest, record_of
+from tracker.stream.restore import Restore
+from tracker.stream.state_cache import Changelog
+from tracker.stream.sweeper import Sweeper
+from tracker.stream.tracking import Crash, Tracking
+from tracker.web import views as web
 
 log = logging.getLogger(__name__)
 

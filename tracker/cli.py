@@ -11,12 +11,12 @@ import time
 from datetime import datetime
 from typing import Any
 
-from tracker import patches
-from tracker.errors import TrackerError
+from tracker.core.errors import TrackerError
+from tracker.kafka import internals as patches
 
 
 def _validate(files: list[str]) -> int:
-    from tracker.definitions import Catalog
+    from tracker.core.definitions import Catalog
     from tracker.loader import load_file
 
     failed = False
@@ -43,7 +43,7 @@ def _validate(files: list[str]) -> int:
 
 
 def _broker(port: int | None) -> int:
-    from tracker.broker import EmbeddedBroker
+    from tracker.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(port) as broker:
         print(f"embedded broker listening: {broker.url}  (Ctrl-C stops it; memory only)", flush=True)
@@ -73,11 +73,11 @@ def _when(text: str) -> float:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from tracker import generations as gens
-    from tracker import replay
-    from tracker.admin import bootstrap_of
+    from tracker.generations import registry as gens
+    from tracker.generations import replay
+    from tracker.kafka.admin import bootstrap_of
     from tracker.loader import load_catalog
-    from tracker.settings import Settings
+    from tracker.ops.settings import Settings
 
     settings = Settings.from_env()
     if settings.embedded:
@@ -108,7 +108,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace, settings: Any, registry: Any) -> int:
-    from tracker import replay
+    from tracker.generations import replay
     from tracker.loader import load_catalog
 
     other = args.generation or max({1, registry.active, *registry.builds})
@@ -160,12 +160,12 @@ def _print_comparison(r: Any, shadow: bool) -> None:
 
 
 def _promote(generation: int, force: bool) -> int:
-    from tracker import generations as gens
-    from tracker import replay
-    from tracker.admin import bootstrap_of
-    from tracker.errors import ReplayError
+    from tracker.core.errors import ReplayError
+    from tracker.generations import registry as gens
+    from tracker.generations import replay
+    from tracker.kafka.admin import bootstrap_of
     from tracker.loader import load_catalog
-    from tracker.settings import Settings
+    from tracker.ops.settings import Settings
 
     settings = Settings.from_env()
     bootstrap = bootstrap_of(settings.broker)
@@ -190,8 +190,8 @@ def _promote(generation: int, force: bool) -> int:
 
 
 def _retire(generation: int) -> int:
-    from tracker import replay
-    from tracker.settings import Settings
+    from tracker.generations import replay
+    from tracker.ops.settings import Settings
 
     removed = asyncio.run(replay.retire(Settings.from_env(), generation))
     print(f"generation {generation} retired; removed topics: {', '.join(removed) or 'none'}")
@@ -199,9 +199,9 @@ def _retire(generation: int) -> int:
 
 
 def _cleanup(delete: bool) -> int:
-    from tracker.admin import bootstrap_of
-    from tracker.settings import Settings
-    from tracker.upgrades import retired_topics
+    from tracker.generations.upgrades import retired_topics
+    from tracker.kafka.admin import bootstrap_of
+    from tracker.ops.settings import Settings
 
     settings = Settings.from_env()
     found = asyncio.run(retired_topics(bootstrap_of(settings.broker), settings.app_id, delete=delete))
@@ -215,9 +215,9 @@ def _cleanup(delete: bool) -> int:
 
 
 def _generations() -> int:
-    from tracker import generations as gens
-    from tracker.admin import bootstrap_of
-    from tracker.settings import Settings
+    from tracker.generations import registry as gens
+    from tracker.kafka.admin import bootstrap_of
+    from tracker.ops.settings import Settings
 
     settings = Settings.from_env()
     registry = asyncio.run(gens.read_registry(bootstrap_of(settings.broker), settings.generations))
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cleanup(args.delete)
         if args.command == "broker":
             return _broker(args.port)
-        from tracker.settings import Settings
+        from tracker.ops.settings import Settings
 
         settings = Settings.from_env()
         if args.command == "worker":
@@ -292,10 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             run(settings)
             return 0
         if args.command == "services":
-            from tracker.demo import run_services
+            from tracker.demo.runner import run_services
 
             return run_services(settings, sagas=args.sagas, rate=args.rate, seed=args.seed)
-        from tracker.demo import run_demo
+        from tracker.demo.runner import run_demo
 
         return run_demo(settings, sagas=args.sagas, rate=args.rate, seed=args.seed, exit_when_done=args.exit_when_done)
     except TrackerError as exc:

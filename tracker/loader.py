@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from tracker.definitions import Catalog, SagaDefinition, sagas_from_document
-from tracker.errors import DefinitionError
+from tracker.core.definitions import Catalog, SagaDefinition, sagas_from_document
+from tracker.core.errors import DefinitionError
 
 BUILTIN = ("order_fulfilment.yaml", "task_assignment.yaml")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import faust
 
-from tracker.admin import bootstrap_of, ensure_topics_sync
 from tracker.app import build
-from tracker.broker import EmbeddedBroker
+from tracker.generations.upgrades import remove_retired_stores
+from tracker.kafka.admin import bootstrap_of, ensure_topics_sync
+from tracker.kafka.broker import EmbeddedBroker
 from tracker.loader import load_catalog
-from tracker.settings import Settings
-from tracker.upgrades import remove_retired_stores
+from tracker.ops.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tables import on_changelog_applied
 from tracker.app import TrackerApp, build, faust_app
-from tracker.correlation import Record
-from tracker.events import Event, timeout_event
-from tracker.indexes import DEADLINE, pending_prefix
-from tracker.ingest import partition_of
+from tracker.core.correlation import Record
+from tracker.core.events import Event, timeout_event
 from tracker.loader import load_catalog
-from tracker.settings import Settings
+from tracker.ops.settings import Settings
+from tracker.stream.indexes import DEADLINE, pending_prefix
+from tracker.stream.ingest import partition_of
 
 
 @dataclass

@@ -11,8 +11,8 @@ import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from tracker.changelog import Changelog
-from tracker.metrics import Metrics
+from tracker.ops.metrics import Metrics
+from tracker.stream.state_cache import Changelog
 
 TOPIC = "app-sagas-changelog"
 
@@ -81,7 +81,7 @@ async def test_an_undelivered_record_exits_the_worker(changelog: Changelog, monk
     def exit_(code: int) -> None:
         raise SystemExit(code)
 
-    monkeypatch.setattr("tracker.changelog.os._exit", exit_)
+    monkeypatch.setattr("tracker.stream.state_cache.os._exit", exit_)
     failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     failed.set_exception(TimeoutError("no broker"))
     with pytest.raises(SystemExit) as exited:
@@ -96,7 +96,7 @@ async def test_a_record_the_producer_refuses_exits_the_worker(monkeypatch: pytes
     async def send(*args: Any, **kwargs: Any) -> Any:
         raise TimeoutError("no metadata for the changelog topic")
 
-    monkeypatch.setattr("tracker.changelog.os._exit", exit_)
+    monkeypatch.setattr("tracker.stream.state_cache.os._exit", exit_)
     table: Any = SimpleNamespace(
         data=Store(),
         app=SimpleNamespace(producer=SimpleNamespace(send=send)),
@@ -220,7 +220,7 @@ async def test_a_worker_frozen_past_its_session_timeout_exits_before_it_writes(m
     def exit_(code: int) -> None:
         raise SystemExit(code)
 
-    monkeypatch.setattr("tracker.changelog.os._exit", exit_)
+    monkeypatch.setattr("tracker.stream.state_cache.os._exit", exit_)
     changelog, store, producer = cached_changelog()
     changelog.frozen_after = 6.0
     changelog.alive()

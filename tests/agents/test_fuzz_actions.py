@@ -9,8 +9,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from tracker.events import ACTIONS
-from tracker.web import BadAction, parse_action
+from tracker.core.events import ACTIONS
+from tracker.web.views import BadAction, parse_action
 
 FAST = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", 400)), deadline=None, suppress_health_check=[HealthCheck.too_slow]

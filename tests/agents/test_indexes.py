@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 from tests.unit.sagas import COMPLETIONS, Saga, ev, order_saga
-from tracker.indexes import DEADLINE, PENDING, SUMMARY, deadline_key, due_bound, keys_of, rows_of
-from tracker.state import SagaState
-from tracker.summaries import placement, summary
+from tracker.core.state import SagaState
+from tracker.core.summaries import placement, summary
+from tracker.stream.indexes import DEADLINE, PENDING, SUMMARY, deadline_key, due_bound, keys_of, rows_of
 
 times = hs.floats(min_value=1e9, max_value=4e9, allow_nan=False)
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from tracker.progress import Progress
+from tracker.stream.catchup import Progress
 
 
 def test_a_partition_that_stops_moving_with_records_left_is_stalled() -> None:

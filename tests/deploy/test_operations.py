@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from tables import Tables
 from tests.tools import tool
 from tracker.loader import builtin_paths
-from tracker.metrics import Metrics, StateCollector
+from tracker.ops.metrics import Metrics, StateCollector
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -25,8 +25,8 @@ import yaml
 
 from tests.faults import oracle
 from tests.integration.harness import Kafka, Scenario, Worker
+from tracker.demo.services import Behaviour, Services, generate
 from tracker.loader import builtin_paths, load_catalog
-from tracker.services import Behaviour, Services, generate
 
 TIMEOUT = 6.0  # step timeout of the fault definitions (the shipped ones use 20 s)
 CONFIRM = 120.0  # longer than any run: an undo is never re-requested, so ids are exact

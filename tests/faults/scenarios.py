@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.faults.harness import TIMEOUT, FaultScenario, ServicesThread, Verdict, on_its_own, verdict
 from tests.integration.harness import Kafka, Worker
 from tests.tools import tool
-from tracker.broker import EmbeddedBroker
-from tracker.services import Behaviour
+from tracker.demo.services import Behaviour
+from tracker.kafka.broker import EmbeddedBroker
 
 BEHAVIOUR = Behaviour(fail_rate=0.1, stall_rate=0.12, duplicate_rate=0.1, reorder_rate=0.15, ignore_compensation_rate=0.0)
 SAGAS, RATE = 24, 3.0
@@ -345,14 +345,14 @@ TOPIC = {
 
 
 def order_event(s: FaultScenario, event_type: str, saga_id: str, at: float) -> tuple[str, bytes, bytes, list[Any]]:
-    from tracker.machine import iso
+    from tracker.core.machine import iso
 
     body = {"id": f"{saga_id}:{event_type}", "type": event_type, "time": iso(at), "data": {"order_id": saga_id}}
     return (s.prefix + TOPIC[event_type], saga_id.encode(), json.dumps(body).encode(), [])
 
 
 def service_event(s: FaultScenario, saga_type: str, step: str, saga_id: str) -> tuple[str, bytes, bytes, list[Any]] | None:
-    from tracker.machine import iso
+    from tracker.core.machine import iso
 
     d = s.catalog.current[saga_type]
     i = d.step_index(step)

@@ -15,7 +15,7 @@ import pytest
 from tests.faults.harness import Verdict, markdown
 from tests.faults.scenarios import ALL, REDUCED, Context
 from tests.integration.harness import Kafka
-from tracker.broker import EmbeddedBroker
+from tracker.kafka.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 SEED = int(os.environ.get("FAULTS_SEED", "7"))

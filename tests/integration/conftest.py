@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import Kafka, Scenario
-from tracker.broker import EmbeddedBroker
+from tracker.kafka.broker import EmbeddedBroker
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 

@@ -22,9 +22,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from tracker.admin import ensure_topics
-from tracker.broker import free_port
-from tracker.demo import get_json, wait_ready
+from tracker.demo.runner import get_json, wait_ready
+from tracker.kafka.admin import ensure_topics
+from tracker.kafka.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tests.integration.harness import Scenario, Worker
-from tracker.demo import get_json
+from tracker.demo.runner import get_json
 
 pytestmark = pytest.mark.integration
 TOKEN = "act-0123456789"

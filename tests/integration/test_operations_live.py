@@ -13,8 +13,8 @@ import yaml
 
 from tests.integration.harness import Scenario, Worker
 from tests.tools import tool
-from tracker.broker import free_port
-from tracker.demo import get_json
+from tracker.demo.runner import get_json
+from tracker.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from tests.integration.harness import Kafka, run
-from tracker import patches
-from tracker.admin import ensure_topics
+from tracker.kafka import internals as patches
+from tracker.kafka.admin import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from faust.types import TP
 
 from tests.integration.harness import Kafka, run
-from tracker.progress import Progress
+from tracker.stream.catchup import Progress
 
 pytestmark = pytest.mark.integration
 

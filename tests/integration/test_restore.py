@@ -13,8 +13,8 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from tests.integration.harness import Kafka, run
-from tracker.metrics import Metrics
-from tracker.restore import OFFSET_KEY, Restore
+from tracker.ops.metrics import Metrics
+from tracker.stream.restore import OFFSET_KEY, Restore
 
 pytestmark = pytest.mark.integration
 

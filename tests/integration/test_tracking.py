@@ -11,7 +11,7 @@ import pytest
 from rocksdict import AccessType, Options, Rdict
 
 from tests.integration.harness import Scenario
-from tracker.state import logical
+from tracker.core.state import logical
 
 pytestmark = pytest.mark.integration
 FAUST_OFFSET = b"__faust\0offset__"  # faust's row in each partition store: the changelog offset it holds

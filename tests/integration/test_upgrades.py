@@ -10,8 +10,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.harness import Kafka, Scenario, run
-from tracker import upgrades
-from tracker.upgrades import RETIRED_TABLES, remove_retired_stores
+from tracker.generations import upgrades
+from tracker.generations.upgrades import RETIRED_TABLES, remove_retired_stores
 
 
 def topics(kafka: Kafka) -> set[str]:
@@ -77,7 +77,7 @@ def test_a_store_that_cannot_be_removed_is_logged_and_left(
         rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(upgrades.shutil, "rmtree", refuse)
-    with caplog.at_level(logging.WARNING, logger="tracker.upgrades"):
+    with caplog.at_level(logging.WARNING, logger="tracker.generations.upgrades"):
         assert remove_retired_stores(tmp_path) == [gone]
     assert stuck.exists() and not gone.exists()
     assert f"cannot remove {stuck}" in caplog.text

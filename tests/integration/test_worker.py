@@ -19,13 +19,13 @@ import logging
 import os
 import faust
 from tracker import worker
-from tracker.settings import Settings
+from tracker.ops.settings import Settings
 
 started = []
 faust.Worker.execute_from_commandline = lambda self: started.append(self)  # everything up to it
 worker.run(Settings.from_env())
 started[0]._setup_logging()  # what the worker does first when it starts
-for name in ("aiokafka.producer.producer", "tracker.tracking"):
+for name in ("aiokafka.producer.producer", "tracker.stream.tracking"):
     log = logging.getLogger(name)
     # fd 1 itself: the worker's logging setup redirects sys.stdout into the log
     os.write(1, f"{name} {log.isEnabledFor(logging.DEBUG)} {log.isEnabledFor(logging.WARNING)}\\n".encode())

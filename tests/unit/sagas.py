@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracker.definitions import (
+from tracker.core.definitions import (
     Compensation,
     CompensationPolicy,
     Correlation,
@@ -11,9 +11,9 @@ from tracker.definitions import (
     SagaDefinition,
     Step,
 )
-from tracker.events import CONTROL, Event, timeout_event
-from tracker.machine import Transition, apply
-from tracker.state import SagaState
+from tracker.core.events import CONTROL, Event, timeout_event
+from tracker.core.machine import Transition, apply
+from tracker.core.state import SagaState
 
 
 def order_saga(**overrides: object) -> SagaDefinition:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tracker.correlation import Ignored, Record, correlate, parse_time
-from tracker.errors import CorrelationError
+from tracker.core.correlation import Ignored, Record, correlate, parse_time
+from tracker.core.errors import CorrelationError
 from tracker.loader import load_catalog
 
 CATALOG = load_catalog()

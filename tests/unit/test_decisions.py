@@ -8,9 +8,9 @@ from dataclasses import replace
 import orjson
 
 from tests.unit.sagas import Saga, action, ev
-from tracker import state as st
-from tracker.events import MARK_PARTIAL, decision_event
-from tracker.machine import Transition, virtual_timeout
+from tracker.core import state as st
+from tracker.core.events import MARK_PARTIAL, decision_event
+from tracker.core.machine import Transition, virtual_timeout
 
 
 def decisions(saga: Saga) -> list[dict]:
@@ -45,7 +45,7 @@ def test_a_stale_timeout_records_no_decision() -> None:
     saga(ev("OrderCreated", 100))
     token = saga.s.deadline.token  # type: ignore[union-attr]
     saga(ev("PaymentAuthorized", 110))
-    from tracker.events import timeout_event
+    from tracker.core.events import timeout_event
 
     t = saga(timeout_event("o-1", "order", token, 130))
     assert "stale_timeout" in t.outcomes and decisions(saga) == []
@@ -164,7 +164,7 @@ def test_virtual_timeout_decides_in_event_time() -> None:
 def test_malformed_decisions_are_refused() -> None:
     import pytest
 
-    from tracker.errors import StateError
+    from tracker.core.errors import StateError
 
     bad: object
     for bad in (None, [], {"of": "service"}, {"of": "timeout"}, {"of": "timeout", "anchor": {}, "saga_id": ""}):

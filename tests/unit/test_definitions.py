@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.sagas import order_saga
-from tracker.definitions import Catalog, FieldRef, parse_duration
-from tracker.errors import DefinitionError
+from tracker.core.definitions import Catalog, FieldRef, parse_duration
+from tracker.core.errors import DefinitionError
 from tracker.loader import builtin_paths, load_catalog, load_file, parse_text
 
 MINIMAL = """

@@ -10,12 +10,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from tracker.correlation import Ignored, Record, correlate
-from tracker.definitions import saga_from_mapping, sagas_from_document
-from tracker.errors import CorrelationError, DefinitionError, StateError
-from tracker.events import Event
+from tracker.core.correlation import Ignored, Record, correlate
+from tracker.core.definitions import saga_from_mapping, sagas_from_document
+from tracker.core.errors import CorrelationError, DefinitionError, StateError
+from tracker.core.events import Event
+from tracker.core.summaries import BadQuery, Query
 from tracker.loader import load_catalog, parse_text
-from tracker.summaries import BadQuery, Query
 
 CATALOG = load_catalog()
 FAST = settings(
@@ -127,8 +127,8 @@ def test_pathological_inputs_are_rejected_with_a_reason() -> None:
 
 
 def test_a_saga_with_100000_events_stays_bounded() -> None:
-    from tracker.events import Event
-    from tracker.machine import apply
+    from tracker.core.events import Event
+    from tracker.core.machine import apply
 
     d = CATALOG.current["order_fulfilment"]
     state = None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.sagas import COMPLETIONS, Saga, action, ev, order_saga
-from tracker import state as st
-from tracker.definitions import Compensation, Step
-from tracker.events import timeout_event
-from tracker.machine import Transition, apply, visible_status
+from tracker.core import state as st
+from tracker.core.definitions import Compensation, Step
+from tracker.core.events import timeout_event
+from tracker.core.machine import Transition, apply, visible_status
 
 
 def outputs(t: Transition) -> list[str]:

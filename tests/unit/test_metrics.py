@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from tests.unit.sagas import COMPLETIONS, Saga, ev
-from tracker.metrics import Metrics
+from tracker.ops.metrics import Metrics
 
 
 def run(saga: Saga, metrics: Metrics, *events: object) -> None:

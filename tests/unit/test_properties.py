@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from tests.unit.sagas import COMPLETIONS, Saga, ev, order_saga
-from tracker import state as st
-from tracker.events import Event, timeout_event
-from tracker.machine import Transition, apply
+from tracker.core import state as st
+from tracker.core.events import Event, timeout_event
+from tracker.core.machine import Transition, apply
 
 FAILURES = {1: "PaymentDeclined", 2: "OutOfStock", 3: "ShipmentFailed"}
 CONFIRMS = ["OrderCancelled", "PaymentRefunded", "StockReleased", "ShipmentCancelled"]

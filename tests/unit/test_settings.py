@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracker.errors import SettingsError
-from tracker.settings import Settings
+from tracker.core.errors import SettingsError
+from tracker.ops.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from tracker.summaries import SORTS, Query
+from tracker.core.summaries import SORTS, Query
 
 rows: hs.SearchStrategy[list[dict[str, Any]]] = hs.lists(
     hs.fixed_dictionaries(

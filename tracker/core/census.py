@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from tracker import state as st
+from tracker.core import state as st
 
 IN_FLIGHT = frozenset({st.AWAITING_START, st.RUNNING, st.COMPENSATING, st.FAILED_NEEDS_MANUAL})
 Key = tuple[str, str, str]  # saga type, status, step ("" when none)

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from tracker.definitions import Catalog, FieldRef, SagaDefinition
-from tracker.errors import CorrelationError
-from tracker.events import Event
+from tracker.core.definitions import Catalog, FieldRef, SagaDefinition
+from tracker.core.errors import CorrelationError
+from tracker.core.events import Event
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 MAX_VALUE_CHARS = 512  # ids, types and business keys longer than this are not identifiers

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracker.errors import StateError
+from tracker.core.errors import StateError
 
 SERVICE, TIMEOUT, CONTROL, DECISION = "service", "timeout", "control", "decision"
 KINDS = (SERVICE, TIMEOUT, CONTROL, DECISION)

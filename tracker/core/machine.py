@@ -32,10 +32,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from tracker import state as st
-from tracker.definitions import SagaDefinition
-from tracker.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, TIMEOUT, Event, timeout_event
-from tracker.state import Deadline, SagaState, StepState
+from tracker.core import state as st
+from tracker.core.definitions import SagaDefinition
+from tracker.core.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, TIMEOUT, Event, timeout_event
+from tracker.core.state import Deadline, SagaState, StepState
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 OUTBOX_KEEP = 200  # confirmed outputs kept for the timeline; unconfirmed ones are always kept

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tracker.errors import StateError
+from tracker.core.errors import StateError
 
 # Saga statuses.
 AWAITING_START = "awaiting_start"  # events arrived before the start event

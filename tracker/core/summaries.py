@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tracker import state as st
-from tracker.correlation import parse_time
-from tracker.definitions import Catalog, SagaDefinition
-from tracker.machine import visible_status
-from tracker.state import SagaState
+from tracker.core import state as st
+from tracker.core.correlation import parse_time
+from tracker.core.definitions import Catalog, SagaDefinition
+from tracker.core.machine import visible_status
+from tracker.core.state import SagaState
 
 SORTS = ("updated_at", "started_at", "saga_id")
 MAX_LIMIT = 500

@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 
-from tracker.admin import bootstrap_of, ensure_topics
-from tracker.broker import EmbeddedBroker, free_port
-from tracker.errors import SettingsError
+from tracker.core.errors import SettingsError
+from tracker.core.state import TERMINAL
+from tracker.demo.services import Behaviour, Services, generate
+from tracker.kafka.admin import bootstrap_of, ensure_topics
+from tracker.kafka.broker import EmbeddedBroker, free_port
 from tracker.loader import load_catalog
-from tracker.services import Behaviour, Services, generate
-from tracker.settings import Settings
-from tracker.state import TERMINAL
+from tracker.ops.settings import Settings
 
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:

@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tracker.definitions import Catalog, SagaDefinition
-from tracker.machine import iso
+from tracker.core.definitions import Catalog, SagaDefinition
+from tracker.core.machine import iso
 
 log = logging.getLogger("demo.services")
 

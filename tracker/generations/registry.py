@@ -28,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from tracker.admin import ensure_topics
+from tracker.kafka.admin import ensure_topics
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 5.0  # seconds between a worker's announcements

@@ -28,16 +28,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from tracker import generations as gens
-from tracker.admin import bootstrap_of, ensure_topics
-from tracker.correlation import Ignored, Record
-from tracker.deadletters import headers as dead_letter_headers
-from tracker.definitions import Catalog
-from tracker.errors import ReplayError
-from tracker.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, Event
-from tracker.ingest import to_event
-from tracker.settings import Settings, changelog, group_of
-from tracker.state import outcome_view
+from tracker.core.correlation import Ignored, Record
+from tracker.core.definitions import Catalog
+from tracker.core.errors import ReplayError
+from tracker.core.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, Event
+from tracker.core.state import outcome_view
+from tracker.generations import registry as gens
+from tracker.kafka.admin import bootstrap_of, ensure_topics
+from tracker.ops.settings import Settings, changelog, group_of
+from tracker.stream.deadletters import headers as dead_letter_headers
+from tracker.stream.ingest import to_event
 
 log = logging.getLogger(__name__)
 FETCH_MS = 500

@@ -11,7 +11,7 @@ import subprocess
 import time
 from types import TracebackType
 
-from tracker.errors import BrokerError
+from tracker.core.errors import BrokerError
 
 
 def free_port() -> int:

@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tracker import state as st
-from tracker.definitions import SagaDefinition
-from tracker.state import SagaState
+from tracker.core import state as st
+from tracker.core.definitions import SagaDefinition
+from tracker.core.state import SagaState
 
 # Seconds to hours: choreographed steps take from a second to a working day.
 BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)

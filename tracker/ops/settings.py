@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tracker.errors import SettingsError
+from tracker.core.errors import SettingsError
 
 PREFIX = "SAGA_TRACKER_"
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import faust
 
-from tracker.correlation import Record
-from tracker.metrics import Metrics
+from tracker.core.correlation import Record
+from tracker.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

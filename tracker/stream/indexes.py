@@ -30,11 +30,11 @@ from typing import Any
 import orjson
 import rocksdict
 
-from tracker.census import Census, Key, key_of
-from tracker.definitions import Catalog
-from tracker.metrics import Metrics
-from tracker.state import SagaState
-from tracker.summaries import summary
+from tracker.core.census import Census, Key, key_of
+from tracker.core.definitions import Catalog
+from tracker.core.state import SagaState
+from tracker.core.summaries import summary
+from tracker.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ import faust
 import orjson
 from aiokafka.partitioner import murmur2
 
-from tracker.correlation import Ignored, Record, correlate
-from tracker.deadletters import DeadLetters
-from tracker.definitions import Catalog
-from tracker.errors import CorrelationError, StateError
-from tracker.events import Event, decision_event
-from tracker.metrics import Metrics
+from tracker.core.correlation import Ignored, Record, correlate
+from tracker.core.definitions import Catalog
+from tracker.core.errors import CorrelationError, StateError
+from tracker.core.events import Event, decision_event
+from tracker.ops.metrics import Metrics
+from tracker.stream.deadletters import DeadLetters
 
 GENERATION_HEADER = "saga_tracker_generation"  # on every output: which generation sent it
 

@@ -30,7 +30,7 @@ from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP, TableT
 
 from tables import partition_store
-from tracker.metrics import Metrics
+from tracker.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

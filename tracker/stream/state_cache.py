@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from faust.types import TP, TableT
 
 from tables import partition_store
-from tracker.metrics import Metrics
+from tracker.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

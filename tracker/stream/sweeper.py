@@ -21,10 +21,10 @@ import faust
 import orjson
 
 from tables import Tables
-from tracker.events import timeout_event
-from tracker.indexes import Indexes, due_bound
-from tracker.metrics import Metrics
-from tracker.progress import Progress
+from tracker.core.events import timeout_event
+from tracker.ops.metrics import Metrics
+from tracker.stream.catchup import Progress
+from tracker.stream.indexes import Indexes, due_bound
 
 log = logging.getLogger(__name__)
 LAG_TIMEOUT = 5.0  # seconds a lag measurement may take before the sweep gives up on it

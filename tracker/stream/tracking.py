@@ -19,19 +19,19 @@ import faust
 import orjson
 
 from tables import Tables
-from tracker.census import Census
-from tracker.changelog import Changelog, StateWrites
-from tracker.correlation import Record
-from tracker.deadletters import DeadLetters
-from tracker.definitions import Catalog, SagaDefinition
-from tracker.errors import PartitionError
-from tracker.events import SERVICE, TIMEOUT, Event
-from tracker.indexes import Index, Indexes, deadline_key, keys_of, rows_of
-from tracker.ingest import GENERATION_HEADER
-from tracker.machine import Emit, Transition, apply, virtual_timeout
-from tracker.metrics import Metrics
-from tracker.state import SagaState
-from tracker.summaries import placement, summary
+from tracker.core.census import Census
+from tracker.core.correlation import Record
+from tracker.core.definitions import Catalog, SagaDefinition
+from tracker.core.errors import PartitionError
+from tracker.core.events import SERVICE, TIMEOUT, Event
+from tracker.core.machine import Emit, Transition, apply, virtual_timeout
+from tracker.core.state import SagaState
+from tracker.core.summaries import placement, summary
+from tracker.ops.metrics import Metrics
+from tracker.stream.deadletters import DeadLetters
+from tracker.stream.indexes import Index, Indexes, deadline_key, keys_of, rows_of
+from tracker.stream.ingest import GENERATION_HEADER
+from tracker.stream.state_cache import Changelog, StateWrites
 
 log = logging.getLogger(__name__)
 ROUTINE = frozenset({"started", "completed"})

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracker import state as st
-from tracker.events import ACTIONS
-from tracker.summaries import MAX_LIMIT, SORTS
+from tracker.core import state as st
+from tracker.core.events import ACTIONS
+from tracker.core.summaries import MAX_LIMIT, SORTS
 
 NUM = {"type": "number"}
 NUM_OR_NULL = {"type": ["number", "null"]}

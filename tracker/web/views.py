@@ -35,17 +35,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from tables import Tables
-from tracker.definitions import Catalog
-from tracker.events import ACTIONS, CONTROL, Event
-from tracker.generations import Generations
-from tracker.indexes import Indexes
-from tracker.machine import visible_status
-from tracker.metrics import Metrics
-from tracker.openapi import document as openapi_document
-from tracker.settings import Settings
-from tracker.state import SagaState
-from tracker.summaries import BadQuery, Query, merge_stats, stats
-from tracker.sweeper import Sweeper
+from tracker.core.definitions import Catalog
+from tracker.core.events import ACTIONS, CONTROL, Event
+from tracker.core.machine import visible_status
+from tracker.core.state import SagaState
+from tracker.core.summaries import BadQuery, Query, merge_stats, stats
+from tracker.generations.registry import Generations
+from tracker.ops.metrics import Metrics
+from tracker.ops.settings import Settings
+from tracker.stream.indexes import Indexes
+from tracker.stream.sweeper import Sweeper
+from tracker.web.openapi import document as openapi_document
 
 log = logging.getLogger(__name__)
 
@@ -504,6 +504,6 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
 def static(view: Any, name: str) -> Response:
     if name not in STATIC:  # a fixed list: no path ever reaches the file system
         return error(view, 404, "not_found", "no such file")
-    body = (resources.files("tracker") / "static" / name).read_bytes()
+    body = (resources.files("tracker.web") / "static" / name).read_bytes()
     response: Response = view.bytes(body, content_type=STATIC[name])
     return response
