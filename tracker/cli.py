@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 from tracker.core.errors import TrackerError
@@ -56,20 +55,17 @@ def _broker(port: int | None) -> int:
 
 
 def _when(text: str) -> float:
-    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r} (epoch seconds or ISO 8601)") from None
-    if moment.tzinfo is None:
-        from datetime import UTC
+    """Epoch seconds (or milliseconds) or an ISO 8601 time (UTC unless it says otherwise)."""
+    from tracker.core.times import parse_time
 
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:
+        value: float | str = float(text)
+    except ValueError:
+        value = text.replace("Z", "+00:00")
+    moment = parse_time(value)
+    if moment is None:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (epoch seconds or ISO 8601)")
+    return moment
 
 
 def _replay(args: argparse.Namespace) -> int:

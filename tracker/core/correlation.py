@@ -1,6 +1,7 @@
-"""Correlation: turn a raw record from a service topic into a saga ``Event``.
+"""Correlation: turn a record from a service topic, its value decoded, into a saga ``Event``.
 
-Reads nothing but the record and the catalog (no I/O, no clock). Anything that cannot be
+Reads nothing but the record, its decoded body and the catalog (no I/O, no clock, no JSON
+library: the shell decodes). Anything that cannot be
 used raises ``CorrelationError`` with a dead-letter reason code; ``Ignored`` means the
 definitions declare the event type irrelevant (counted, not dead-lettered).
 """
@@ -9,18 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from tracker.core.definitions import Catalog, FieldRef, SagaDefinition
 from tracker.core.errors import CorrelationError
 from tracker.core.events import Event
+from tracker.core.times import parse_time
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 MAX_VALUE_CHARS = 512  # ids, types and business keys longer than this are not identifiers
-MAX_DEPTH = 64
 
 
 class Ignored(Exception):
@@ -44,37 +42,6 @@ class Record:
     @property
     def source(self) -> str:
         return f"{self.topic}/{self.partition}/{self.offset}"
-
-
-def _depth_ok(obj: Any, limit: int) -> bool:
-    stack = [(obj, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return True
-
-
-def decode(record: Record, max_bytes: int) -> dict[str, Any]:
-    value = record.value
-    if value is None:
-        raise CorrelationError("empty", "the record has no value (tombstone)")
-    if len(value) > max_bytes:
-        raise CorrelationError("oversized", f"{len(value)} bytes, the limit is {max_bytes}")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise CorrelationError("not_json", str(exc)[:200]) from None
-    if not isinstance(obj, dict):
-        raise CorrelationError("not_object", f"the JSON value is a {type(obj).__name__}, not an object")
-    # Nesting needs a bracket per level: few brackets in all (the common case), no walk.
-    if value.count(b"{") + value.count(b"[") > MAX_DEPTH and not _depth_ok(obj, MAX_DEPTH):
-        raise CorrelationError("too_deep", f"JSON nested deeper than {MAX_DEPTH} levels")
-    return obj
 
 
 def _header(record: Record, name: str) -> str | None:
@@ -130,25 +97,6 @@ def _first(refs: Sequence[FieldRef], record: Record, body: Mapping[str, Any]) ->
     return None
 
 
-def parse_time(value: Any) -> float | None:
-    """ISO 8601 (``Z`` or offset; naive means UTC) or epoch seconds/milliseconds."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value) / 1000.0 if abs(value) > 1e11 else float(value)
-    elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        seconds = dt.timestamp()
-    else:
-        return None
-    return seconds if 0 <= seconds < 1e11 else None
-
-
 def _text(what: str, value: Any, reason: str) -> str:
     text = _identifier(value)
     if text is None:
@@ -158,9 +106,9 @@ def _text(what: str, value: Any, reason: str) -> str:
     return text
 
 
-def correlate(catalog: Catalog, record: Record, *, max_bytes: int) -> Event:
-    """Map one raw record to the saga event it is; raise CorrelationError or Ignored."""
-    body = decode(record, max_bytes)
+def correlate(catalog: Catalog, record: Record, body: Mapping[str, Any]) -> Event:
+    """Map one record, its value already decoded into ``body`` (the shell decodes JSON: see
+    ``tracker.stream.decoding``), to the saga event it is; raise CorrelationError or Ignored."""
     candidates = catalog.readers.get(record.topic, ())
     if not candidates:
         raise CorrelationError("unknown_topic", f"no saga definition reads topic {record.topic!r}")

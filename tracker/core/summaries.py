@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracker.core import state as st
-from tracker.core.correlation import parse_time
+from tracker.core.times import parse_time
 from tracker.core.definitions import Catalog, SagaDefinition
 from tracker.core.machine import visible_status
 from tracker.core.state import SagaState

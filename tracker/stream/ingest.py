@@ -31,42 +31,17 @@ import faust
 import orjson
 from aiokafka.partitioner import murmur2
 
-from tracker.core.correlation import Ignored, Record, correlate
+from tracker.core.correlation import Ignored, Record
 from tracker.core.definitions import Catalog
 from tracker.core.errors import CorrelationError, StateError
 from tracker.core.events import Event, decision_event
 from tracker.ops.metrics import Metrics
 from tracker.stream.deadletters import DeadLetters
 
-GENERATION_HEADER = "saga_tracker_generation"  # on every output: which generation sent it
-
 log = logging.getLogger(__name__)
 
 # Applies an event to its saga's state partition, active here; False: not open here after all.
 ApplyHere = Callable[[Event, Record, int], Awaitable[bool]]
-
-
-def partition_of(saga_id: str, partitions: int) -> int:
-    """The saga's partition: what the producer's default partitioner picks for the key
-    (murmur2, as in the Java client), so the saga log and the state agree with it."""
-    return (murmur2(saga_id.encode()) & 0x7FFFFFFF) % partitions
-
-
-def record_of(event: faust.EventT) -> Record:
-    m = event.message
-    ts = m.timestamp
-    raw: Any = m.headers or []
-    pairs = raw.items() if isinstance(raw, Mapping) else raw
-    headers = [(str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in pairs]
-    return Record(
-        topic=m.topic,
-        partition=m.partition,
-        offset=m.offset,
-        key=m.key,
-        value=m.value,
-        headers=headers,
-        timestamp=ts if ts and ts > 0 else None,
-    )
 
 
 class Ingest:
@@ -120,26 +95,3 @@ class Ingest:
         )
 
 
-def to_event(catalog: Catalog, record: Record, *, decisions: str, generation: int, max_bytes: int) -> Event | None:
-    """The saga-log record for an input record; None for a generation's own decisions.
-
-    Raises ``Ignored`` (an event type the definitions ignore) or ``CorrelationError``.
-    """
-    if record.topic != decisions:
-        return correlate(catalog, record, max_bytes=max_bytes)
-    if decided_by(record) == generation:
-        return None  # this generation took it: already in its state
-    try:
-        return decision_event(orjson.loads(record.value or b"null"))
-    except (StateError, orjson.JSONDecodeError) as exc:
-        raise CorrelationError("bad_decision", str(exc)) from None
-
-
-def decided_by(record: Record) -> int | None:
-    for k, v in record.headers:
-        if k == GENERATION_HEADER:
-            try:
-                return int(v)
-            except ValueError:
-                return None
-    return None
