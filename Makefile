@@ -23,6 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check tracker topics tables tests bench
 	$(BIN)/ruff format --check tracker topics tables tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy tracker topics tables tests bench

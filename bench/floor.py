@@ -1,12 +1,12 @@
 """faust's own per-record cost on this machine, before any tracker code: where the time goes.
 
 Same fresh embedded broker and generated input as ``bench.run``; each contender is a faust
-worker process of its own (the tracker's patches and broker settings, 16 KiB producer batches
+worker process of its own (the tracker's client fixes and broker settings, 16 KiB producer batches
 with a 5 ms linger), timed from its first record to its last, CPU of the whole process:
 
 * **agent**: an agent that reads each record and does nothing with it;
 * **handler**: the same records handed to a function straight from faust's consumer (the
-  conductor's per-partition callback, as the tracker's patches reach in elsewhere), without
+  conductor's per-partition callback, as the tracker's internals reach in elsewhere), without
   the channel queue, stream, event and agent: what faust's consumer alone costs (the agent is
   still declared, for the subscription, and its idle stream's CPU is counted);
 * **agent + table**: the agent writing each record to a RocksDB table with faust's default
@@ -46,10 +46,10 @@ def child(mode: str, bootstrap: str, topic: str, total: int, out: str, data: str
     """One contender: a faust worker that writes ``[events/s, CPU µs/event]`` to ``out`` and exits."""
     import faust
 
-    from tracker.kafka import internals as patches
-    from tracker.stream.state_cache import Changelog
+    from tracker.kafka import internals
+    from tracker.stream.state_cache import StateCache
 
-    patches.apply()
+    internals.install_client_fixes()
     app = faust.App(
         f"floor-{uuid.uuid4().hex[:6]}",
         broker=f"kafka://{bootstrap}",
@@ -65,7 +65,7 @@ def child(mode: str, bootstrap: str, topic: str, total: int, out: str, data: str
     )
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     table = app.Table("rows", partitions=4, key_type=bytes, value_type=bytes)
-    writes = Changelog(table)
+    writes = StateCache(table)
     clock: dict[str, float] = {}
 
     def seen(n: list[int] = [0]) -> None:  # noqa: B006 - the counter, kept between calls

@@ -167,20 +167,8 @@ async def raw(bootstrap: str, topic: str, total: int, data_dir: Path, changelog:
     return result
 
 
-class _Sagas:
-    """The saga table for ``core``: what ``Tracking`` reads of a faust table, on one RocksDB."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-        # What ``tables.partition_store`` reads of a faust table: every partition's store (one here).
-        self.data = SimpleNamespace(_dbs=dict.fromkeys(range(PARTITIONS), db))
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.db.get(key)  # type: ignore[no-any-return]
-
-
 class _Store:
-    """faust's RocksDB store for ``core``, as far as ``tracker.changelog.Changelog`` uses it:
+    """faust's RocksDB store for ``core``, as far as ``StateCache`` uses it:
     every partition's store (one here) and the persisted offsets."""
 
     OFFSET = b"__faust\0offset__"
@@ -212,16 +200,40 @@ def _changelog_table(db: Any, producer: AIOKafkaProducer, topic: str, sent: list
     )
 
 
-class _Out:
-    """A faust topic's ``send`` for ``core``, on a plain aiokafka producer."""
+class _Context:
+    """The processor context for ``core``: every sink is one topic on a plain aiokafka producer,
+    every partition is active here, nothing is scheduled (no punctuator runs in the benchmark)."""
 
     def __init__(self, producer: AIOKafkaProducer, topic: str, sent: list[Any]) -> None:
         self.producer, self.topic, self.sent = producer, topic, sent
 
-    async def send(self, key: bytes | None, value: bytes | None, headers: Any = None) -> Any:
-        future = await self.producer.send(self.topic, value, key=key, headers=headers)
+    def wall_clock(self) -> float:
+        return time.time()
+
+    async def send(
+        self,
+        sink: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> Any:
+        future = await self.producer.send(self.topic, value, key=key, headers=headers, partition=partition)
         self.sent.append(future)
         return future
+
+    def owns(self, partition: int) -> bool:
+        return True
+
+    def active_partitions(self) -> list[int]:
+        return list(range(PARTITIONS))
+
+    def recovering(self) -> bool:
+        return False
+
+    def schedule(self, name: str, interval: float, punctuator: Any) -> None:
+        return None
 
 
 async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result:
@@ -231,20 +243,20 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     from rocksdict import Rdict
 
     from tracker.core.census import Census
-    from tracker.core.correlation import Ignored, Record, correlate
+    from tracker.core.correlation import Ignored, Record
     from tracker.core.errors import CorrelationError
     from tracker.loader import load_catalog
     from tracker.ops.metrics import Metrics
     from tracker.ops.settings import Settings
     from tracker.stream.deadletters import DeadLetters
+    from tracker.stream.decoding import read_event
     from tracker.stream.indexes import Indexes
-    from tracker.stream.state_cache import Changelog
+    from tracker.stream.state_cache import StateCache
     from tracker.stream.tracking import Tracking
 
     (data_dir / "core.yaml").write_text(order_definitions(topic))
     catalog = load_catalog([str(data_dir / "core.yaml")])
     db = Rdict(str(data_dir / "core.db"))
-    sagas = _Sagas(db)
     metrics, census = Metrics(CollectorRegistry()), Census()
     rows: Any = lambda partition, start: db.items(from_key=start)  # noqa: E731 - one store for every partition
     indexes = Indexes(data_dir / "core-indexes", catalog, rows, census, metrics)
@@ -255,14 +267,13 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     await consumer.start()
     await producer.start()
     pending: list[Any] = []
-    out: Any = _Out(producer, outputs, pending)  # stands in for faust topics
-    tables: Any = SimpleNamespace(sagas=sagas)
-    kinds = ("compensation", "outcome", "decision", "shadow")
-    # The worker's cache; flushed after each batch below, as the worker's commits flush it.
-    writes = Changelog(_changelog_table(db, producer, changelog, pending), cache_rows=Settings().state_cache_rows)
-    tracking = Tracking(
-        catalog, tables, {k: out for k in kinds}, DeadLetters(out, metrics), metrics, census, indexes, writes=writes
-    )
+    context = _Context(producer, outputs, pending)  # stands in for faust's topics and assignment
+    # The worker's cache; flushed after each batch below, as the worker's checkpoint flushes it.
+    writes = StateCache(_changelog_table(db, producer, changelog, pending), cache_rows=Settings().state_cache_rows)
+    dead_letters = DeadLetters(metrics)
+    tracking = Tracking(catalog, writes, dead_letters, metrics, census, indexes)
+    for processor in (dead_letters, tracking):
+        processor.init(context)
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
@@ -277,7 +288,7 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
                 record = Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers), m.timestamp / 1000)
                 seen += 1
                 try:
-                    event = correlate(catalog, record, max_bytes=1 << 20)
+                    event = read_event(catalog, record, max_bytes=1 << 20)
                 except (CorrelationError, Ignored):
                     skipped += 1
                     continue
@@ -450,13 +461,14 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
 
     Returns the untimed-stages run, and the µs per event of each stage from a second run
     that times them (the clock reads cost a little on their own)."""
-    from tracker.core.correlation import Ignored, Record, correlate
+    from tracker.core.correlation import Ignored, Record
     from tracker.core.errors import CorrelationError
     from tracker.core.machine import apply
     from tracker.core.state import SagaState
     from tracker.core.summaries import placement, summary
     from tracker.loader import load_catalog
     from tracker.ops.metrics import Metrics
+    from tracker.stream.decoding import read_event
     from tracker.stream.indexes import keys_of, rows_of
 
     (data_dir / "decisions.yaml").write_text(order_definitions(topic))
@@ -471,7 +483,7 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
         for record in inputs:
             a = clock()
             try:
-                event = correlate(catalog, record, max_bytes=1 << 20)
+                event = read_event(catalog, record, max_bytes=1 << 20)
             except (CorrelationError, Ignored) as exc:
                 raise RuntimeError(f"{record.source}: {exc}") from None
             b = clock()

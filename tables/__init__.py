@@ -3,12 +3,11 @@
 ``sagas`` is co-partitioned with the saga log (same partition count, key = saga id). It is
 the only state with a changelog: the rows derived from it (summaries, the pending and
 deadline indexes) are local and built from it, see ``tracker.indexes``. The tracker writes
-it through ``tracker.changelog`` (row, changelog record, offset), not faust's ``table[key] =``.
+it through ``tracker.stream.state_cache`` (row, changelog record, offset), not faust's ``table[key] =``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,37 +42,3 @@ def declare(app: faust.App, settings: Settings) -> Tables:
         help="Saga state by saga id.",
     )
     return Tables(sagas=sagas)
-
-
-def partition_store(table: TableT, partition: int) -> Any | None:
-    """One partition's open RocksDB; None if not open here or not a RocksDB store.
-
-    faust has no public API for one partition's store: this is the single place that reaches in.
-    """
-    dbs = getattr(table.data, "_dbs", None)
-    return None if dbs is None else dbs.get(partition)
-
-
-def partition_items(table: TableT, partition: int, start: bytes = b"") -> Iterable[tuple[bytes, bytes]] | None:
-    """One partition's (key, value) rows in key order from ``start``; None if not open here.
-
-    The memory store (agent tests) keeps no partitions: it answers with all its rows.
-    """
-    store: Any = table.data
-    if not hasattr(store, "_dbs"):
-        return sorted((k, v) for k, v in store.data.items() if k >= start)
-    db = partition_store(table, partition)
-    return None if db is None else db.items(from_key=start)
-
-
-def on_changelog_applied(table: TableT, callback: Callable[[set[int]], None]) -> None:
-    """Call ``callback`` with the partitions whose state faust is about to change from the
-    changelog (recovery, standby): every write to a table that is not the tracker's own."""
-    apply: Any = table.apply_changelog_batch
-
-    def applying(batch: Any) -> None:
-        batch = list(batch)
-        callback({event.message.partition for event in batch})
-        apply(batch)
-
-    table.apply_changelog_batch = applying  # type: ignore[method-assign]

@@ -7,12 +7,14 @@ JSON is dead-lettered instead of being thrown into the stream by faust.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
 from tracker.core.definitions import Catalog
-from tracker.ops.settings import Settings
+
+if TYPE_CHECKING:  # settings name topics through ``topics.names``: imported here for types only
+    from tracker.ops.settings import Settings
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from tracker.core.errors import TrackerError
-from tracker.kafka import internals as patches
+from tracker.kafka import internals
 
 
 def _validate(files: list[str]) -> int:
@@ -104,7 +104,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace, settings: Any, registry: Any) -> int:
-    from tracker.generations import replay
+    from tracker.generations import verify
     from tracker.loader import load_catalog
 
     other = args.generation or max({1, registry.active, *registry.builds})
@@ -115,7 +115,7 @@ def _verify(args: argparse.Namespace, settings: Any, registry: Any) -> int:
     shadow = bool(build.get("shadow"))
     deadline = time.monotonic() + args.wait
     while True:
-        behind = {n: asyncio.run(replay.caught_up(settings, n, cat)) for n, cat in ((base, base_catalog), (other, other_catalog))}
+        behind = {n: asyncio.run(verify.caught_up(settings, n, cat)) for n, cat in ((base, base_catalog), (other, other_catalog))}
         if not any(behind.values()):
             break
         if time.monotonic() > deadline:
@@ -123,7 +123,7 @@ def _verify(args: argparse.Namespace, settings: Any, registry: Any) -> int:
             return 2
         time.sleep(1)
     while True:  # a table's changelog may trail its committed offsets by a moment
-        result = asyncio.run(replay.compare(settings, base, other, base_catalog, other_catalog))
+        result = asyncio.run(verify.compare(settings, base, other, base_catalog, other_catalog))
         if result.equal or shadow or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -158,7 +158,7 @@ def _print_comparison(r: Any, shadow: bool) -> None:
 def _promote(generation: int, force: bool) -> int:
     from tracker.core.errors import ReplayError
     from tracker.generations import registry as gens
-    from tracker.generations import replay
+    from tracker.generations import verify
     from tracker.kafka.admin import bootstrap_of
     from tracker.loader import load_catalog
     from tracker.ops.settings import Settings
@@ -174,7 +174,7 @@ def _promote(generation: int, force: bool) -> int:
     if build is not None and build.get("state") == "retired":
         raise ReplayError(f"generation {generation} was retired")
     catalog = load_catalog(list((build or {}).get("definitions") or settings.definitions) or None)
-    behind = asyncio.run(replay.caught_up(settings, generation, catalog))
+    behind = asyncio.run(verify.caught_up(settings, generation, catalog))
     if behind and not force:
         raise ReplayError(f"generation {generation} has not caught up: {behind} (--force promotes anyway)")
     previous = registry.active
@@ -186,10 +186,10 @@ def _promote(generation: int, force: bool) -> int:
 
 
 def _retire(generation: int) -> int:
-    from tracker.generations import replay
+    from tracker.generations import retire
     from tracker.ops.settings import Settings
 
-    removed = asyncio.run(replay.retire(Settings.from_env(), generation))
+    removed = asyncio.run(retire.retire(Settings.from_env(), generation))
     print(f"generation {generation} retired; removed topics: {', '.join(removed) or 'none'}")
     return 0
 
@@ -229,7 +229,7 @@ def _generations() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    patches.apply()  # every command's Kafka clients, not only the worker's
+    internals.install_client_fixes()  # every command's Kafka clients, not only the worker's
     parser = argparse.ArgumentParser(prog="saga-tracker", description="Track choreographed sagas on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a tracker worker (embedded broker when SAGA_TRACKER_BROKER is unset)")

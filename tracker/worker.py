@@ -15,11 +15,13 @@ from tracker.kafka.admin import bootstrap_of, ensure_topics_sync
 from tracker.kafka.broker import EmbeddedBroker
 from tracker.loader import load_catalog
 from tracker.ops.settings import Settings
+from tracker.stream.tracking import SendHooks
 
 log = logging.getLogger(__name__)
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
+    """Run a worker until it is stopped. ``hooks``: the crash tests' fault injection only."""
     catalog = load_catalog(list(settings.definitions) or None)
     for warning in catalog.warnings():
         print(f"warning: {warning}", file=sys.stderr)
@@ -33,7 +35,7 @@ def run(settings: Settings) -> None:
             ensure_topics_sync(broker.bootstrap, catalog.topics, settings.partitions)
         # Read by the ingest agent of every generation: it must exist with the saga log's partitions.
         ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
-        tracker = build(settings, catalog, broker_url=url)
+        tracker = build(settings, catalog, broker_url=url, hooks=hooks)
         remove_retired_stores(Path(tracker.app.conf.tabledir))
         log.info("tracking %s on %s", ", ".join(d.key for d in catalog.definitions), bootstrap_of(url))
         # aiokafka logs every (re)assignment at INFO: the generations registry is read by a

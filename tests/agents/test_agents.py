@@ -17,14 +17,14 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tables import on_changelog_applied
 from tracker.app import TrackerApp, build, faust_app
 from tracker.core.correlation import Record
 from tracker.core.events import Event, timeout_event
+from tracker.kafka.internals import on_changelog_applied
+from tracker.kafka.partitioner import partition_of
 from tracker.loader import load_catalog
 from tracker.ops.settings import Settings
 from tracker.stream.indexes import DEADLINE, pending_prefix
-from tracker.stream.ingest import partition_of
 
 
 @dataclass
@@ -64,10 +64,7 @@ def shell(tmp_path: Path) -> Iterator[Shell]:
         name: app.channel(key_type=bytes, value_type=bytes, maxsize=1000)
         for name in ("compensation", "outcome", "decision", "dead_letter", "saga_log")
     }
-    t.tracking.outputs.update(compensation=channels["compensation"], outcome=channels["outcome"], decision=channels["decision"])
-    t.tracking.dead_letters.topic = channels["dead_letter"]
-    t.ingest.dead_letters.topic = channels["dead_letter"]
-    t.ingest.saga_log = channels["saga_log"]
+    t.context.sinks.update(channels)  # the processors send through their context: to the channels
     t.sweeper.behind = False  # no broker to measure lag against: caught up
     yield Shell(t, {name: ch.__aiter__() for name, ch in channels.items()})
 
@@ -133,7 +130,7 @@ async def test_an_event_applied_in_place_then_redelivered_through_the_saga_log_r
     t = shell.tracker
     for event_type in ("OrderCreated", "PaymentAuthorized", "InventoryReserved"):
         await track.put(record(order_event(event_type)), key=b"o-1")
-    t.ingest.owned = lambda partition: True
+    t.context.owns = lambda partition: True  # type: ignore[method-assign]
     t.ingest.partitions = 1  # the one partition the track agent's records above were applied in
     ingest = t.app.agents[f"{t.settings.app_id}-ingest"]
     body = {"id": "o-1:ShipmentCreated", "type": "ShipmentCreated", "time": 103, "data": {"order_id": "o-1"}}
@@ -199,7 +196,7 @@ async def test_track_agent_dead_letters_a_broken_log_record_and_keeps_going(shel
 async def test_ingest_forwards_by_saga_id_and_dead_letters_the_rest(shell: Shell) -> None:
     ingest = shell.tracker.ingest
     good = orjson.dumps({"id": "e-1", "type": "PaymentAuthorized", "time": 100, "data": {"order_id": "o-7"}})
-    await ingest.handle(Record("payments", 3, 12, b"any-key", good, [("traceparent", b"00-x-y-01")], 99.0))
+    await ingest.process(Record("payments", 3, 12, b"any-key", good, [("traceparent", b"00-x-y-01")], 99.0))
     forwarded = await shell.next("saga_log")
     assert forwarded.key == b"o-7"
     event = Event.from_dict(orjson.loads(forwarded.value))
@@ -209,10 +206,10 @@ async def test_ingest_forwards_by_saga_id_and_dead_letters_the_rest(shell: Shell
         "payments/3/12",
         "00-x-y-01",
     )
-    await ingest.handle(Record("payments", 3, 13, b"k", b"{not json", [], 99.0))
+    await ingest.process(Record("payments", 3, 13, b"k", b"{not json", [], 99.0))
     dead = await shell.next("dead_letter")
     assert dict(dead.message.headers or ())["x-dead-letter-reason"] == b"not_json" and dead.value == b"{not json"
-    await ingest.handle(Record("orders", 0, 1, b"k", orjson.dumps({"type": "OrderViewed", "data": {}}), [], 99.0))
+    await ingest.process(Record("orders", 0, 1, b"k", orjson.dumps({"type": "OrderViewed", "data": {}}), [], 99.0))
     assert shell.metric("saga_tracker_ignored_events_total", saga_type="order_fulfilment") == 1.0
     assert shell.metric("saga_tracker_dead_letters_total", reason="not_json") == 1.0
 
@@ -222,7 +219,7 @@ async def test_a_flood_of_bad_input_is_counted_in_full_but_logged_sparingly(
 ) -> None:
     ingest = shell.tracker.ingest
     for n in range(50):
-        await ingest.handle(Record("orders", 0, n, b"k", orjson.dumps({"type": "Teleported", "data": {}}), [], 1.0))
+        await ingest.process(Record("orders", 0, n, b"k", orjson.dumps({"type": "Teleported", "data": {}}), [], 1.0))
     assert shell.metric("saga_tracker_dead_letters_total", reason="unknown_event_type") == 50.0
     lines = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
     assert len(lines) == 1
@@ -319,7 +316,7 @@ def saga_in_partition(partition: int, partitions: int) -> str:
 
 async def test_an_event_whose_sagas_partition_is_active_here_is_applied_in_place(shell: Shell) -> None:
     t = shell.tracker
-    t.ingest.owned = lambda partition: partition in (1, 2)  # the state's partitions active here
+    t.context.owns = lambda partition: partition in (1, 2)  # type: ignore[method-assign]  # active here
     agent = t.app.agents[f"{t.settings.app_id}-ingest"]
     here = saga_in_partition(2, t.settings.partitions)
     keyed_otherwise = saga_in_partition(1, t.settings.partitions)
@@ -352,7 +349,7 @@ async def test_the_oldest_pending_age_is_read_from_the_index_for_long_type_and_s
     assert index is not None
     assert index.oldest_pending(pending_prefix("order_fulfilment", "payment")) == 100.0
     assert index.oldest_pending(pending_prefix("order_fulfilment", "shipping")) is None
-    shell.tracker.sweeper.active_partitions = lambda: [0]  # type: ignore[method-assign]  # no assignor here
+    shell.tracker.context.active_partitions = lambda: [0]  # type: ignore[method-assign]  # no assignor here
     text = generate_latest(shell.tracker.metrics.registry).decode()
     line = next(x for x in text.splitlines() if x.startswith("saga_tracker_oldest_in_flight_age_seconds{"))
     assert 'step="payment"' in line and abs(float(line.rsplit(" ", 1)[1]) - (time.time() - 100.0)) < 60
@@ -398,7 +395,7 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
 
     class SlowSend:
         async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
-            table[key] = value  # stored before the first await, as tracker.changelog does
+            table[key] = value  # stored before the first await, as the state cache does
             seen.append((shell.saga("o-1"), shell.deadlines()))
             await gate.wait()  # the producer's buffer is full
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from tracker.core.events import ACTIONS
-from tracker.web.views import BadAction, parse_action
+from tracker.web.actions import BadAction, parse_action
 
 FAST = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", 400)), deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ def test_stuck_saga_forced_to_compensate_from_the_page(make_scenario: Callable[.
     events += [s.event("PaymentAuthorized", "stuck-2")]
     s.send(*events)
     w.wait_saga("stuck-2", lambda b: b["visible_status"] == "PENDING_INVENTORY")
-    time.sleep(1.5)  # past the 1 s deadlines
+    # Stuck once past their 1 s deadlines: wait_listed polls until the API lists them so.
     # The API first, so a slow worker under CI load fails here with its log, not as a page timeout.
     w.wait_listed(6)
     w.wait_listed(3, "stuck=true")

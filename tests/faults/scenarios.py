@@ -108,6 +108,37 @@ def routes(workers: Sequence[Worker]) -> Counter[str]:
     return out
 
 
+def took_over(w: Worker, partitions: int = 4, timeout: float = 60.0) -> None:
+    """Wait until ``w`` owns every state partition (what a frozen peer's session timeout leads to)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, body = w.get("/readyz")
+        except OSError:
+            status, body = 0, {}
+        if status in (200, 503) and len(body.get("active_partitions", [])) == partitions:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{w.name} never took over all {partitions} partitions\n{w.tail()}")
+
+
+def nothing_due(w: Worker, timeout: float = 90.0) -> None:
+    """Wait until no saga on ``w`` is past a deadline nobody acted on (``stuck``, but for the
+    ``failed_needs_manual`` ones, which stay stuck until an operator acts), swept twice over."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, body = w.get("/sagas?stuck=true&limit=500")
+        except OSError:
+            status, body = 0, {}
+        due = [r for r in body.get("items", []) if r["status"] != "failed_needs_manual"] if status == 200 else None
+        if due == [] and not body.get("partial"):
+            w.wait_sweeps(2)
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{w.name} still has sagas past their deadlines\n{w.tail()}")
+
+
 def settle(w: Worker, timeout: float = 90.0) -> None:
     """Wait for ``w`` to be ready if it runs. One that exits on its own (a watchdog, the freeze
     guard: code 70, as ``FaultScenario.supervise`` restarts) is waited for again once the
@@ -201,7 +232,7 @@ def scale(ctx: Context) -> Verdict:
 def crash_before_send(ctx: Context) -> Verdict:
     s = ctx.scenario()
     marker = s.tmp / "crashed"
-    w = s.worker("w1", SAGA_TRACKER_CRASH_POINT="before_send", SAGA_TRACKER_CRASH_MARKER=str(marker)).start()
+    w = s.worker("w1", CRASH_POINT="before_send", CRASH_MARKER=str(marker)).start()
 
     def watch(done: threading.Event) -> None:
         deadline = time.monotonic() + 60
@@ -228,9 +259,9 @@ def zombie(ctx: Context) -> Verdict:
         frozen = w2.process  # the supervisor replaces w2.process when it restarts w2
         assert frozen is not None
         w2.send_signal(signal.SIGSTOP)
-        time.sleep(10)  # past the 6 s session timeout: w1 takes its partitions
+        took_over(w1)  # past the session timeout: w1 took w2's partitions
         w2.send_signal(signal.SIGCONT)
-        # Its freeze guard (tracker/changelog.py) exits it before it writes stale rows.
+        # Its freeze guard (tracker/stream/state_cache.py) exits it before it writes stale rows.
         try:
             woke.append(frozen.wait(timeout=20))
         except subprocess.TimeoutExpired:
@@ -497,7 +528,7 @@ def broker_restart(ctx: Context) -> Verdict:
         recorded += [(topic, r["key"], r["value"], list(r["headers"].items())) for r in kafka.read(topic, timeout=2.0)]
     # Wait until the tracker has handled what is due, then keep what it emitted: the broker
     # loses it, the services have acted on it.
-    time.sleep(12)
+    nothing_due(w)
     emitted = kafka.read(s.topic("compensations"), timeout=3.0)
     services.stop()
     port = own.port

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from tracker.demo.runner import get_json, wait_ready
 from tracker.kafka.admin import ensure_topics
@@ -262,11 +263,13 @@ class Worker:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.wrapper: list[str] = []  # e.g. faketime: the worker runs under it
+        # The crash tests' worker carries the crash hook (tests/crash_worker.py); others are the CLI's.
+        self.command = ["tests.crash_worker"] if "CRASH_POINT" in env else ["tracker", "worker"]
 
     def start(self, wait: bool = True) -> Worker:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "tracker", "worker"],
+                [*self.wrapper, sys.executable, "-m", *self.command],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,
@@ -299,6 +302,35 @@ class Worker:
                 return resp.status, dict(resp.headers), orjson.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), orjson.loads(exc.read())
+
+    def metric(self, sample: str, **labels: str) -> float:
+        """The sum of a sample's values on this worker's ``/metrics`` over the label sets that
+        have ``labels``."""
+        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == sample and labels.items() <= s.labels.items()
+        )
+
+    def wait_metric(self, sample: str, value: float, timeout: float = 30.0, **labels: str) -> None:
+        deadline = time.monotonic() + timeout
+        while (now := self.metric(sample, **labels)) < value:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{sample}{labels} stayed at {now}, not {value}\n{self.tail()}")
+            time.sleep(0.1)
+
+    def wait_sweeps(self, passes: int = 2, timeout: float = 30.0) -> None:
+        """Wait until the deadline punctuator has completed ``passes`` more sweeps: a check that
+        nothing was swept waits for the sweeps themselves, not for time to pass."""
+        start = self.metric("saga_tracker_sweep_duration_seconds_count")
+        deadline = time.monotonic() + timeout
+        while self.metric("saga_tracker_sweep_duration_seconds_count") < start + passes:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {passes} sweeps in {timeout}s\n{self.tail()}")
+            time.sleep(0.1)
 
     def saga(self, saga_id: str) -> dict[str, Any] | None:
         status, body = self.get("/sagas/" + urllib.parse.quote(saga_id, safe=""))

@@ -63,8 +63,12 @@ def test_rebuild_equals_live_emits_nothing_and_promotion_switches_reads(make_sce
     s = make_scenario(timeout="3s", confirm="60s")
     w1 = s.worker("w1", SAGA_TRACKER_ACTION_TOKEN=TOKEN).start()
     live_history(s, w1)
-    time.sleep(2)  # let the last outputs land
-    compensations, outcomes = ids(s, "compensations"), ids(s, "outcomes")
+    # Every output the worker sent is on its topic (the state is written before the send).
+    deadline = time.monotonic() + 30
+    while len(compensations := ids(s, "compensations")) + len(outcomes := ids(s, "outcomes")) < sum(
+        w1.metric("saga_tracker_emitted_total", kind=kind) for kind in ("compensation", "outcome")
+    ):
+        assert time.monotonic() < deadline, "the worker's outputs never reached their topics"
     assert {"stall-0:payment:compensate:1", "stall-1:inventory:compensate:1", "forced:request:compensate:1"} <= set(compensations)
     decisions = s.kafka.read(s.app_id + "-decisions", timeout=3.0)
     assert len(decisions) == 3  # two timeouts and one action took effect

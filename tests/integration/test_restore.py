@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.integration.harness import Kafka, run
 from tracker.ops.metrics import Metrics
-from tracker.stream.restore import OFFSET_KEY, Restore
+from tracker.stream.restore import STORE_OFFSET_KEY, Restore
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def test_restore_writes_each_partition_up_to_the_end_faust_measured_and_its_offs
     assert offsets == {tp0: 3, tp1: 2}
     p0, p1 = table.data._dbs[0], table.data._dbs[1]
     assert (p0.get(b"a"), p0.get(b"b"), p0.get(b"c")) == (b"a2", None, None)  # never past faust's end
-    assert p0.get(OFFSET_KEY) == b"3" and p1.get(OFFSET_KEY) == b"2" and p1.get(b"z") == b"z1"
+    assert p0.get(STORE_OFFSET_KEY) == b"3" and p1.get(STORE_OFFSET_KEY) == b"2" and p1.get(b"z") == b"z1"
     assert changed == [{0, 1}]
     assert metrics.registry.get_sample_value("saga_tracker_changelog_restored_records_total") == 5.0
     # Up to date: nothing to read, nothing reported changed.

@@ -52,8 +52,10 @@ def test_stalled_step_emits_the_compensations_newest_first_once_within_the_deadl
     saga = w.wait_saga("s-1", lambda b: b["status"] == "compensating")
     assert [x["state"] for x in saga["steps"]] == ["compensating", "compensating", "timed_out", "waiting"]
     s.send(s.event("PaymentRefunded", "s-1"), s.event("OrderCancelled", "s-1"))
-    w.wait_saga("s-1", lambda b: b["status"] == "compensated")
-    time.sleep(3)  # past the confirmation deadline: nothing more may be emitted
+    done = w.wait_saga("s-1", lambda b: b["status"] == "compensated")
+    # No deadline is left, so no sweep can emit anything more: the sweeps after it say so.
+    assert done["deadline"] is None
+    w.wait_sweeps(2)
     assert ids(s.kafka.read(s.topic("compensations"), timeout=2)) == ids(records)
 
 
@@ -64,7 +66,7 @@ def test_crash_around_the_send_never_mints_a_new_compensation_id(
     # Confirmations get 30 s: a second attempt would blur what the crash did.
     s = make_scenario(timeout="3s", confirm="30s")
     marker = tmp_path / "crashed"
-    w = s.worker(SAGA_TRACKER_CRASH_POINT=point, SAGA_TRACKER_CRASH_MARKER=str(marker)).start()
+    w = s.worker(CRASH_POINT=point, CRASH_MARKER=str(marker)).start()
     s.send(s.event("OrderCreated", "k-1"), s.event("PaymentAuthorized", "k-1"))
     assert w.wait_exit(timeout=30) == 137 and marker.read_text() == point  # died exactly there
     w.start()
@@ -107,7 +109,8 @@ def test_the_same_timeout_record_twice_changes_nothing_the_second_time(make_scen
     log = s.kafka.read(s.topic("saga-log"), lambda m: any(orjson.loads(r["value"])["kind"] == "timeout" for r in m))
     timeout = next(r for r in log if orjson.loads(r["value"])["kind"] == "timeout")
     s.kafka.produce([(s.topic("saga-log"), timeout["key"], timeout["value"], [])] * 2)
-    time.sleep(1.5)  # the worker read both copies (before the first confirmation deadline)
+    # The worker applied both copies, as duplicates (before the first confirmation deadline).
+    w.wait_metric("saga_tracker_transitions_total", 2, outcome="duplicate", saga_type="order")
     after = w.saga("d-1")
     assert after is not None and after["history"] == before["history"] and after["status"] == "compensating"
     assert ids(s.kafka.read(s.topic("compensations"), timeout=1)) == ids(first)
@@ -136,7 +139,7 @@ def test_a_backlog_of_completions_does_not_time_out_after_a_restart(scenario: Sc
     time.sleep(max(0.0, t0 + 9 - time.time()))  # ...and every deadline has passed by the wall clock
     w.start()
     w.wait_saga("b-1", lambda b: b["status"] == "completed", timeout=30)
-    time.sleep(2 * SWEEP)
+    w.wait_sweeps(2)  # sweeps ran with every deadline in the past, and fired nothing
     assert s.kafka.read(s.topic("compensations"), timeout=1) == []
     assert all(h["outcome"] != "timeout" for h in w.saga("b-1")["history"])  # type: ignore[index]
 

@@ -45,4 +45,4 @@ def test_a_worker_logging_at_warning_builds_no_debug_records(kafka: Kafka, tmp_p
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()[-2:]
-    assert lines == ["aiokafka.producer.producer False True", "tracker.tracking False True"], done.stdout[-2000:]
+    assert lines == ["aiokafka.producer.producer False True", "tracker.stream.tracking False True"], done.stdout[-2000:]

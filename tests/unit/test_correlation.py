@@ -5,9 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tracker.core.correlation import Ignored, Record, correlate, parse_time
+from tracker.core.correlation import Ignored, Record
 from tracker.core.errors import CorrelationError
+from tracker.core.times import parse_time
 from tracker.loader import load_catalog
+from tracker.stream.decoding import read_event
 
 CATALOG = load_catalog()
 
@@ -24,7 +26,7 @@ def rec(
 
 
 def test_cloudevent_json_maps_to_its_saga() -> None:
-    e = correlate(
+    e = read_event(
         CATALOG,
         rec(
             {
@@ -44,7 +46,7 @@ def test_cloudevent_json_maps_to_its_saga() -> None:
 
 
 def test_binary_cloudevent_headers_and_fallbacks() -> None:
-    e = correlate(
+    e = read_event(
         CATALOG,
         rec(
             {"data": {"order_id": 42}, "occurred_at": 1_700_000_001_000},
@@ -53,7 +55,7 @@ def test_binary_cloudevent_headers_and_fallbacks() -> None:
         max_bytes=10_000,
     )
     assert (e.saga_id, e.type, e.id, e.time) == ("42", "PaymentDeclined", "h-1", 1_700_000_001.0)
-    no_id = correlate(CATALOG, rec({"type": "PaymentAuthorized", "data": {"order_id": "o"}}), max_bytes=10_000)
+    no_id = read_event(CATALOG, rec({"type": "PaymentAuthorized", "data": {"order_id": "o"}}), max_bytes=10_000)
     assert no_id.id == "payments/2/17" and no_id.time == 1_700_000_000.0  # position and record timestamp
 
 
@@ -78,18 +80,18 @@ def test_binary_cloudevent_headers_and_fallbacks() -> None:
 )
 def test_unusable_records_have_a_reason(record: Record, reason: str) -> None:
     with pytest.raises(CorrelationError) as info:
-        correlate(CATALOG, record, max_bytes=1000)
+        read_event(CATALOG, record, max_bytes=1000)
     assert info.value.reason == reason
 
 
 def test_tombstone_is_dead_lettered() -> None:
     with pytest.raises(CorrelationError, match="empty"):
-        correlate(CATALOG, Record("orders", 0, 0, b"k", None, [], None), max_bytes=100)
+        read_event(CATALOG, Record("orders", 0, 0, b"k", None, [], None), max_bytes=100)
 
 
 def test_ignored_event_types_are_not_dead_letters() -> None:
     with pytest.raises(Ignored):
-        correlate(CATALOG, rec({"type": "OrderViewed", "data": {"order_id": "o"}}, topic="orders"), max_bytes=10_000)
+        read_event(CATALOG, rec({"type": "OrderViewed", "data": {"order_id": "o"}}, topic="orders"), max_bytes=10_000)
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,13 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from tracker.core.correlation import Ignored, Record, correlate
+from tracker.core.correlation import Ignored, Record
 from tracker.core.definitions import saga_from_mapping, sagas_from_document
 from tracker.core.errors import CorrelationError, DefinitionError, StateError
 from tracker.core.events import Event
 from tracker.core.summaries import BadQuery, Query
 from tracker.loader import load_catalog, parse_text
+from tracker.stream.decoding import read_event
 
 CATALOG = load_catalog()
 FAST = settings(
@@ -58,7 +59,7 @@ def test_correlation_raises_only_its_documented_errors(
     value: bytes, key: bytes | None, hdrs: list[tuple[str, bytes]], ts: float | None, topic: str
 ) -> None:
     try:
-        event = correlate(CATALOG, Record(topic, 0, 1, key, value, hdrs, ts), max_bytes=10_000)
+        event = read_event(CATALOG, Record(topic, 0, 1, key, value, hdrs, ts), max_bytes=10_000)
     except (CorrelationError, Ignored):
         return
     assert event.saga_id and event.id and event.type and isinstance(event.time, float)
@@ -119,7 +120,7 @@ def test_pathological_inputs_are_rejected_with_a_reason() -> None:
     }
     for value, reason in cases.items():
         try:
-            correlate(CATALOG, Record("orders", 0, 0, None, value, [], 1.0), max_bytes=1_048_576)
+            read_event(CATALOG, Record("orders", 0, 0, None, value, [], 1.0), max_bytes=1_048_576)
         except CorrelationError as exc:
             assert exc.reason == reason
         else:

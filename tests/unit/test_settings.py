@@ -39,7 +39,6 @@ def test_defaults_and_embedded_broker_tuning() -> None:
         ({"SAGA_TRACKER_PARTITIONS": "0"}, "SAGA_TRACKER_PARTITIONS must be at least 1"),
         ({"SAGA_TRACKER_BROKER": "localhost:9092"}, "kafka://"),
         ({"SAGA_TRACKER_WEB_PORT": "70000"}, "WEB_PORT"),
-        ({"SAGA_TRACKER_CRASH_POINT": "sometimes"}, "CRASH_POINT"),
         ({"SAGA_TRACKER_PRODUCER_LINGER_MS": "-1"}, "PRODUCER_LINGER_MS must not be negative"),
     ],
 )

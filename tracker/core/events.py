@@ -1,7 +1,9 @@
 """Records the machine applies: service events, timeouts and operator actions.
 
-Standard library only. Every record on the tracker's saga log is one of these, keyed by
-saga id, so one agent applies everything that can change a saga, in log order.
+Standard library only. Every record on the tracker's saga log is one of these, keyed by saga
+id; a service event whose saga's partition is active where it was read is applied there
+without the hop (``tracker.stream.ingest``). Either way one worker, the partition's owner,
+applies everything that can change a saga.
 """
 
 from __future__ import annotations

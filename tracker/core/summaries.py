@@ -1,8 +1,9 @@
 """Saga summaries: the small row per saga that list and stats queries read.
 
-Written by the track agent beside the full state (``summaries`` table); queried with
-filters, sorting and keyset pagination here, without I/O, so every worker answers for the
-partitions it owns and any worker can merge the pages of all of them.
+Derived from the saga state by the track processor and kept in each worker's local index of
+the partitions it owns (``tracker.stream.indexes``); queried with filters, sorting and keyset
+pagination here, without I/O, so every worker answers for its partitions and any worker can
+merge the pages of all of them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracker.core import state as st
-from tracker.core.times import parse_time
 from tracker.core.definitions import Catalog, SagaDefinition
 from tracker.core.machine import visible_status
 from tracker.core.state import SagaState
+from tracker.core.times import parse_time
 
 SORTS = ("updated_at", "started_at", "saga_id")
 MAX_LIMIT = 500

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tracker.core.definitions import Catalog, SagaDefinition
 from tracker.core.machine import iso
+from tracker.kafka import clients
 
 log = logging.getLogger("demo.services")
 
@@ -89,12 +90,14 @@ class Services:
 
     async def start(self) -> None:
         # One record per batch: the embedded broker's end offsets are only right that way.
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0)
+        self.producer = clients.producer(self.bootstrap, purpose="demo-services", max_batch_size=1, linger_ms=0)
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = clients.consumer(
+            self.bootstrap,
             *self.catalog.topics,
             self.compensation_topic,
-            bootstrap_servers=self.bootstrap,
+            purpose="demo-services",
+            enable_auto_commit=True,  # a service like any other: the group's offsets follow it
             group_id=self.group,
             auto_offset_reset="earliest",
             session_timeout_ms=6000,

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from tracker.kafka import clients
 from tracker.kafka.admin import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Generations:
             log.info("generation %d promoted (this worker: generation %d)", self.registry.active, self.generation)
 
     async def _announce(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1)
+        producer = clients.producer(self.bootstrap, purpose="generations", max_batch_size=1)
         await producer.start()
         try:
             while True:
@@ -159,7 +159,7 @@ async def read_from(bootstrap: str, topic: str, position: int, fold: Callable[[b
     """Fold every record of the one-partition ``topic`` from ``position`` to its end; returns
     the next position."""
     tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10_000)
+    consumer = clients.consumer(bootstrap, purpose="generations", enable_auto_commit=False, request_timeout_ms=10_000)
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -188,7 +188,7 @@ async def read_registry(bootstrap: str, topic: str) -> Registry:
 
 async def write(bootstrap: str, topic: str, key: str, body: dict[str, Any]) -> None:
     await ensure_topics(bootstrap, [topic], 1, config=COMPACT)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=1)
+    producer = clients.producer(bootstrap, purpose="generations", max_batch_size=1)
     await producer.start()
     try:
         await producer.send_and_wait(topic, key=key.encode(), value=orjson.dumps(body))

@@ -1,4 +1,4 @@
-"""Replay: build a new state generation from the input topics; verify it; promote or retire it.
+"""Replay: feed a new state generation from the input topics.
 
 ``feed`` fills a fresh generation's saga log from the services' topics and the shared
 decisions topic, from the earliest retained offset (or a given time) up to the end offsets
@@ -8,36 +8,34 @@ order they were written; the generation's workers then apply it like any saga lo
 each recorded decision at its anchor. The feed commits the generation's ingest offsets at
 that end, so its workers go on live from there.
 
-``compare`` reads the ``sagas`` changelog of two generations and compares a digest of
-every saga (``state.outcome_view``): what a saga came to, not the order records arrived in.
+Verification is in ``verify``, retiring a generation in ``retire``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterable
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from tracker.core.correlation import Ignored, Record
 from tracker.core.definitions import Catalog
 from tracker.core.errors import ReplayError
 from tracker.core.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, Event
-from tracker.core.state import outcome_view
 from tracker.generations import registry as gens
+from tracker.kafka import clients, internals, records
 from tracker.kafka.admin import bootstrap_of, ensure_topics
-from tracker.ops.settings import Settings, changelog, group_of
+from tracker.ops.settings import Settings
 from tracker.stream.deadletters import headers as dead_letter_headers
-from tracker.stream.ingest import to_event
+from tracker.stream.deadletters import why
+from tracker.stream.decoding import to_event
 
 log = logging.getLogger(__name__)
 FETCH_MS = 500
@@ -72,12 +70,12 @@ class _DeadLetterSink:
         )
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+async def partitions_of(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
     out: list[TopicPartition] = []
     for topic in topics:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
-            await consumer._client.force_metadata_update()
+            await internals.refresh_metadata(consumer)
             parts = consumer.partitions_for_topic(topic) or set()
         out.extend(TopicPartition(topic, p) for p in sorted(parts))
     return out
@@ -100,12 +98,12 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
     build = {"generation": n, "shadow": settings.shadow, "definitions": list(settings.definitions), "from_time": from_time}
     await gens.write(bootstrap, settings.generations, f"generation:{n}", {**build, "state": "feeding", "at": time.time()})
     report = FeedReport(n, settings.shadow)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=settings.producer_max_batch_size, linger_ms=5)
+    consumer = clients.consumer(bootstrap, purpose="replay", enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = clients.producer(bootstrap, purpose="replay", max_batch_size=settings.producer_max_batch_size, linger_ms=5)
     await consumer.start()
     await producer.start()
     try:
-        tps = await _partitions(consumer, [*catalog.topics, settings.decisions])
+        tps = await partitions_of(consumer, [*catalog.topics, settings.decisions])
         consumer.assign(tps)
         earliest = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
@@ -120,7 +118,7 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
         sink = _DeadLetterSink(producer, settings.dead_letters)
         started: dict[str, bool] = {}  # saga id -> its start event was in the window
         first: dict[str, Event] = {}
-        async for record in _merged(consumer, {tp: (start[tp], end[tp]) for tp in tps}):
+        async for record in merged(consumer, {tp: (start[tp], end[tp]) for tp in tps}):
             if from_time is not None and record.timestamp is not None and record.timestamp < from_time:
                 continue  # a broker that answers a time lookup coarsely (the embedded one) seeks too early
             report.records += 1
@@ -131,7 +129,7 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
                 continue
             except Exception as exc:  # CorrelationError, or input nobody can read: kept, with why
                 report.dead_lettered += 1
-                await sink.send(record, getattr(exc, "reason", "processing_error"), getattr(exc, "detail", repr(exc)))
+                await sink.send(record, *why(exc))
                 continue
             if event is None:
                 continue
@@ -174,7 +172,7 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
     return report
 
 
-async def _merged(consumer: AIOKafkaConsumer, window: dict[TopicPartition, tuple[int, int]]) -> Any:
+async def merged(consumer: AIOKafkaConsumer, window: dict[TopicPartition, tuple[int, int]]) -> Any:
     """Every record in the window, in (timestamp, topic, partition, offset) order.
 
     A k-way merge: a partition's next record is only compared once it is fetched, and a
@@ -198,15 +196,7 @@ async def _merged(consumer: AIOKafkaConsumer, window: dict[TopicPartition, tuple
             heapq.heappush(heap, (m.timestamp, tp.topic, tp.partition, m.offset, m))
     while heap:
         _, topic, partition, offset, m = heapq.heappop(heap)
-        yield Record(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=m.key,
-            value=m.value,
-            headers=list(m.headers or []),
-            timestamp=m.timestamp / 1000 if m.timestamp and m.timestamp > 0 else None,
-        )
+        yield records.from_consumer_record(m)
         tp = TopicPartition(topic, partition)
         if offset + 1 >= window[tp][1]:
             continue
@@ -218,7 +208,7 @@ async def _merged(consumer: AIOKafkaConsumer, window: dict[TopicPartition, tuple
 
 async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
     """Commit a group's offsets without joining it (the generation's workers are not up)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = clients.consumer(bootstrap, purpose="replay", group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(list(offsets))
@@ -228,172 +218,3 @@ async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]
 
 
 # --- verify -----------------------------------------------------------------------------
-
-
-async def read_all(bootstrap: str, topic: str) -> AsyncIterator[Record]:
-    """Every record of a topic as it stands, in timestamp order (streamed, not held)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = await _partitions(consumer, [topic])
-        consumer.assign(tps)
-        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, begin[tp])
-        async for r in _merged(consumer, {tp: (begin[tp], end[tp]) for tp in tps}):
-            yield r
-    finally:
-        await consumer.stop()
-
-
-async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes]:
-    """The last value per key of a topic (a table's changelog), tombstones removed."""
-    out: dict[bytes, bytes] = {}
-    async for r in read_all(bootstrap, topic):
-        if r.key is None:
-            continue
-        if r.value is None:
-            out.pop(r.key, None)
-        else:
-            out[r.key] = r.value
-    return out
-
-
-async def read_values(bootstrap: str, topic: str) -> list[tuple[dict[str, str], Any]]:
-    """Every record of a topic: (headers, JSON value); values that are not JSON are skipped."""
-    out = []
-    async for r in read_all(bootstrap, topic):
-        try:
-            out.append(({k: v.decode(errors="replace") for k, v in r.headers}, orjson.loads(r.value or b"null")))
-        except orjson.JSONDecodeError:
-            continue
-    return out
-
-
-def views(catalog: Catalog, states: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for raw in states.values():
-        data = orjson.loads(raw)
-        d = catalog.definition(data["saga_type"], data.get("version"))
-        out[data["saga_id"]] = outcome_view(data, [s.name for s in d.steps] if d else None)
-    return out
-
-
-def digest(view: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(view, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def total_digest(by_saga: dict[str, dict[str, Any]]) -> str:
-    h = hashlib.sha256()
-    for saga_id in sorted(by_saga):
-        h.update(f"{saga_id}={digest(by_saga[saga_id])}\n".encode())
-    return h.hexdigest()
-
-
-async def caught_up(settings: Settings, generation: int, catalog: Catalog) -> dict[str, int]:
-    """Records a generation has not processed yet, per partition with any (empty: caught up)."""
-    bootstrap = bootstrap_of(settings.broker)
-    group = group_of(settings.app_id, generation)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
-        tps = await _partitions(consumer, [*catalog.topics, settings.decisions, f"{group}-saga-log"])
-        end = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-        behind = {}
-        for tp in tps:
-            meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            if end[tp] > done:
-                behind[f"{tp.topic}/{tp.partition}"] = end[tp] - done
-        return behind
-    finally:
-        await admin.close()
-        await consumer.stop()
-
-
-@dataclass
-class Comparison:
-    base: int
-    other: int
-    base_digest: str
-    other_digest: str
-    differing: list[dict[str, Any]]  # saga id, both views
-    counts_before: dict[str, int]
-    counts_after: dict[str, int]
-    would_emit: list[str]  # compensation ids the other generation decided (its shadow topic)
-    new_compensations: list[str]  # ... that the base generation never emitted
-    partial: int
-
-    @property
-    def equal(self) -> bool:
-        return self.base_digest == self.other_digest
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "equal": self.equal}
-
-
-async def compare(settings: Settings, base: int, other: int, base_catalog: Catalog, other_catalog: Catalog) -> Comparison:
-    bootstrap = bootstrap_of(settings.broker)
-    a = views(base_catalog, await read_latest(bootstrap, changelog(settings.app_id, base, "sagas")))
-    b = views(other_catalog, await read_latest(bootstrap, changelog(settings.app_id, other, "sagas")))
-    differing = [
-        {"saga_id": sid, "base": a.get(sid), "other": b.get(sid)}
-        for sid in sorted(set(a) | set(b))
-        if a.get(sid) is None or b.get(sid) is None or digest(a[sid]) != digest(b[sid])
-    ]
-    live = {v.get("id") for _, v in await read_values(bootstrap, settings.compensations) if isinstance(v, dict)}
-    shadow_topic = f"{group_of(settings.app_id, other)}-shadow"
-    would = sorted(
-        v["id"]
-        for h, v in await read_values(bootstrap, shadow_topic)
-        if h.get("saga_tracker_kind") == "compensation" and isinstance(v, dict) and "id" in v
-    )
-    return Comparison(
-        base=base,
-        other=other,
-        base_digest=total_digest(a),
-        other_digest=total_digest(b),
-        differing=differing,
-        counts_before=dict(Counter(v["status"] for v in a.values())),
-        counts_after=dict(Counter(v["status"] for v in b.values())),
-        would_emit=sorted(set(would)),
-        new_compensations=sorted(set(would) - live),
-        partial=sum(1 for v in b.values() if v["partial"]),
-    )
-
-
-async def retire(settings: Settings, generation: int) -> list[str]:
-    """Delete a generation's own topics (never the promoted one's, never shared ones)."""
-    bootstrap = bootstrap_of(settings.broker)
-    registry = await gens.read_registry(bootstrap, settings.generations)
-    if generation == registry.active:
-        raise ReplayError(f"generation {generation} is the promoted one; promote another first")
-    running = [u for u, at in registry.workers.get(generation, {}).items() if time.time() - at < gens.FRESH]
-    if running:
-        raise ReplayError(f"generation {generation} still has workers: {', '.join(running)}; stop them first")
-    group = group_of(settings.app_id, generation)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = set(await admin.list_topics())
-        shared = {settings.decisions, settings.generations, settings.compensations, settings.outcomes}
-        mine = {
-            t
-            for t in names
-            if t.startswith(group + "-") and t not in shared and not (generation == 1 and _other_generation(settings.app_id, t))
-        }
-        if mine:
-            await admin.delete_topics(sorted(mine))
-    finally:
-        await admin.close()
-    await gens.write(bootstrap, settings.generations, f"generation:{generation}", {"state": "retired", "at": time.time()})
-    return sorted(mine)
-
-
-def _other_generation(app_id: str, topic: str) -> bool:
-    rest = topic[len(app_id) + 1 :]
-    head = rest.split("-", 1)[0]
-    return head.startswith("g") and head[1:].isdigit()

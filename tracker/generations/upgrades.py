@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
+from tracker.kafka import clients
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def retired_topic(app_id: str) -> re.Pattern[str]:
 async def retired_topics(bootstrap: str, app_id: str, delete: bool = False) -> list[str]:
     """The retired tables' changelog topics on the broker; with ``delete``, deleted."""
     pattern = retired_topic(app_id)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients.admin(bootstrap, purpose="retire")
     await admin.start()
     try:
         found = sorted(t for t in await admin.list_topics() if pattern.fullmatch(t))

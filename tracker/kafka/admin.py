@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from tracker.kafka import clients
 
 RETAIN_WEEK = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
 
@@ -24,7 +26,7 @@ def bootstrap_of(url: str) -> str:
 async def ensure_topics(
     bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1, config: dict[str, str] | None = None
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients.admin(bootstrap, purpose="admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

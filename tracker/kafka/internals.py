@@ -1,7 +1,35 @@
-"""The places where the tracker reaches into faust and aiokafka, each fixing a loss or a hang.
+"""Every reach into faust and aiokafka internals, in one place.
 
-Both were found by the tests and hold on Apache Kafka too: they are client-side behaviour.
-``apply()`` installs them once per process, before the faust app is built.
+faust-streaming 0.15.3 and aiokafka 0.14.0 have no public API for what follows. Each reach
+says why it exists and names the test that fails without it; ``import-linter`` and
+``tests/unit/test_boundaries.py`` keep every other module off private faust/aiokafka names.
+All of them are client-side behaviour and hold on Apache Kafka as on the embedded broker.
+
+Each reach, why, and the test that fails without it:
+
+- ``ProducerBuffer._send_pending`` and ``ProducerBuffer.flush``: a commit waits for every record
+  handed to faust's producer buffer. ``tests/integration/test_internals.py::
+  test_a_commit_waits_for_a_record_in_hand``.
+- ``AIOKafkaProducer.__init__`` (``client.add_topic``, ``client._topics``): a producer keeps every
+  topic's metadata when it starts sending to a new one. ``test_internals.py::
+  test_a_producer_keeps_the_metadata_of_known_topics_when_it_sends_to_a_new_one``.
+- ``AIOKafkaConsumerThread.seek_to_committed``: partitions committed at 0 or never are rewound
+  after a rebalance. ``test_internals.py::test_seeking_to_committed_rewinds_partitions_committed_at_zero_or_never``.
+- ``AIOKafkaConsumerThread.verify_event_path`` and ``consumer._fetcher._subscriptions``: faust's
+  livelock check skips a partition not positioned yet instead of crashing the worker.
+  ``test_internals.py::test_the_livelock_check_skips_a_partition_not_positioned_yet``.
+- ``app.producer.flush`` (this app's instance): the checkpoint runs where faust's commit flushes
+  the producer. ``tests/agents/test_checkpoint.py::test_faust_s_commit_runs_the_checkpoint_first``.
+- ``table.data._dbs``: one partition's RocksDB (faust has no per-partition API).
+  ``tests/agents/test_state_cache.py`` (every test writes through it).
+- ``table.apply_changelog_batch``: the local indexes learn which partitions recovery or a standby
+  changed. ``tests/agents/test_agents.py::test_changelog_batches_name_their_partitions_before_they_are_applied``.
+- ``recovery._build_offsets``: the batch restore runs once faust knows where each store and
+  changelog stand. ``tests/integration/test_restore.py``.
+- ``assignor._tps_url`` and ``router._route_req``: which worker owns a partition, and forwarding a
+  request to it. ``tests/integration/test_api.py`` (reads from every worker).
+- ``consumer._client.force_metadata_update``: replay sees a topic created after its consumer
+  started. ``tests/integration/test_replay.py``.
 """
 
 from __future__ import annotations
@@ -10,23 +38,50 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP, AppT, TableT
 
 log = logging.getLogger(__name__)
 FLUSH_BOUND = 10.0  # seconds a commit waits for faust's producer buffer to drain
 
 
-def apply() -> None:
-    make_commits_durable()
-    keep_producer_metadata()
-    rewind_uncommitted_partitions()
-    guard_livelock_check()
+STORE_OFFSET_KEY = RocksDBStore.offset_key  # where faust records how far a partition's store has its changelog
+_installed: set[str] = set()  # the class-level fixes installed in this process (no markers on faust's classes)
+
+
+@dataclass
+class BufferActivity:
+    """What the producer watchdog needs to know of faust's producer buffer."""
+
+    in_hand: int = 0  # records taken from the buffer and not yet handed to aiokafka
+    moved: float = field(default_factory=time.monotonic)  # when a record last left the buffer
+
+
+_activity: weakref.WeakKeyDictionary[Any, BufferActivity] = weakref.WeakKeyDictionary()
+
+
+def activity(buffer: Any) -> BufferActivity:
+    found = _activity.get(buffer)
+    if found is None:
+        found = _activity[buffer] = BufferActivity()
+    return found
+
+
+def install_client_fixes() -> None:
+    """Install the class-level fixes below, once per process, before the faust app is built."""
+    for fix in (make_commits_durable, keep_producer_metadata, rewind_uncommitted_partitions, guard_livelock_check):
+        if fix.__name__ not in _installed:
+            fix()
+            _installed.add(fix.__name__)
 
 
 def make_commits_durable() -> None:
@@ -40,17 +95,16 @@ def make_commits_durable() -> None:
     until the buffer is empty and nothing is in hand (bounded, see below); aiokafka's own
     flush, which faust awaits next, then waits for delivery.
     """
-    if getattr(ProducerBuffer, "_saga_tracker_durable", False):
-        return
     send = ProducerBuffer._send_pending
 
     async def _send_pending(self: Any, fut: Any) -> None:
-        self._saga_tracker_in_hand = getattr(self, "_saga_tracker_in_hand", 0) + 1
+        seen = activity(self)
+        seen.in_hand += 1
         try:
             await send(self, fut)
         finally:
-            self._saga_tracker_in_hand -= 1
-            self._saga_tracker_moved = time.monotonic()
+            seen.in_hand -= 1
+            seen.moved = time.monotonic()
 
     async def flush(self: Any) -> None:
         # Bounded: while a rebalance waits on this commit, faust may not hand the buffer to
@@ -58,7 +112,7 @@ def make_commits_durable() -> None:
         # goes ahead as faust's would (logged); a broker that takes nothing for longer is
         # handled by the producer watchdog, which exits the worker.
         deadline = time.monotonic() + FLUSH_BOUND
-        while self.size or getattr(self, "_saga_tracker_in_hand", 0):
+        while self.size or activity(self).in_hand:
             if time.monotonic() > deadline:
                 log.warning("producer buffer not drained after %gs (%d waiting): committing", FLUSH_BOUND, self.size)
                 return
@@ -68,7 +122,6 @@ def make_commits_durable() -> None:
 
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
-    ProducerBuffer._saga_tracker_durable = True  # type: ignore[attr-defined]
 
 
 def keep_producer_metadata() -> None:
@@ -84,8 +137,6 @@ def keep_producer_metadata() -> None:
     known + the new one". Producers only: a pattern-subscribed consumer relies on "all" to
     see new topics, and its coordinator manages the set itself.
     """
-    if getattr(AIOKafkaProducer, "_saga_tracker_keeps_topics", False):
-        return
     init = AIOKafkaProducer.__init__
 
     def producer_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -100,7 +151,6 @@ def keep_producer_metadata() -> None:
         client.add_topic = add
 
     AIOKafkaProducer.__init__ = producer_init  # type: ignore[method-assign]
-    AIOKafkaProducer._saga_tracker_keeps_topics = True  # type: ignore[attr-defined]
 
 
 def rewind_uncommitted_partitions() -> None:
@@ -115,8 +165,6 @@ def rewind_uncommitted_partitions() -> None:
     and compensated). Those partitions now go to offset 0, or to the reset policy's end
     when nothing was ever committed. Changelog partitions are left to faust's recovery.
     """
-    if getattr(AIOKafkaConsumerThread, "_saga_tracker_rewinds", False):
-        return
 
     async def seek_to_committed(self: Any) -> Mapping[TopicPartition, int | None]:
         consumer = self._ensure_consumer()
@@ -125,7 +173,6 @@ def rewind_uncommitted_partitions() -> None:
         return await self.call_thread(seek_all_to_committed, consumer, changelogs, reset)  # type: ignore[no-any-return]
 
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
-    AIOKafkaConsumerThread._saga_tracker_rewinds = True  # type: ignore[attr-defined]
 
 
 async def seek_all_to_committed(
@@ -156,8 +203,6 @@ def guard_livelock_check() -> None:
     the exception ends faust's timer and the worker with it (exit 1, seen once in a SIGKILL
     fault run). Such a partition has nothing to verify yet; the next check covers it.
     """
-    if getattr(AIOKafkaConsumerThread, "_saga_tracker_guards_livelock", False):
-        return
     verify = AIOKafkaConsumerThread.verify_event_path
 
     def verify_event_path(self: Any, now: float, tp: Any) -> None:
@@ -166,7 +211,6 @@ def guard_livelock_check() -> None:
         return verify(self, now, tp)
 
     AIOKafkaConsumerThread.verify_event_path = verify_event_path  # type: ignore[method-assign]
-    AIOKafkaConsumerThread._saga_tracker_guards_livelock = True  # type: ignore[attr-defined]
 
 
 def positioned(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
@@ -175,3 +219,112 @@ def positioned(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     assignment = subscription.assignment if subscription is not None else None
     state = assignment.state_value(tp) if assignment is not None else None
     return state is not None and bool(state.has_valid_position)
+
+
+# --- the producer buffer, for the watchdog and the checkpoint ----------------------------------
+
+
+def producer_waiting(app: AppT) -> int:
+    """Records in faust's producer buffer, or taken from it and not yet handed to aiokafka."""
+    buffer: Any = app.producer.buffer
+    return int(buffer.size) + activity(buffer).in_hand
+
+
+def producer_moved(app: AppT) -> float:
+    """When a record last left faust's producer buffer (monotonic seconds)."""
+    return activity(app.producer.buffer).moved
+
+
+def producer_idle(app: AppT) -> None:
+    """Nothing waits in the buffer now: the watchdog's clock restarts from here."""
+    activity(app.producer.buffer).moved = time.monotonic()
+
+
+def before_commit(app: AppT, commit: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]]) -> None:
+    """Make every producer flush of this app go through ``commit(flush)`` (the checkpoint).
+
+    faust has no commit hook: its commit (``Consumer._commit_offsets``) and its revocation await
+    ``app.producer.flush()`` before any input offset is committed, so the checkpoint runs there
+    and flushes the producer itself, as its third step (``tracker.stream.checkpoint``). Replaced
+    on this app's producer instance only."""
+    producer: Any = app.producer
+    flush = producer.flush
+
+    async def checkpoint() -> None:
+        await commit(flush)
+
+    producer.flush = checkpoint
+
+
+# --- tables: one partition's store, and changelog batches faust applies ------------------------
+
+
+def partition_store(table: TableT, partition: int) -> Any | None:
+    """One partition's open RocksDB; None if not open here or not a RocksDB store."""
+    dbs = getattr(table.data, "_dbs", None)
+    return None if dbs is None else dbs.get(partition)
+
+
+def partition_items(table: TableT, partition: int, start: bytes = b"") -> Iterable[tuple[bytes, bytes]] | None:
+    """One partition's (key, value) rows in key order from ``start``; None if not open here.
+
+    The memory store (agent tests) keeps no partitions: it answers with all its rows.
+    """
+    store: Any = table.data
+    if not hasattr(store, "_dbs"):
+        return sorted((k, v) for k, v in store.data.items() if k >= start)
+    db = partition_store(table, partition)
+    return None if db is None else db.items(from_key=start)
+
+
+def on_changelog_applied(table: TableT, callback: Callable[[set[int]], None]) -> None:
+    """Call ``callback`` with the partitions whose state faust is about to change from the
+    changelog (recovery, standby): every write to a table that is not the tracker's own."""
+    apply: Any = table.apply_changelog_batch
+
+    def applying(batch: Any) -> None:
+        batch = list(batch)
+        callback({event.message.partition for event in batch})
+        apply(batch)
+
+    table.apply_changelog_batch = applying  # type: ignore[method-assign]
+
+
+Restore = Callable[[set[TP], Any, Mapping[TP, int | None], Callable[[], bool]], Awaitable[Any]]
+
+
+def after_active_offsets(app: AppT, restore: Restore) -> None:
+    """Run ``restore(tps, offsets, highwaters, stop)`` once faust's recovery has read where each
+    active partition's store stands and where its changelog ends, before its own record-by-record
+    recovery starts (``tracker.stream.restore``)."""
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    build_offsets = recovery._build_offsets
+
+    async def _build_offsets(consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await build_offsets(consumer, tps, destination, title)
+        if title == "active":
+            await restore(set(tps), destination, recovery.active_highwaters, recovery.signal_recovery_start.is_set)
+
+    recovery._build_offsets = _build_offsets
+
+
+# --- the assignment: which worker owns what ----------------------------------------------------
+
+
+def worker_urls(app: AppT) -> Mapping[TP, Any]:
+    """Every assigned partition's worker URL, from the assignment all workers share."""
+    assignor: Any = app.assignor
+    urls: Mapping[TP, Any] = assignor._tps_url
+    return urls
+
+
+async def route_request(app: AppT, url: Any, view: Any, request: Any) -> Any:
+    """Forward ``request`` to the worker at ``url`` (raises faust's ``SameNode`` for this one)."""
+    router: Any = app.router
+    return await router._route_req(url, view.web, request)
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Fetch metadata now: a topic created after the consumer started is otherwise unknown
+    to it until the next periodic refresh."""
+    await consumer._client.force_metadata_update()

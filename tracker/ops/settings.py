@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from topics import names
 from tracker.core.errors import SettingsError
 
 PREFIX = "SAGA_TRACKER_"
@@ -82,8 +83,8 @@ class Settings:
     )
     producer_linger_ms: float = _doc(
         "Milliseconds the producer waits to fill a batch (Apache Kafka 4's default, 5). faust sends "
-        "records one by one, so without it every changelog record is a batch and a request of its own: "
-        "5 ms took the worker from 2,473-2,551 to 2,633-2,915 events/s on the benchmark (16 KiB batches). "
+        "records one by one, so without it every changelog record is a batch and a request of its own "
+        "(bench/README.md has the measured gain). "
         "Ignored with a batch size of 1: nothing to batch, it would only delay a record no other follows.",
         default=5.0,
     )
@@ -96,8 +97,7 @@ class Settings:
     )
     fetch_max_bytes: int = _doc(
         "Most bytes the broker returns per partition per fetch, for input and for restoring the saga "
-        "state from its changelog. Larger restores faster (faust's own recovery at 1 MiB: 38x the raw "
-        "read on the benchmark, 8 MiB: 18x; the batch restore that now runs first reads with it too) "
+        "state from its changelog. Larger restores faster (bench/README.md has the figures) "
         "at the cost of memory while behind: up to this much per assigned partition is buffered.",
         default=8 << 20,
     )
@@ -113,16 +113,6 @@ class Settings:
         "Bearer token required for read endpoints (the action token is accepted too). Unset: reads are open.", default=""
     )
     log_level: str = _doc("Log level: debug, info, warning, error.", default="info")
-    crash_point: str = _doc(
-        "Fault injection for tests only: `before_send` or `after_send` makes the worker exit abruptly "
-        "around the first compensation send (once, see CRASH_MARKER). Never set in production.",
-        default="",
-    )
-    crash_marker: str = _doc(
-        "Fault injection for tests only: file created when the injected crash happens; "
-        "while it exists the crash is not repeated.",
-        default="",
-    )
 
     @property
     def embedded(self) -> bool:
@@ -130,39 +120,36 @@ class Settings:
 
     @property
     def compensations(self) -> str:
-        return self.compensation_topic or f"{self.app_id}-compensations"
+        return names.compensations(self.app_id, self.compensation_topic)
 
     @property
     def outcomes(self) -> str:
-        return self.outcome_topic or f"{self.app_id}-outcomes"
+        return names.outcomes(self.app_id, self.outcome_topic)
 
     @property
     def group_id(self) -> str:
         """The faust app id of this generation: consumer group and prefix of its own topics."""
-        return group_of(self.app_id, self.generation)
+        return names.group_of(self.app_id, self.generation)
 
     @property
     def dead_letters(self) -> str:
-        return self.dead_letter_topic or f"{self.group_id}-dead-letter"
+        return names.dead_letters(self.group_id, self.dead_letter_topic)
 
     @property
     def saga_log(self) -> str:
-        return f"{self.group_id}-saga-log"
+        return names.saga_log(self.group_id)
 
     @property
     def shadow_outputs(self) -> str:
-        """Where a generation that is not promoted sends what it would have emitted."""
-        return f"{self.group_id}-shadow"
+        return names.shadow(self.group_id)
 
     @property
     def decisions(self) -> str:
-        """Shared by every generation: the timeouts and actions the promoted one took."""
-        return f"{self.app_id}-decisions"
+        return names.decisions(self.app_id)
 
     @property
     def generations(self) -> str:
-        """Shared, one partition: which generation is promoted, and the workers of each."""
-        return f"{self.app_id}-generations"
+        return names.generations(self.app_id)
 
     @property
     def data_path(self) -> Path:
@@ -220,8 +207,6 @@ class Settings:
             raise SettingsError(f"{PREFIX}PRODUCER_LINGER_MS must not be negative")
         if self.sweep_interval <= 0 or self.session_timeout <= 0:
             raise SettingsError(f"{PREFIX}SWEEP_INTERVAL and {PREFIX}SESSION_TIMEOUT must be positive")
-        if self.crash_point not in ("", "before_send", "after_send"):
-            raise SettingsError(f"{PREFIX}CRASH_POINT must be before_send or after_send")
         if self.broker and not self.broker.startswith(("kafka://", "aiokafka://")):
             raise SettingsError(f"{PREFIX}BROKER must look like kafka://host:9092, got {self.broker!r}")
 
@@ -230,18 +215,7 @@ class Settings:
         """(variable, default, meaning) rows for the README."""
         rows = []
         for f in fields(cls):
-            if f.name.startswith("crash_"):
-                continue  # test-only fault injection: documented in the tests, not for operators
             default = f.default
             shown = ",".join(default) if isinstance(default, tuple) else str(default)
             rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))
         return rows
-
-
-def group_of(app_id: str, generation: int) -> str:
-    return app_id if generation == 1 else f"{app_id}-g{generation}"
-
-
-def changelog(app_id: str, generation: int, table: str) -> str:
-    """faust's name for a table's changelog topic."""
-    return f"{group_of(app_id, generation)}-{table}-changelog"

@@ -37,6 +37,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from faust.types import TP
 
+from tracker.kafka import clients
+
 log = logging.getLogger(__name__)
 
 SOURCES, LOG, LIVE = "sources", "log", "live"
@@ -79,7 +81,7 @@ class Progress:
     def processed(self, tp: TP, offset: int) -> None:
         self.next_offset[tp] = offset + 1
 
-    def forget(self, tps: Iterable[TP]) -> None:
+    def revoked(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self.next_offset.pop(tp, None)
         self.restart()
@@ -120,7 +122,7 @@ class Progress:
         if not tps:
             return {}
         if self._offsets is None:
-            client = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
+            client = clients.consumer(self.bootstrap, purpose="catchup", enable_auto_commit=False, request_timeout_ms=5000)
             await client.start()
             self._offsets = client
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
@@ -129,7 +131,7 @@ class Progress:
 
     async def admin(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            admin = clients.admin(self.bootstrap, purpose="catchup", request_timeout_ms=5000)
             await admin.start()
             self._admin = admin
         return self._admin
@@ -253,8 +255,9 @@ class Progress:
             # Only each partition's first record is wanted: a small fetch, not faust-sized ones
             # (1 MB per partition by default, a few per sweep while the worker is busy).
             # A batch bigger than this still comes whole (the broker returns at least one).
-            peek = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+            peek = clients.consumer(
+                self.bootstrap,
+                purpose="catchup",
                 enable_auto_commit=False,
                 request_timeout_ms=5000,
                 max_partition_fetch_bytes=64 * 1024,

@@ -7,7 +7,8 @@ each worker keeps them in a local RocksDB per partition it owns as active and bu
 them from that partition of ``sagas`` when it becomes active here. That is one changelog
 write per change instead of four, and a quarter of the records to read on recovery.
 
-An index is written only by the track agent, synchronously after the saga's own row, so
+An index is written only by the track processor (``Tracking``, in the ingest or the track
+agent), synchronously with the saga's own row (no await between them), so
 both stay in step within a process. Anything else that changes a partition's saga state
 goes through faust applying changelog records (a recovery after a rebalance, a standby):
 that invalidates the partition's index, and so does the partition leaving. Across

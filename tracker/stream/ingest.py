@@ -14,7 +14,7 @@ follows them instead of deciding again.
 Applying an event read from another partition than its saga's keeps every guarantee of the
 saga log route: one process writes a saga, and a decision is load, apply and write with no
 await between (the track agent interleaves with this one only at awaits); its state row is
-flushed before the input offset is committed (``changelog``); on a rebalance faust revokes
+flushed before the input offset is committed (``checkpoint``); on a rebalance faust revokes
 every partition at once (eager protocol) and never commits the revoked partitions'
 uncommitted offsets, so a row dropped with its closed store has its input read again; and
 streams are paused while the state recovers. Its events may then reach the machine in
@@ -24,31 +24,29 @@ another order than through the log, which it handles as any reordering (event ti
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
-import faust
 import orjson
-from aiokafka.partitioner import murmur2
 
 from tracker.core.correlation import Ignored, Record
 from tracker.core.definitions import Catalog
-from tracker.core.errors import CorrelationError, StateError
-from tracker.core.events import Event, decision_event
+from tracker.core.events import Event
+from tracker.kafka.partitioner import partition_of
 from tracker.ops.metrics import Metrics
+from tracker.stream.context import Context
 from tracker.stream.deadletters import DeadLetters
+from tracker.stream.decoding import to_event
+from tracker.stream.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
-# Applies an event to its saga's state partition, active here; False: not open here after all.
-ApplyHere = Callable[[Event, Record, int], Awaitable[bool]]
-
 
 class Ingest:
+    """The ingest processor: decode, correlate, then apply in place or forward to the saga log."""
+
     def __init__(
         self,
         catalog: Catalog,
-        saga_log: faust.TopicT,
+        track: Tracking,
         dead_letters: DeadLetters,
         metrics: Metrics,
         *,
@@ -56,17 +54,19 @@ class Ingest:
         decisions: str = "",
         generation: int = 1,
         partitions: int = 1,
-        owned: Callable[[int], bool] = lambda partition: False,
-        apply_here: ApplyHere | None = None,
     ) -> None:
-        """``owned(p)``: the saga state's partition ``p`` is active here (not a standby)."""
-        self.catalog, self.saga_log, self.dead_letters = catalog, saga_log, dead_letters
+        """``track``: the processor that applies an event whose saga's partition is active here."""
+        self.catalog, self.track, self.dead_letters = catalog, track, dead_letters
         self.metrics, self.max_event_bytes = metrics, max_event_bytes
-        self.decisions, self.generation = decisions, generation
-        self.partitions, self.owned, self.apply_here = partitions, owned, apply_here
+        self.decisions, self.generation, self.partitions = decisions, generation, partitions
+        self.context: Context | None = None
 
-    async def handle(self, record: Record) -> None:
+    def init(self, context: Context) -> None:
+        self.context = context
+
+    async def process(self, record: Record) -> None:
         """Never raises: what cannot be used is dead-lettered with its reason."""
+        assert self.context is not None, "init(context) first"
         self.metrics.child(self.metrics.input_records, record.topic).inc()
         try:
             event = self.event_of(record)
@@ -76,22 +76,16 @@ class Ingest:
             self.metrics.ignored.labels(exc.saga_type).inc()
             return
         except Exception as exc:  # CorrelationError, or a bug: either way the record is kept
-            reason = getattr(exc, "reason", "processing_error")
-            if reason == "processing_error":
-                log.exception("ingest failed on %s", record.source)
-                self.metrics.processing_errors.labels("ingest").inc()
-            await self.dead_letters.send(record, reason, getattr(exc, "detail", repr(exc)))
+            await self.dead_letters.failed(record, exc, stage="ingest")
             return
         partition = partition_of(event.saga_id, self.partitions)
-        if self.apply_here is not None and self.owned(partition) and await self.apply_here(event, record, partition):
+        if self.context.owns(partition) and await self.track.apply_here(event, record, partition):
             self.metrics.child(self.metrics.routed, "here").inc()
             return
-        await self.saga_log.send(key=event.saga_id.encode(), value=orjson.dumps(event.to_dict()))
+        await self.context.send("saga_log", event.saga_id.encode(), orjson.dumps(event.to_dict()))
         self.metrics.child(self.metrics.routed, "saga_log").inc()
 
     def event_of(self, record: Record) -> Event | None:
         return to_event(
             self.catalog, record, decisions=self.decisions, generation=self.generation, max_bytes=self.max_event_bytes
         )
-
-

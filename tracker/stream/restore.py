@@ -1,8 +1,8 @@
 """Restore: bring the saga store of each active partition up to its changelog in batches.
 
 faust restores a table record by record through its recovery loop (an ``asyncio.wait_for``,
-two formatted debug lines and its progress bookkeeping per record: ~200 µs each, 18x the
-raw read of the same changelog). Before that loop starts, once faust has read where each
+two formatted debug lines and its progress bookkeeping per record; bench/README.md measures
+it against a raw read of the same changelog). Before that loop starts, once faust has read where each
 active partition's store stands and where its changelog ends, this reads the changelog
 from there with a consumer of its own, in large fetches, and writes each fetched batch
 with the partition's offset in one RocksDB write batch, faust's way of recording how far a
@@ -21,20 +21,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
 
 import rocksdict
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP, TableT
 
-from tables import partition_store
+from tracker.kafka import clients
+from tracker.kafka.internals import STORE_OFFSET_KEY, partition_store
 from tracker.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-OFFSET_KEY = RocksDBStore.offset_key  # where faust records how far a partition's store is
 IDLE_LIMIT = 10  # empty fetches in a row before leaving the rest to faust (a wrong end offset)
 
 
@@ -51,21 +48,6 @@ class Restore:
         are stale), as faust's own changelog batches are reported."""
         self.table, self.bootstrap, self.fetch_max_bytes = table, bootstrap, fetch_max_bytes
         self.metrics, self.changed = metrics, changed
-
-    def install(self, recovery: Any, budget: float) -> None:
-        """Run after faust's recovery has built the active partitions' offsets.
-
-        ``budget``: seconds one restore may take; faust waits for that step only up to
-        its broker request timeout, so keep it well under that."""
-        build_offsets = recovery._build_offsets
-
-        async def _build_offsets(consumer: Any, tps: Any, destination: Any, title: str) -> None:
-            await build_offsets(consumer, tps, destination, title)
-            if title == "active":
-                stop = recovery.signal_recovery_start.is_set
-                await self.run(set(tps), destination, recovery.active_highwaters, budget, stop)
-
-        recovery._build_offsets = _build_offsets
 
     async def run(
         self,
@@ -91,8 +73,9 @@ class Restore:
             return restored
         began = time.perf_counter()
         deadline = time.monotonic() + budget
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        consumer = clients.consumer(
+            self.bootstrap,
+            purpose="restore",
             enable_auto_commit=False,
             max_partition_fetch_bytes=self.fetch_max_bytes,
             request_timeout_ms=10_000,
@@ -126,7 +109,7 @@ class Restore:
                             batch.put(record.key, record.value)
                         last, count = record.offset, count + 1
                     if last is not None:
-                        batch.put(OFFSET_KEY, str(last).encode())
+                        batch.put(STORE_OFFSET_KEY, str(last).encode())
                         db.write(batch)
                         offsets[tp] = last
                         restored[tp.partition] = restored.get(tp.partition, 0) + count

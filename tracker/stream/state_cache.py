@@ -1,13 +1,12 @@
-"""Changelog: write a saga's state row to its partition's store and the table's changelog.
+"""State cache: a saga's state row, cached between commits, then written to its partition's
+store and the table's changelog.
 
 faust's table write (``table[key] = value``) hands the changelog record to faust's producer
-buffer: one record at a time through a queue, a task, a future chain and two callbacks, and
-the row through faust's codecs and key index. ``python -m bench.floor``: an agent writing
-each record that way costs ~45 µs of CPU per record more than the same agent putting the row
-in the partition's RocksDB and sending the record on the producer itself. This does what
-faust's write does (the row, its changelog record on the same partition, the persisted offset
-once the record is delivered) without that machinery, and records that offset only when the
-store has every record before it.
+buffer one record at a time through a queue, a task, a future chain and two callbacks, and
+the row through faust's codecs and key index (bench/README.md has the measured cost). This
+does what faust's write does (the row, its changelog record on the same partition, the
+persisted offset once the record is delivered) without that machinery, and records that
+offset only when the store has every record before it.
 
 Every write of saga state goes through here, so each saga's changelog records are in the
 order of its writes. faust's commit flushes its buffer and then aiokafka's producer, so an
@@ -16,9 +15,9 @@ input offset is committed only once the changelog records it caused are delivere
 **The row cache** (``cache_rows`` > 0; Kafka Streams' record cache, and what Quix Streams'
 transactions do until a checkpoint): a write that decided no output is kept here, newest value
 per saga, instead of going to the store and the changelog at once; reads look here first.
-``flush`` writes the cached rows, the store first and then their changelog records, and runs
-before every faust commit (``app`` wraps the producer's ``flush``, which faust's commit and its
-revocation await before anything is committed), and when the cache is full. So a saga that
+``flush`` writes the cached rows, the store first and then their changelog records; it is the
+checkpoint's first step (``tracker.stream.checkpoint``, before every commit), and runs when the
+cache is full. So a saga that
 changes several times between commits costs one changelog record, not one per change, and:
 
 * no input offset is committed before the rows it caused are in the changelog: a crash loses
@@ -41,28 +40,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from functools import partial
 from typing import Any, Protocol
 
 from faust.types import TP, TableT
 
-from tables import partition_store
+from tracker.kafka.internals import partition_store
 from tracker.ops.metrics import Metrics
+from tracker.stream.restart import exit_to_restart
 
 log = logging.getLogger(__name__)
 
 
 class StateWrites(Protocol):
-    """Where ``Tracking`` writes saga state (the benchmark has a stand-in without faust)."""
+    """Where the track processor writes saga state (the benchmark has a stand-in without faust)."""
 
     async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None: ...
 
     def get(self, key: bytes, partition: int | None = None) -> bytes | None: ...
 
 
-class Changelog:
+class StateCache:
     def __init__(self, table: TableT, *, cache_rows: int = 0, frozen_after: float = 0.0, metrics: Metrics | None = None) -> None:
         """``cache_rows``: most rows the cache holds before it is flushed; 0: every write goes
         through (the agent tests' memory store always does). ``frozen_after``: the session
@@ -89,14 +88,10 @@ class Changelog:
         exit before writing anything stale."""
         now = time.monotonic()
         if self.frozen_after and self.ran is not None and now - self.ran > self.frozen_after:
-            log.critical(
-                "this worker did not run for %.0fs, longer than its session timeout (%gs): its partitions "
-                "have moved and its %d cached rows are stale; exiting to restart from the committed offsets",
-                now - self.ran,
-                self.frozen_after,
-                len(self.rows),
+            exit_to_restart(
+                f"this worker did not run for {now - self.ran:.0f}s, longer than its session timeout "
+                f"({self.frozen_after:g}s): its partitions have moved and its {len(self.rows)} cached rows are stale"
             )
-            os._exit(70)
         self.ran = now
 
     def get(self, key: bytes, partition: int | None = None) -> bytes | None:
@@ -165,8 +160,8 @@ class Changelog:
         except Exception:
             # As a failed delivery (below): the row is stored, its record will not be; a caller
             # that dead-lettered the input instead would let it be committed.
-            log.critical("changelog record for partition %d not sent; exiting to restart", partition, exc_info=True)
-            os._exit(70)
+            log.exception("changelog record for partition %d not sent", partition)
+            exit_to_restart(f"changelog record for partition {partition} not sent")
         self.in_flight += 1
         delivery.add_done_callback(partial(self._delivered, partition))
 
@@ -178,8 +173,7 @@ class Changelog:
             # not look at delivery results: committing the input offset after this would lose
             # the state on the next recovery. Exit; a restart reprocesses from the last commit.
             error = "cancelled" if delivery.cancelled() else repr(delivery.exception())
-            log.critical("changelog record for partition %d not delivered (%s); exiting to restart", partition, error)
-            os._exit(70)
+            exit_to_restart(f"changelog record for partition {partition} not delivered ({error})")
         meta = delivery.result()
         if partition_store(self.table, partition) is None:  # the partition moved away meanwhile
             return

@@ -1,4 +1,4 @@
-"""Sweeper: find due deadlines and send timeout records into the saga log.
+"""Sweeper: the deadline punctuator. Finds due deadlines and sends timeout records into the saga log.
 
 Runs on every worker and reads only the deadline index partitions that worker owns as
 active. A deadline index partition is a RocksDB ordered by due time, so a sweep reads
@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
-import faust
 import orjson
 
-from tables import Tables
 from tracker.core.events import timeout_event
 from tracker.ops.metrics import Metrics
 from tracker.stream.catchup import Progress
+from tracker.stream.context import Context
 from tracker.stream.indexes import Indexes, due_bound
+from tracker.stream.restart import exit_to_restart
 
 log = logging.getLogger(__name__)
 LAG_TIMEOUT = 5.0  # seconds a lag measurement may take before the sweep gives up on it
@@ -33,20 +31,17 @@ LAG_TIMEOUT = 5.0  # seconds a lag measurement may take before the sweep gives u
 class Sweeper:
     def __init__(
         self,
-        app: faust.App,
-        tables: Tables,
-        saga_log: faust.TopicT,
         progress: Progress,
         metrics: Metrics,
         indexes: Indexes,
         *,
+        interval: float,
         resend_after: float,
-        clock: Callable[[], float] = time.time,
         may_fire: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.app, self.tables, self.saga_log, self.progress = app, tables, saga_log, progress
-        self.metrics, self.indexes, self.resend_after, self.clock = metrics, indexes, resend_after, clock
-        self.may_fire = may_fire
+        self.progress, self.metrics, self.indexes = progress, metrics, indexes
+        self.interval, self.resend_after, self.may_fire = interval, resend_after, may_fire
+        self.context: Context | None = None
         # (saga id, token) -> when this worker sent its timeout record. Tokens are per saga:
         # two sagas with the same deadline sequence and due millisecond share one.
         self.sent: dict[tuple[str, str], float] = {}
@@ -54,20 +49,33 @@ class Sweeper:
         self.behind_logged = 0.0  # monotonic time "still suppressed" was last logged
         self.due: Counter[tuple[str, str]] = Counter()  # deadlines past due at the last sweep, by type and step
 
-    def recovering(self) -> bool:
-        app: Any = self.app
-        return bool(app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set())
+    def init(self, context: Context) -> None:
+        """Schedule the sweep on the wall clock (Kafka Streams' ``schedule(WALL_CLOCK_TIME)``)."""
+        self.context = context
+        context.schedule("sweep", self.interval, self.punctuate)
 
-    def ready(self) -> bool:
-        """Recovered, and every active partition indexed: lists are whole and deadlines swept."""
-        return not self.recovering() and all(self.indexes.cached(p) is not None for p in self.active_partitions())
+    async def punctuate(self) -> None:
+        with self.metrics.sweep_duration.time():
+            await self.sweep()
+
+    def caught_up(self) -> bool:
+        return not self.behind
+
+    def resend(self, saga_id: str, token: str) -> None:
+        """The track processor set this timeout aside: send it again as soon as it is still due."""
+        self.sent.pop((saga_id, token), None)
+
+    def recovering(self) -> bool:
+        assert self.context is not None, "init(context) first"
+        return self.context.recovering()
 
     def active_partitions(self) -> list[int]:
-        changelog = self.tables.sagas.changelog_topic.get_topic_name()
-        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog)
+        assert self.context is not None, "init(context) first"
+        return self.context.active_partitions()
 
     async def sweep(self) -> int:
         """One pass; returns how many timeout records were sent."""
+        assert self.context is not None, "init(context) first"
         if self.recovering():
             self.set_behind(True)
             return 0
@@ -86,15 +94,14 @@ class Sweeper:
             # Records wait in partitions this worker owns and it has not moved for a long
             # while: its consumer is wedged (a fetch the broker never answered). Fail loudly;
             # a restart resumes from the committed offsets.
-            log.critical("consumer wedged on %s: exiting to restart", ", ".join(map(str, self.progress.wedged)))
-            os._exit(70)
+            exit_to_restart(f"consumer wedged on {', '.join(map(str, self.progress.wedged))}")
         self.set_behind(behind)
         # The scan and the decisions are this sweep's own CPU; the clock pauses across each
         # send, while other tasks may run on this thread.
         cpu, mark = 0.0, time.thread_time()
         # A rebalance while measuring (a zombie waking up is revoked mid-sweep) voids the answer.
         fire = not behind and self.may_fire() and self.progress.epoch == epoch and not self.recovering()
-        now = self.clock()
+        now = self.context.wall_clock()
         bound = due_bound(now)
         if self.progress.watermark is not None:
             # A deadline due after the oldest record still waiting may yet be met by it.
@@ -121,7 +128,7 @@ class Sweeper:
                 record = timeout_event(row["saga_id"], row["saga_type"], token, row["due"])
                 key, value = row["saga_id"].encode(), orjson.dumps(record.to_dict())
                 cpu += time.thread_time() - mark
-                await self.saga_log.send(key=key, value=value, partition=partition)
+                await self.context.send("saga_log", key, value, partition=partition)
                 mark = time.thread_time()
                 self.sent[sent_key] = now
                 sent += 1
@@ -131,10 +138,6 @@ class Sweeper:
             self.metrics.timeouts_sent.inc(sent)
         self.metrics.sweep_cpu.inc(cpu + time.thread_time() - mark)
         return sent
-
-    def forget(self, saga_id: str, token: str) -> None:
-        """The agent set this timeout aside: send it again as soon as it is still due."""
-        self.sent.pop((saga_id, token), None)
 
     def set_behind(self, behind: bool) -> None:
         now = time.monotonic()

@@ -7,18 +7,12 @@ state before the send, and a redelivered record re-sends the same unconfirmed id
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import faust
 import orjson
 
-from tables import Tables
 from tracker.core.census import Census
 from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog, SagaDefinition
@@ -28,10 +22,11 @@ from tracker.core.machine import Emit, Transition, apply, virtual_timeout
 from tracker.core.state import SagaState
 from tracker.core.summaries import placement, summary
 from tracker.ops.metrics import Metrics
+from tracker.stream.context import Context
 from tracker.stream.deadletters import DeadLetters
+from tracker.stream.decoding import GENERATION_HEADER
 from tracker.stream.indexes import Index, Indexes, deadline_key, keys_of, rows_of
-from tracker.stream.ingest import GENERATION_HEADER
-from tracker.stream.state_cache import Changelog, StateWrites
+from tracker.stream.state_cache import StateWrites
 
 log = logging.getLogger(__name__)
 ROUTINE = frozenset({"started", "completed"})
@@ -50,23 +45,31 @@ MILESTONES = frozenset(
 )
 
 
-class Crash:
-    """Fault injection for the crash tests: exit abruptly at a point, once (a marker file remembers)."""
+class SendHooks(Protocol):
+    """Called around the sends of a decision that compensates. Production installs none; the
+    crash tests install one that exits the worker there (``tests/crash_worker.py``)."""
 
-    def __init__(self, point: str, marker: str) -> None:
-        self.point, self.marker = point, marker
+    async def before_send(self) -> None: ...
 
-    async def maybe(self, point: str, delivered: list[Any] | None = None) -> None:
-        if self.point != point or not self.marker or os.path.exists(self.marker):
-            return
-        if delivered:
-            # "after_send": the emitted records are on the broker (faust's producer.flush()
-            # does not return when awaited from inside an agent).
-            await asyncio.wait_for(asyncio.gather(*[d for d in delivered if d is not None]), timeout=30)
-        with open(self.marker, "w") as f:
-            f.write(point)
-        log.error("injected crash at %s", point)
-        os._exit(137)
+    async def after_send(self, delivered: list[Any]) -> None: ...
+
+
+class Deadlines(Protocol):
+    """What the track processor asks of the deadline punctuator (``sweeper``)."""
+
+    def caught_up(self) -> bool: ...
+
+    def resend(self, saga_id: str, token: str) -> None: ...
+
+
+class AlwaysCaughtUp:
+    """Deadlines of a track processor with no punctuator (the benchmark's stand-in)."""
+
+    def caught_up(self) -> bool:
+        return True
+
+    def resend(self, saga_id: str, token: str) -> None:
+        return None
 
 
 class Role(Protocol):
@@ -87,64 +90,58 @@ class Promoted:
 
 
 class Tracking:
+    """The track processor: the only writer of saga state."""
+
     def __init__(
         self,
         catalog: Catalog,
-        tables: Tables,
-        outputs: dict[str, faust.TopicT],
+        writes: StateWrites,
         dead_letters: DeadLetters,
         metrics: Metrics,
         census: Census,
         indexes: Indexes,
-        clock: Callable[[], float] = time.time,
-        crash: Crash | None = None,
+        *,
         role: Role | None = None,
-        caught_up: Callable[[], bool] = lambda: True,
-        deferred: Callable[[str, str], None] = lambda saga_id, token: None,
-        writes: StateWrites | None = None,
+        deadlines: Deadlines | None = None,
+        hooks: SendHooks | None = None,
     ) -> None:
-        """``outputs``: topic by emit kind (compensation, outcome, decision) and ``shadow``;
-        ``writes``: where saga state is written (default: the sagas table's ``Changelog``)."""
-        self.catalog, self.tables, self.outputs = catalog, tables, outputs
-        self.writes: StateWrites = writes if writes is not None else Changelog(tables.sagas)
-        self.dead_letters, self.metrics, self.clock = dead_letters, metrics, clock
-        self.crash = crash or Crash("", "")
-        self.census, self.indexes = census, indexes
+        """``writes``: where saga state is written (the worker's ``StateCache``)."""
+        self.catalog, self.writes, self.dead_letters, self.metrics = catalog, writes, dead_letters, metrics
+        self.census, self.indexes, self.hooks = census, indexes, hooks
         self.role: Role = role or Promoted()
         # A timeout record is applied only while this worker is caught up: one sent by a
         # zombie (a paused worker that still thinks it owns the partition) or before a
         # rebalance may precede a completion still in the backlog. The deadline stays in the
-        # index; ``deferred`` lets the sweeper send it again at once when it is still due.
-        self.caught_up, self.deferred = caught_up, deferred
+        # index; ``deadlines.resend`` lets the sweeper send it again at once when still due.
+        self.deadlines: Deadlines = deadlines or AlwaysCaughtUp()
+        self.context: Context | None = None
+
+    def init(self, context: Context) -> None:
+        self.context = context
 
     def load(self, saga_id: str, partition: int | None = None) -> SagaState | None:
         """The saga's newest state (the row cache first), from its partition's store if known."""
         raw = self.writes.get(saga_id.encode(), partition)
         return None if raw is None else SagaState.from_dict(orjson.loads(raw))
 
-    async def handle(self, record: Record) -> Transition | None:
+    async def process(self, record: Record) -> Transition | None:
         """Never raises: a record that cannot be applied is dead-lettered with the reason."""
         try:
-            return await self._apply(record)
+            return await self._from_log(record)
         except Exception as exc:
-            await self._failed(record, exc)
+            await self.dead_letters.failed(record, exc, stage="tracking")
             return None
 
-    async def _failed(self, record: Record, exc: Exception) -> None:
-        log.exception("tracking failed on %s", record.source)
-        self.metrics.processing_errors.labels("tracking").inc()
-        await self.dead_letters.send(record, getattr(exc, "reason", "processing_error"), repr(exc))
-
-    async def _apply(self, record: Record) -> Transition | None:
+    async def _from_log(self, record: Record) -> Transition | None:
         event = Event.from_dict(orjson.loads(record.value or b"null"))
         # A service event is at its input record's position whichever way it came, in place or
         # through this log (the way can change between two deliveries when partitions move):
         # a redelivery of that record re-sends what it decided. Any other: this record's.
         from_input = event.kind == SERVICE and event.source
         event = event.at(event.source if from_input else f"{record.partition}/{record.offset}")
-        if event.kind == TIMEOUT and not self.caught_up() and not self.applied(event):
+        if event.kind == TIMEOUT and not self.deadlines.caught_up() and not self.applied(event):
             self.metrics.timeouts_deferred.inc()
-            self.deferred(event.saga_id, event.token)
+            self.deadlines.resend(event.saga_id, event.token)
             return None
         return await self._decide(event, record, record.partition)  # a saga-log record: its saga's partition
 
@@ -155,13 +152,13 @@ class Tracking:
         if self.indexes.cached(partition) is None and await self.indexes.ready(partition) is None:
             return False
         try:
-            # The input record's position, as on the log route (``_apply``): a redelivery of the
+            # The input record's position, as on the log route (``_from_log``): a redelivery of the
             # record re-sends what it caused, whichever way it comes.
             await self._decide(event.at(record.source), record, partition)
         except PartitionError:
             return False  # moved away meanwhile (a shadow run awaits between steps): forward it
         except Exception as exc:
-            await self._failed(record, exc)
+            await self.dead_letters.failed(record, exc, stage="tracking")
         return True
 
     async def _decide(self, event: Event, record: Record, partition: int) -> Transition | None:
@@ -171,17 +168,17 @@ class Tracking:
             # A shadow run over history decides in event time: a deadline that passed before
             # this event fires first (what the changed definition would have done live).
             while (due := virtual_timeout(self.load(event.saga_id), event.time)) is not None:
-                done = await self._apply_event(due.at(event.position), record, partition)
+                done = await self._transition(due.at(event.position), record, partition)
                 if done is None or not done.changed:
                     break
-        return await self._apply_event(event, record, partition)
+        return await self._transition(event, record, partition)
 
     def applied(self, event: Event) -> bool:
         """Already applied: a redelivery, which must go through (it re-sends what it decided)."""
         state = self.load(event.saga_id)
         return state is not None and event.id in state.seen
 
-    async def _apply_event(self, event: Event, record: Record, partition: int) -> Transition | None:
+    async def _transition(self, event: Event, record: Record, partition: int) -> Transition | None:
         index = await self.indexes.ready(partition)
         if index is None:  # only while partitions move: this record is not ours to apply
             raise PartitionError(f"saga state partition {partition} is not open on this worker")
@@ -194,7 +191,8 @@ class Tracking:
         if definition is None:
             await self.dead_letters.send(record, "unknown_saga_type", f"no definition for {event.saga_type!r}")
             return None
-        transition = apply(definition, state, event, self.clock())
+        assert self.context is not None, "init(context) first"
+        transition = apply(definition, state, event, self.context.wall_clock())
         if "stale_timeout" in transition.outcomes and transition.state is not None:
             # An index row whose deadline has moved on must not be swept again and again.
             current = transition.state.deadline
@@ -206,12 +204,12 @@ class Tracking:
                 index, definition, state, transition.state, partition, through=bool(transition.emits)
             )
             self.census.change(partition, old_row, new_row)  # deltas: in any order
-        compensating = any(e.kind == "compensation" for e in transition.emits)
-        if compensating:
-            await self.crash.maybe("before_send")
+        hooks = self.hooks if any(e.kind == "compensation" for e in transition.emits) else None
+        if hooks is not None:
+            await hooks.before_send()
         sent = [await self.send(emit) for emit in transition.emits]
-        if compensating:
-            await self.crash.maybe("after_send", sent)
+        if hooks is not None:
+            await hooks.after_send(sent)
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state
@@ -257,14 +255,15 @@ class Tracking:
         Only the promoted generation acts on the world and records decisions; any other
         sends what it would have emitted to its shadow topic (decisions: nothing).
         """
+        assert self.context is not None, "init(context) first"
         headers = [(k, v.encode()) for k, v in emit.headers.items()]
         headers.append((GENERATION_HEADER, str(self.role.generation).encode()))
-        topic = self.outputs[emit.kind]
+        sink = emit.kind
         if not self.role.active:
             if emit.kind == "decision":
                 return None
-            topic = self.outputs["shadow"]
+            sink = "shadow"
             headers.append(("saga_tracker_kind", emit.kind.encode()))
-        delivery = await topic.send(key=emit.key.encode(), value=orjson.dumps(emit.payload), headers=headers)
+        delivery = await self.context.send(sink, emit.key.encode(), orjson.dumps(emit.payload), headers=headers)
         self.metrics.child(self.metrics.emitted, emit.kind if self.role.active else "shadow").inc()
         return delivery

@@ -12,20 +12,20 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from tracker.ops.metrics import Metrics
-from tracker.stream.state_cache import Changelog
+from tracker.stream.state_cache import StateCache
 
 TOPIC = "app-sagas-changelog"
 
 
 class Db(dict[bytes, bytes]):
-    """A partition's RocksDB, as far as ``Changelog`` uses it."""
+    """A partition's RocksDB, as far as ``StateCache`` uses it."""
 
     def put(self, key: bytes, value: bytes) -> None:
         self[key] = value
 
 
 class Store:
-    """faust's RocksDB store, as far as ``Changelog`` uses it: partition stores and offsets."""
+    """faust's RocksDB store, as far as ``StateCache`` uses it: partition stores and offsets."""
 
     def __init__(self) -> None:
         self._dbs: dict[int, Db] = {0: Db()}
@@ -38,7 +38,7 @@ class Store:
         self.offsets[tp] = offset
 
 
-def store_of(changelog: Changelog) -> Store:
+def store_of(changelog: StateCache) -> Store:
     return changelog.table.data  # type: ignore[return-value]  # the stand-in above
 
 
@@ -49,12 +49,12 @@ def delivered(offset: int) -> asyncio.Future[Any]:
 
 
 @pytest.fixture
-def changelog() -> Changelog:
+def changelog() -> StateCache:
     table: Any = SimpleNamespace(data=Store())
-    return Changelog(table)
+    return StateCache(table)
 
 
-async def test_the_store_records_each_delivered_offset_that_follows_what_it_has(changelog: Changelog) -> None:
+async def test_the_store_records_each_delivered_offset_that_follows_what_it_has(changelog: StateCache) -> None:
     for offset in (0, 1, 2):
         changelog.in_flight += 1
         changelog._delivered(0, delivered(offset))
@@ -62,7 +62,7 @@ async def test_the_store_records_each_delivered_offset_that_follows_what_it_has(
 
 
 async def test_a_late_delivery_after_another_owners_records_does_not_skip_them(
-    changelog: Changelog, caplog: pytest.LogCaptureFixture
+    changelog: StateCache, caplog: pytest.LogCaptureFixture
 ) -> None:
     changelog._delivered(0, delivered(0))
     # Offsets 1-4 were written by the partition's owner while this worker was paused.
@@ -77,11 +77,11 @@ async def test_a_late_delivery_after_another_owners_records_does_not_skip_them(
     assert store_of(changelog).offsets == {TP(TOPIC, 0): 7} and not changelog.gaps
 
 
-async def test_an_undelivered_record_exits_the_worker(changelog: Changelog, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_undelivered_record_exits_the_worker(changelog: StateCache, monkeypatch: pytest.MonkeyPatch) -> None:
     def exit_(code: int) -> None:
         raise SystemExit(code)
 
-    monkeypatch.setattr("tracker.stream.state_cache.os._exit", exit_)
+    monkeypatch.setattr("tracker.stream.restart.os._exit", exit_)
     failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     failed.set_exception(TimeoutError("no broker"))
     with pytest.raises(SystemExit) as exited:
@@ -96,19 +96,19 @@ async def test_a_record_the_producer_refuses_exits_the_worker(monkeypatch: pytes
     async def send(*args: Any, **kwargs: Any) -> Any:
         raise TimeoutError("no metadata for the changelog topic")
 
-    monkeypatch.setattr("tracker.stream.state_cache.os._exit", exit_)
+    monkeypatch.setattr("tracker.stream.restart.os._exit", exit_)
     table: Any = SimpleNamespace(
         data=Store(),
         app=SimpleNamespace(producer=SimpleNamespace(send=send)),
         changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC),
     )
     with pytest.raises(SystemExit) as exited:
-        await Changelog(table).put(0, b"saga-1", b"{}")
+        await StateCache(table).put(0, b"saga-1", b"{}")
     assert exited.value.code == 70 and table.data._dbs[0] == {b"saga-1": b"{}"}
 
 
 class Producer:
-    """faust's producer, as far as ``Changelog`` sends to it: records in the order handed over,
+    """faust's producer, as far as ``StateCache`` sends to it: records in the order handed over,
     each delivered at once unless ``gate`` holds the sends."""
 
     def __init__(self) -> None:
@@ -126,13 +126,13 @@ class Producer:
         return future
 
 
-def cached_changelog(rows: int = 100, metrics: Metrics | None = None) -> tuple[Changelog, Store, Producer]:
+def cached_changelog(rows: int = 100, metrics: Metrics | None = None) -> tuple[StateCache, Store, Producer]:
     store, producer = Store(), Producer()
     store._dbs[1] = Db()
     table: Any = SimpleNamespace(
         data=store, app=SimpleNamespace(producer=producer), changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC)
     )
-    return Changelog(table, cache_rows=rows, metrics=metrics), store, producer
+    return StateCache(table, cache_rows=rows, metrics=metrics), store, producer
 
 
 async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_flush() -> None:
@@ -200,27 +200,11 @@ async def test_without_a_cache_every_write_goes_through() -> None:
     assert not changelog.rows
 
 
-async def test_the_producer_flush_that_precedes_every_commit_writes_the_cache_first() -> None:
-    from tracker.app import _flush_cache_first
-
-    changelog, store, producer = cached_changelog()
-    order: list[str] = []
-
-    async def flush() -> None:  # faust's: the buffer, then aiokafka's producer
-        order.append(f"producer flush, {len(producer.sent)} sent")
-
-    producer.flush = flush  # type: ignore[attr-defined]
-    _flush_cache_first(changelog.table.app, changelog)
-    await changelog.put(0, b"saga-1", b"v1")
-    await changelog.table.app.producer.flush()
-    assert order == ["producer flush, 1 sent"] and store._dbs[0] == {b"saga-1": b"v1"}
-
-
 async def test_a_worker_frozen_past_its_session_timeout_exits_before_it_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     def exit_(code: int) -> None:
         raise SystemExit(code)
 
-    monkeypatch.setattr("tracker.stream.state_cache.os._exit", exit_)
+    monkeypatch.setattr("tracker.stream.restart.os._exit", exit_)
     changelog, store, producer = cached_changelog()
     changelog.frozen_after = 6.0
     changelog.alive()

@@ -1,0 +1,75 @@
+"""The checkpoint: the one commit protocol, in one place (Quix Streams' ``Checkpoint.commit``,
+Kafka Streams' task commit).
+
+Before any input offset is committed, in this order:
+
+1. **Flush the state cache**: every cached saga row goes to its partition's store, then its
+   changelog record to the producer (``StateCache.flush``). A row that decided an output was
+   already written through before the output was sent (decide, record, then send).
+2. **Outputs** are already with the producer: each was handed over when it was decided, after
+   its row; the context reported every delivery here (``sent``).
+3. **Flush the producer**: faust's producer buffer is drained (bounded, see
+   ``tracker.kafka.internals.make_commits_durable``) and aiokafka's flush waits until every record
+   handed over is answered by the broker.
+4. **Fail on anything undelivered**: an output the broker refused exits the worker to be
+   restarted (``exit_to_restart``) before the offset that caused it is committed; the record is
+   read again and re-sends the same id. A changelog record the broker refused exits at once,
+   when its delivery fails (``StateCache``).
+5. **Commit the input offsets**: faust, once this returns (``Consumer._commit_offsets``); revoked
+   partitions' offsets are never committed (faust drops them).
+6. **Record the stores' offsets**: each changelog delivery records its offset in its store as it
+   is acknowledged, only when it directly follows what the store has (``StateCache``); faust's
+   ``tables.on_commit`` runs after its commit.
+
+faust has no commit hook: ``tracker.kafka.internals.before_commit`` runs ``commit`` where faust's
+commit (and its revocation) flushes the producer, before the offsets are written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from tracker.stream.restart import exit_to_restart
+
+log = logging.getLogger(__name__)
+
+
+class Cache(Protocol):
+    async def flush(self) -> None: ...
+
+
+class Checkpoint:
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.pending = 0  # outputs handed to the producer and not yet answered
+        self.undelivered: list[str] = []  # outputs the broker refused since the last checkpoint
+        self.commits = 0
+
+    def sent(self, delivery: Any, what: str) -> None:
+        """An output was handed to the producer; ``delivery`` resolves when the broker answers."""
+        add = getattr(delivery, "add_done_callback", None)
+        if add is None:  # already answered (a channel in tests, a dropped send)
+            return
+        self.pending += 1
+        add(lambda d: self._answered(d, what))
+
+    def _answered(self, delivery: Any, what: str) -> None:
+        self.pending -= 1
+        if delivery.cancelled():
+            self.undelivered.append(f"{what} (cancelled)")
+        elif delivery.exception() is not None:
+            self.undelivered.append(f"{what} ({delivery.exception()!r})")
+
+    async def commit(self, flush_producer: Callable[[], Awaitable[None]]) -> None:
+        """Steps 1 to 4; faust commits the offsets (5) and the stores record theirs (6)."""
+        await self.cache.flush()  # 1. rows to stores, changelog records to the producer
+        # 2. outputs: with the producer since they were decided
+        await flush_producer()  # 3. buffer drained, every record answered
+        if self.undelivered:  # 4. never commit past an output the broker did not take
+            exit_to_restart(
+                f"{len(self.undelivered)} output record(s) not delivered, first: {self.undelivered[0]}; "
+                "their input is read again after the restart and re-sends the same ids"
+            )
+        self.commits += 1
