@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 import tables as tables_module
@@ -34,12 +35,14 @@ from tracker.stream.deadletters import DeadLetters
 from tracker.stream.indexes import Indexes, pending_prefix
 from tracker.stream.ingest import Ingest
 from tracker.stream.lifecycle import Lifecycle
+from tracker.stream.restart import exit_to_restart
 from tracker.stream.restore import Restore
 from tracker.stream.state_cache import StateCache
 from tracker.stream.status import WorkerStatus
 from tracker.stream.sweeper import Sweeper
 from tracker.stream.tracking import SendHooks, Tracking
 from tracker.web import views
+from tracker.web.actions import MAX_BODY
 
 
 @dataclass
@@ -85,6 +88,8 @@ def faust_app(settings: Settings, broker_url: str) -> faust.App:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         canonical_url=settings.canonical_url or f"http://{settings.web_host}:{settings.web_port}",
+        # Request bodies (operator actions) are small: a larger one is refused before it is read whole.
+        web_application_options={"client_max_size": MAX_BODY},
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -136,7 +141,12 @@ def build(
     restore = Restore(tables.sagas, bootstrap, settings.fetch_max_bytes, metrics, indexes.invalidate)
     # faust gives up waiting for the step the restore runs in after its broker request timeout.
     budget = 0.5 * float(app.conf.broker_request_timeout)
-    internals.after_active_offsets(app, lambda tps, offsets, ends, stop: restore.run(tps, offsets, ends, budget, stop))
+
+    async def restore_active(tps: set[TP], offsets: Any, ends: Mapping[TP, int | None], stop: Callable[[], bool]) -> None:
+        restore.heal(tps, offsets, ends)
+        await restore.run(tps, offsets, ends, budget, stop)
+
+    internals.after_active_offsets(app, restore_active)
     sweeper = Sweeper(
         progress,
         metrics,
@@ -146,7 +156,7 @@ def build(
         # A follower generation re-applies the promoted one's decisions; a shadow decides for itself.
         may_fire=lambda: generations.active or generations.shadow,
     )
-    dead_letters = DeadLetters(metrics)
+    dead_letters = DeadLetters(metrics, max_record_bytes=int(app.conf.producer_max_request_size))
     tracking = Tracking(catalog, state, dead_letters, metrics, census, indexes, role=generations, deadlines=sweeper, hooks=hooks)
     ingest = Ingest(
         catalog,
@@ -231,7 +241,13 @@ def _agents(t: TrackerApp) -> None:
         async def consume(stream: Any) -> None:
             async for event in stream.events():
                 message = event.message
-                await process(records.from_message(message))  # never raises: failures are dead-lettered
+                try:
+                    await process(records.from_message(message))  # failures are dead-lettered inside
+                except Exception as exc:
+                    # A processor that raises is a bug; faust would acknowledge the record and
+                    # restart the agent (its offset then committed past it). Never acknowledged:
+                    # the restarted worker reads it again.
+                    exit_to_restart(f"{name} failed on {message.topic}/{message.partition}/{message.offset}: {exc!r}")
                 t.progress.processed(message.tp, message.offset)
 
         # Concurrency 1: faust may commit past an in-flight message otherwise (#606).

@@ -187,10 +187,15 @@ async def test_track_agent_dead_letters_a_broken_log_record_and_keeps_going(shel
     await track.put(b'{"kind": "service"}', key=b"x")
     dead = await shell.next("dead_letter")
     headers = dict(dead.message.headers or ())
-    assert headers["x-dead-letter-reason"] == b"processing_error" and b"misses field" in headers["x-dead-letter-detail"]
+    assert headers["x-dead-letter-reason"] == b"bad_record" and b"misses field" in headers["x-dead-letter-detail"]
+    await track.put(b"\x00 not json", key=b"y")
+    dead = await shell.next("dead_letter")
+    assert dict(dead.message.headers or ())["x-dead-letter-reason"] == b"bad_record"
     await track.put(record(order_event("OrderCreated", "o-2")), key=b"o-2")
     assert shell.saga("o-2") is not None
-    assert shell.metric("saga_tracker_processing_errors_total", stage="tracking") == 1.0
+    # Input in the wrong format is not a bug of the tracker's: counted as a dead letter, not an error.
+    assert shell.metric("saga_tracker_dead_letters_total", reason="bad_record") == 2.0
+    assert shell.metric("saga_tracker_processing_errors_total", stage="tracking") is None
 
 
 async def test_ingest_forwards_by_saga_id_and_dead_letters_the_rest(shell: Shell) -> None:
@@ -442,3 +447,34 @@ async def test_a_decision_that_sends_is_written_through_before_it_is_sent(shell:
     assert order[1] == ("put", True, True)  # the timeout's compensation, recorded in the outbox
     assert order[2:] and all(entry[0] == "send" for entry in order[2:])
     assert ("send", "compensation") in order
+
+
+class Exited(BaseException):
+    """Stands in for the process exit: nothing after ``exit_to_restart`` may run."""
+
+
+async def test_a_processor_that_raises_exits_the_worker_before_the_record_counts_as_processed(
+    shell: Shell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faust acknowledges the record of an agent that raises and restarts the agent (#527), so
+    its offset is committed past a record nobody handled. The tracker's agents never let that
+    happen: a processor that raises (a bug: they dead-letter what they cannot use) exits the
+    worker to be restarted before the record is reported processed, so it is read again."""
+    t = shell.tracker
+    reasons: list[str] = []
+
+    def exit_(reason: str) -> None:
+        reasons.append(reason)
+        raise Exited(reason)
+
+    async def broken(record: Record, exc: BaseException, *, stage: str) -> None:
+        raise RuntimeError("a bug in a processor")  # e.g. the dead-letter path itself fails
+
+    monkeypatch.setattr("tracker.app.exit_to_restart", exit_)
+    monkeypatch.setattr(t.ingest.dead_letters, "failed", broken)
+    agent = t.app.agents[f"{t.settings.app_id}-ingest"]
+    with pytest.raises(Exited):
+        async with agent.test_context() as ctx:
+            await ctx.put(b"{}", key=b"k", partition=2)
+    assert reasons and "RuntimeError('a bug in a processor')" in reasons[0]
+    assert not any(tp.partition == 2 for tp in t.progress.next_offset)  # never reported processed

@@ -26,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.faults.harness import TIMEOUT, FaultScenario, ServicesThread, Verdict, on_its_own, verdict
 from tests.integration.harness import Kafka, Worker
+from tests.integration.test_hostile_input import hostile as kafka_level
+from tests.integration.test_hostile_input import produce_large
 from tests.tools import tool
 from tracker.demo.services import Behaviour
 from tracker.kafka.broker import EmbeddedBroker
@@ -407,21 +409,34 @@ HOSTILE: list[bytes] = [
 
 
 def hostile(ctx: Context) -> Verdict:
+    """Malformed values mixed into the traffic, then every Kafka-level kind at once (records at,
+    under and far over the size limit, 1 MB keys, headers that are not UTF-8, records on the saga
+    log and the decisions topic that are not the tracker's): each on the dead-letter topic with
+    its reason, the sagas at their oracle states, no agent crashed."""
     s = ctx.scenario()
-    w = s.worker("w1", SAGA_TRACKER_MAX_EVENT_BYTES="100000").start()
+    w = s.worker("w1").start()
     bad: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = [(s.prefix + "orders", b"k", value, []) for value in HOSTILE]
+    cases = kafka_level(s)
 
     def inject(done: threading.Event) -> None:
         while not done.wait(1.0):
             s.kafka.produce(bad[:3])
         s.kafka.produce(bad)
+        produce_large(s.kafka.bootstrap, [(t, k, v, h) for t, k, v, h, _ in cases.values()])
 
     services, end = drive(ctx, s, inject)
-    v = finish("malformed and hostile input mixed in", s, services, w, end)
+    v = finish("malformed and hostile input mixed in, Kafka-level hostile records", s, services, w, end)
     dead = s.kafka.read(s.topic("dead-letter"), timeout=3.0)
     v.notes.append(f"dead-lettered {len(dead)} records")
-    if len(dead) < len(bad):
-        v.checks["no saga lost"] = f"only {len(dead)} dead letters for at least {len(bad)} bad records"
+    reasons = {r["key"]: r["headers"]["x-dead-letter-reason"].decode() for r in dead}
+    for r in dead:  # the 1 MB key comes back cut to a prefix, with its size and hash
+        if "x-dead-letter-original-key-bytes" in r["headers"]:
+            reasons[b"k" * int(r["headers"]["x-dead-letter-original-key-bytes"])] = reasons.pop(r["key"])
+    wrong = {k[:40]: (reasons.get(k), c[4]) for k, c in cases.items() if reasons.get(k) != c[4]}
+    if len(dead) < len(bad) + len(cases) or wrong:
+        v.checks["no saga lost"] = f"{len(dead)} dead letters for {len(bad) + len(cases)} bad records; wrong: {wrong}"
+    if "Crashed" in w.tail(100_000):
+        v.checks["no saga lost"] = "an agent crashed (faust restarted it past its record)"
     return v
 
 

@@ -195,9 +195,16 @@ def test_operator_actions(two_workers: tuple[Scenario, Worker, Worker]) -> None:
         ({"action": "force_compensation", "actor": "a"}, "reason"),
         (b"[1]", "body"),
         (b"{", "body"),
+        ({"action": 5, "actor": "a"}, "action"),
+        ({"action": "resolve", "actor": ["a"], "reason": "r"}, "actor"),
+        ({"action": "extend_deadline", "actor": "a", "seconds": "600"}, "seconds"),
+        ({"action": "resolve", "actor": "a", "reason": 42}, "reason"),
     ]:
         status, err = post(w2, "/sagas/r-0/actions", body)
         assert status == 400 and err["parameter"] == parameter, (body, err)
+    huge = json.dumps({**action, "reason": "x" * 200_000}).encode()
+    status, err = post(w1, "/sagas/r-0/actions", huge)
+    assert status == 413 and err["error"] == "payload_too_large" and err["parameter"] == "body", err
     status, err = post(w1, "/sagas/nobody/actions", action)
     assert status == 404
 

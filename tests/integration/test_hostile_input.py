@@ -38,17 +38,27 @@ def padded(body: dict[str, Any], size: int) -> bytes:
     return orjson.dumps({**body, "pad": "x" * (size - len(raw))})
 
 
-def hostile(s: Scenario) -> dict[bytes, tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], str]]:
+Case = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], str]  # topic, key, value, headers, reason
+
+
+def hostile(s: Scenario) -> dict[bytes, Case]:
     """key -> (topic, key, value, headers, expected reason)."""
     orders, log, decisions = s.topic("orders"), s.topic("saga-log"), s.app_id + "-decisions"
     unknown = {"id": "u", "type": "OrderTeleported", "data": {"order_id": "u"}}
+    bad_time = {"type": "OrderCreated", "time": "not-a-time", "data": {"order_id": "t"}}
     cases: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]], str]] = [
         (orders, b"not-json", b"{not json", [], "not_json"),
         (orders, b"random", bytes(range(256)) * 4, [], "bad_encoding"),
         (orders, b"array", b"[1, 2, 3]", [], "not_object"),
         (orders, b"no-saga-id", orjson.dumps({"id": "n", "type": "OrderCreated", "data": {}}), [], "no_saga_id"),
         (orders, b"unknown-type", orjson.dumps(unknown), [], "unknown_event_type"),
-        (orders, b"bad-time", orjson.dumps({"type": "OrderCreated", "time": "not-a-time", "data": {"order_id": "t"}}), [], "bad_event_time"),
+        (
+            orders,
+            b"bad-time",
+            orjson.dumps(bad_time),
+            [],
+            "bad_event_time",
+        ),
         (orders, b"empty", b"", [], "empty"),
         (orders, b"tombstone", None, [], "empty"),
         (orders, b"deep", b"[" * 5000 + b"]" * 5000, [], "too_deep"),
@@ -62,7 +72,7 @@ def hostile(s: Scenario) -> dict[bytes, tuple[str, bytes | None, bytes | None, l
         (log, b"not-json-log", b"\x00\x01", [], "bad_record"),
         (decisions, b"not-a-decision", orjson.dumps({"of": "nothing"}), [], "bad_decision"),
     ]
-    out = {key: (topic, key, value, headers, reason) for topic, key, value, headers, reason in cases}
+    out: dict[bytes, Case] = {key: (topic, key, value, headers, reason) for topic, key, value, headers, reason in cases}
     big_key = b"k" * (1 << 20)  # a 1 MB key on a record that cannot be used
     out[big_key] = (orders, big_key, b"{not json", [], "not_json")
     return out
@@ -91,6 +101,11 @@ def test_every_hostile_record_is_dead_lettered_with_its_reason_and_fits(scenario
     assert int(far["headers"]["x-dead-letter-original-bytes"]) == 10 << 20
     assert far["headers"]["x-dead-letter-original-sha256"].decode() == hashlib.sha256(b"y" * (10 << 20)).hexdigest()
     assert far["value"] == b"y" * len(far["value"]) and far["headers"]["x-dead-letter-truncated"] == b"value"
-    whole = next(r for r in dead if r["key"] == b"under-limit")  # fits: the value whole
-    assert whole["value"] == cases[b"under-limit"][2] and "x-dead-letter-truncated" not in whole["headers"]
+    whole = next(r for r in dead if r["key"] == b"unknown-type")  # fits: the value whole
+    assert whole["value"] == cases[b"unknown-type"][2] and "x-dead-letter-truncated" not in whole["headers"]
+    # Accepted as input (under SAGA_TRACKER_MAX_EVENT_BYTES) but over the producer's request limit
+    # (faust's default, 1,000,000 bytes): a prefix, and what the original was.
+    under = next(r for r in dead if r["key"] == b"under-limit")
+    assert int(under["headers"]["x-dead-letter-original-bytes"]) == LIMIT - 1
+    assert cases[b"under-limit"][2] is not None and cases[b"under-limit"][2].startswith(under["value"])
     assert w.alive() and "Crashed" not in w.tail(10_000) and "Traceback" not in w.tail(10_000)

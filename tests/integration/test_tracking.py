@@ -109,7 +109,7 @@ def test_unusable_input_goes_to_the_dead_letter_topic_with_its_reason(scenario: 
     dead = s.kafka.read(s.topic("dead-letter"), lambda m: len(m) >= len(bad))
     by_key = {r["key"]: r for r in dead}
     expected = {
-        b"k1": "not_json",
+        b"k1": "bad_encoding",
         b"k2": "not_object",
         b"k3": "no_saga_id",
         b"k4": "unknown_event_type",

@@ -62,7 +62,8 @@ def test_binary_cloudevent_headers_and_fallbacks() -> None:
 @pytest.mark.parametrize(
     ("record", "reason"),
     [
-        (rec(b"\xff\xfe not json"), "not_json"),
+        (rec(b"\xff\xfe not json"), "bad_encoding"),
+        (rec(b"{not json"), "not_json"),
         (rec([1, 2]), "not_object"),
         (rec(b"x" * 2000), "oversized"),
         (rec(b"[" * 100 + b"]" * 100), "not_object"),

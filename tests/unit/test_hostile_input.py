@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
@@ -112,9 +113,9 @@ def test_definition_text_loads_or_raises_definition_error(text: str) -> None:
 def test_pathological_inputs_are_rejected_with_a_reason() -> None:
     deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
     cases = {
-        b"\xff" * 100: "not_json",
+        b"\xff" * 100: "bad_encoding",
         b'{"type": "OrderCreated", "data": {"order_id": 123456789012345678901234567890}}': "no_saga_id",
-        deep: "not_json",  # orjson refuses nesting past its limit
+        deep: "too_deep",  # orjson refuses nesting past its limit: the reason says why
         orjson.dumps({"type": "OrderCreated", "data": {"order_id": "x" * 10_000}}): "saga_id_too_long",
         orjson.dumps({"type": "OrderCreated", "data": {"order_id": "o"}, "pad": "x" * 10_000_000}): "oversized",
     }
@@ -141,3 +142,67 @@ def test_a_saga_with_100000_events_stays_bounded() -> None:
     assert state is not None and state.status == "running"
     assert len(state.seen) <= d.limits.seen_ids and len(state.history) <= d.limits.history
     assert state.history_dropped > 0 and len(orjson.dumps(state)) < 200_000
+
+
+def test_the_readme_lists_exactly_the_reasons_the_code_dead_letters_for() -> None:
+    """Walk the README's table of reasons, and every reason literal the code raises."""
+    import re
+    from pathlib import Path
+
+    from tracker.stream.deadletters import REASONS
+
+    root = Path(__file__).resolve().parents[2]
+    table = re.findall(
+        r"^\| `(\w+)` \| ", (root / "README.md").read_text().split("**Dead letters**")[1].split("**Compensations**")[0], re.M
+    )
+    assert table == list(REASONS)
+    raised = set()
+    for path in (root / "tracker").rglob("*.py"):
+        text = path.read_text()
+        raised |= set(re.findall(r'CorrelationError\(\s*"(\w+)"', text))
+        raised |= set(re.findall(r'dead_letters\.send\(\s*record,\s*"(\w+)"', text))
+        raised |= set(re.findall(r'^\s+reason = "(\w+)"', text, re.M))
+        raised |= {f"{what}_id_too_long" for what in re.findall(r'_text\("(\w+) id"', text)}
+    raised |= {"processing_error"}
+    assert raised <= set(REASONS), raised - set(REASONS)
+    assert {"empty", "too_deep", "bad_encoding", "oversized", "bad_record", "bad_decision"} <= raised
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"[" * 5000 + b"]" * 5000, "too_deep"),
+        (b'{"a":' * 100 + b"1" + b"}" * 100, "too_deep"),
+        (b'{"type": "OrderCreated", "data": {"order_id": "\xff\xfe"}}', "bad_encoding"),
+        (b"\xc3\x28", "bad_encoding"),
+        (b'{"s": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[" ', "not_json"),
+        (b"{not json", "not_json"),
+    ],
+)
+def test_decoding_reports_the_documented_reason(value: bytes | None, reason: str) -> None:
+    from tracker.core.errors import CorrelationError
+    from tracker.stream.decoding import decode
+
+    with pytest.raises(CorrelationError) as failed:
+        decode(Record("orders", 0, 0, None, value, [], 1.0), max_bytes=1_048_576)
+    assert failed.value.reason == reason
+
+
+def test_a_dead_letter_that_does_not_fit_keeps_a_prefix_its_size_and_hash() -> None:
+    import hashlib
+
+    from tracker.stream.deadletters import fitted, headers
+
+    big = Record("orders", 1, 7, b"k" * 5000, b"v" * 3_000_000, [("h", b"x" * 70_000), ("small", b"s")], 1.0)
+    key, value, extra = fitted(big, 1_000_000)
+    said = dict(extra)
+    assert key == b"k" * 1024 and value == b"v" * 65536
+    assert said["x-dead-letter-original-bytes"] == b"3000000"
+    assert said["x-dead-letter-original-sha256"] == hashlib.sha256(b"v" * 3_000_000).hexdigest().encode()
+    assert said["x-dead-letter-original-key-bytes"] == b"5000" and said["x-dead-letter-truncated"] == b"key,value"
+    out = dict(headers(big, "oversized", "too big"))
+    assert "h" not in out and out["small"] == b"s" and out["x-dead-letter-dropped-headers"] == b"1"
+    small = Record("orders", 0, 1, b"k", b"{}", [], 1.0)
+    assert fitted(small, 1_000_000) == (b"k", b"{}", [])

@@ -169,6 +169,12 @@ class Metrics:
             "(which reads what is left record by record).",
             registry=r,
         )
+        self.store_resets = Counter(
+            "saga_tracker_store_resets_total",
+            "Partition stores found ahead of their changelog (the topic was deleted or recreated under a "
+            "kept volume), wiped and restored from the changelog as it is.",
+            registry=r,
+        )
         self.processing_errors = Counter(
             "saga_tracker_processing_errors_total", "Records whose processing raised (dead-lettered).", ["stage"], registry=r
         )

@@ -8,6 +8,7 @@ input through ``to_event``, so a live run and a replay see the same events.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ from tracker.core.events import Event, decision_event
 
 GENERATION_HEADER = "saga_tracker_generation"  # on every output: which generation sent it
 MAX_DEPTH = 64
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)  # a JSON string, escapes included
+_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 def _depth_ok(obj: Any, limit: int) -> bool:
@@ -34,17 +37,39 @@ def _depth_ok(obj: Any, limit: int) -> bool:
     return True
 
 
+def nesting(value: bytes) -> int:
+    """How deep the brackets of a JSON text nest, outside its strings."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b'""', value)):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _not_json(value: bytes, exc: orjson.JSONDecodeError) -> CorrelationError:
+    """Why a value is not JSON: not UTF-8, nested too deep for the parser, or anything else."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return CorrelationError("bad_encoding", f"not UTF-8: byte {bad.start} ({bad.reason})")
+    if value.count(b"{") + value.count(b"[") > MAX_DEPTH and nesting(value) > MAX_DEPTH:
+        return CorrelationError("too_deep", f"JSON nested deeper than {MAX_DEPTH} levels")
+    return CorrelationError("not_json", str(exc)[:200])
+
+
 def decode(record: Record, max_bytes: int) -> dict[str, Any]:
     """The record's value as a JSON object; raises ``CorrelationError`` with the reason."""
     value = record.value
     if value is None:
         raise CorrelationError("empty", "the record has no value (tombstone)")
+    if not value:
+        raise CorrelationError("empty", "the record's value is empty (0 bytes)")
     if len(value) > max_bytes:
         raise CorrelationError("oversized", f"{len(value)} bytes, the limit is {max_bytes}")
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise CorrelationError("not_json", str(exc)[:200]) from None
+        raise _not_json(value, exc) from None
     if not isinstance(obj, dict):
         raise CorrelationError("not_object", f"the JSON value is a {type(obj).__name__}, not an object")
     # Nesting needs a bracket per level: few brackets in all (the common case), no walk.

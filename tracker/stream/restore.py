@@ -49,6 +49,38 @@ class Restore:
         self.table, self.bootstrap, self.fetch_max_bytes = table, bootstrap, fetch_max_bytes
         self.metrics, self.changed = metrics, changed
 
+    def heal(self, tps: set[TP], offsets: MutableMapping[TP, int], highwaters: Mapping[TP, int | None]) -> list[int]:
+        """Wipe each partition store that is ahead of its changelog, so it is restored from the
+        changelog as it is (Kafka Streams does the same for a corrupted task). A store records how
+        far it has the changelog; a changelog topic deleted or recreated under a kept volume ends
+        before that, and faust would refuse to start (``ConsistencyError``) at every restart.
+        Returns the partitions wiped."""
+        changelog = self.table.changelog_topic.get_topic_name()
+        wiped = []
+        for tp in sorted(tps):
+            stored, end = offsets.get(tp), highwaters.get(tp)
+            if tp.topic != changelog or stored is None or end is None or stored <= end:
+                continue
+            db = partition_store(self.table, tp.partition)
+            if db is None:
+                continue
+            db.delete_range(b"", b"\xff" * 64)  # every key (saga ids are UTF-8: never 0xff), the offset too
+            for key in list(db.keys()):  # whatever sorted past that bound
+                db.delete(key)
+            offsets[tp] = -1  # faust's "nothing of the changelog read yet"
+            wiped.append(tp.partition)
+            log.warning(
+                "store of %s is at changelog offset %d but the changelog ends at %d (deleted or recreated?): "
+                "wiped, restoring it from the changelog",
+                tp,
+                stored,
+                end,
+            )
+        if wiped:
+            self.metrics.store_resets.inc(len(wiped))
+            self.changed(set(wiped))
+        return wiped
+
     async def run(
         self,
         tps: set[TP],

@@ -16,7 +16,7 @@ import orjson
 from tracker.core.census import Census
 from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog, SagaDefinition
-from tracker.core.errors import PartitionError
+from tracker.core.errors import CorrelationError, PartitionError, StateError
 from tracker.core.events import SERVICE, TIMEOUT, Event
 from tracker.core.machine import Emit, Transition, apply, virtual_timeout
 from tracker.core.state import SagaState
@@ -133,7 +133,10 @@ class Tracking:
             return None
 
     async def _from_log(self, record: Record) -> Transition | None:
-        event = Event.from_dict(orjson.loads(record.value or b"null"))
+        try:
+            event = Event.from_dict(orjson.loads(record.value or b"null"))
+        except (orjson.JSONDecodeError, StateError) as exc:
+            raise CorrelationError("bad_record", f"not a saga log record of this tracker: {str(exc)[:200]}") from None
         # A service event is at its input record's position whichever way it came, in place or
         # through this log (the way can change between two deliveries when partitions move):
         # a redelivery of that record re-sends what it decided. Any other: this record's.

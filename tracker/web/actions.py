@@ -9,6 +9,8 @@ import orjson
 
 from tracker.core.events import ACTIONS
 
+MAX_BODY = 64 * 1024  # bytes an action's body may have: refused with 413 before it is read whole
+
 
 class BadAction(ValueError):
     def __init__(self, parameter: str, message: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import aiohttp
+import aiohttp.web
 import faust
 import orjson
 from faust.types import TableT
@@ -28,7 +29,7 @@ from tracker.core.state import SagaState
 from tracker.core.summaries import Query, stats
 from tracker.ops.metrics import Metrics
 from tracker.ops.settings import Settings
-from tracker.web.actions import BadAction, parse_action
+from tracker.web.actions import MAX_BODY, BadAction, parse_action
 from tracker.web.responses import error, ok
 from tracker.web.routing import Router
 
@@ -180,8 +181,16 @@ class Api:
             return error(web, 403, "actions_disabled", "operator actions are disabled: set SAGA_TRACKER_ACTION_TOKEN")
         if not self._matches(self._bearer(request), self.settings.action_token):
             return error(web, 401, "unauthorized", "actions need 'Authorization: Bearer <action token>'")
+        declared = request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return error(web, 413, "payload_too_large", f"an action's body is at most {MAX_BODY} bytes", parameter="body")
         try:
-            details, key = parse_action(await request.read(), request.headers.get("Idempotency-Key"))
+            # aiohttp stops reading past its client_max_size (MAX_BODY, set in tracker.app) and raises.
+            raw = await request.read()
+        except aiohttp.web.HTTPRequestEntityTooLarge:
+            return error(web, 413, "payload_too_large", f"an action's body is at most {MAX_BODY} bytes", parameter="body")
+        try:
+            details, key = parse_action(raw, request.headers.get("Idempotency-Key"))
         except BadAction as exc:
             return error(web, 400, "bad_request", exc.message, parameter=exc.parameter)
         try:

@@ -289,6 +289,7 @@ def document() -> dict[str, Any]:
                         "202": _json("ActionAccepted", "Queued; its outcome appears in the saga's history."),
                         "403": _json("Error", "Actions are disabled (no action token configured)."),
                         "404": _json("Error", "No such saga."),
+                        "413": _json("Error", "The body is larger than 64 KiB; refused before it is read whole."),
                         **ERRORS,
                     },
                 }

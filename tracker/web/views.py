@@ -59,7 +59,7 @@ async def json_errors(request: aiohttp.web.Request, handler: Any) -> aiohttp.web
     except aiohttp.web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "bad_request")
         return aiohttp.web.json_response({"error": code, "message": exc.reason}, status=exc.status)
 
 
