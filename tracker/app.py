@@ -28,6 +28,7 @@ from tracker.kafka import internals, records
 from tracker.kafka.admin import bootstrap_of
 from tracker.ops.metrics import Metrics, StateCollector
 from tracker.ops.settings import Settings
+from tracker.stream.backlog import Backlog
 from tracker.stream.catchup import Progress
 from tracker.stream.checkpoint import Checkpoint
 from tracker.stream.context import FaustContext, state_changelog
@@ -158,11 +159,13 @@ def build(
     )
     dead_letters = DeadLetters(metrics, max_record_bytes=int(app.conf.producer_max_request_size))
     tracking = Tracking(catalog, state, dead_letters, metrics, census, indexes, role=generations, deadlines=sweeper, hooks=hooks)
+    backlog = Backlog(generations, progress, settings.saga_log)
     ingest = Ingest(
         catalog,
         tracking,
         dead_letters,
         metrics,
+        backlog,
         max_event_bytes=settings.max_event_bytes,
         decisions=settings.decisions,
         generation=settings.generation,
@@ -175,6 +178,7 @@ def build(
         sweeper,
         state,
         generations,
+        backlog,
         stall_timeout=settings.stall_timeout,
         follow_generations=settings.follow_generations,
     )

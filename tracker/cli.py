@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import sys
 import time
@@ -43,14 +44,13 @@ def _validate(files: list[str]) -> int:
 
 def _broker(port: int | None) -> int:
     from tracker.kafka.broker import EmbeddedBroker
+    from tracker.ops.processes import stopping_on
 
-    with EmbeddedBroker(port) as broker:
-        print(f"embedded broker listening: {broker.url}  (Ctrl-C stops it; memory only)", flush=True)
-        try:
-            while broker.process is not None and broker.process.poll() is None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+    with contextlib.suppress(KeyboardInterrupt), stopping_on(), EmbeddedBroker(port) as broker:
+        print(f"embedded broker listening: {broker.url}  (Ctrl-C or SIGTERM stops it; memory only)", flush=True)
+        print(f"workers and tools: SAGA_TRACKER_BROKER={broker.url} SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE=1", flush=True)
+        while broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.5)
     return 0
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
-import faust
-
 from tracker.app import build
 from tracker.generations.upgrades import remove_retired_stores
-from tracker.kafka.admin import bootstrap_of, ensure_topics_sync
+from tracker.kafka.admin import bootstrap_of, ensure_topics_sync, is_tansu
 from tracker.kafka.broker import EmbeddedBroker
+from tracker.kafka.internals import BoundedStopWorker
 from tracker.loader import load_catalog
 from tracker.ops.settings import Settings
 from tracker.stream.tracking import SendHooks
@@ -20,8 +20,21 @@ from tracker.stream.tracking import SendHooks
 log = logging.getLogger(__name__)
 
 
+def thread_ended(args: threading.ExceptHookArgs) -> None:
+    """A thread of the worker's that ends with an error says so in one line (the trace at DEBUG).
+
+    faust's consumer runs in a thread whose loop ends with a connection error when the broker is
+    gone; Python's default hook printed its stack, which faust's log redirect split into dozens of
+    WARNING lines. The worker's own watchdogs and its bounded stop say what it means."""
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("thread %s ended: %r", name, args.exc_value)
+    if args.exc_value is not None:
+        log.debug("thread %s ended", name, exc_info=args.exc_value)
+
+
 def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
     """Run a worker until it is stopped. ``hooks``: the crash tests' fault injection only."""
+    threading.excepthook = thread_ended
     catalog = load_catalog(list(settings.definitions) or None)
     for warning in catalog.warnings():
         print(f"warning: {warning}", file=sys.stderr)
@@ -33,6 +46,15 @@ def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
             print(f"embedded broker (Tansu, memory only) at {broker.bootstrap}", file=sys.stderr)
             # The services' topics exist in a real deployment; the embedded broker starts empty.
             ensure_topics_sync(broker.bootstrap, catalog.topics, settings.partitions)
+        elif is_tansu(bootstrap_of(url)):
+            # `saga-tracker broker` (or any Tansu) behind a URL: the embedded broker's settings apply.
+            settings = settings.on_tansu()
+            log.warning(
+                "the broker at %s is Tansu (the embedded broker): producer batches of %d byte(s), "
+                "as its end offsets are wrong for batched records; Apache Kafka is not affected",
+                bootstrap_of(url),
+                settings.producer_max_batch_size,
+            )
         # Read by the ingest agent of every generation: it must exist with the saga log's partitions.
         ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
         tracker = build(settings, catalog, broker_url=url, hooks=hooks)
@@ -41,7 +63,7 @@ def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
         # aiokafka logs every (re)assignment at INFO: the generations registry is read by a
         # short-lived consumer every few seconds, which would fill the log with tables.
         logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
-        worker = faust.Worker(tracker.app, loglevel=settings.log_level.upper())
+        worker = BoundedStopWorker(tracker.app, loglevel=settings.log_level.upper(), stop_timeout=settings.stop_timeout)
         # faust's startup spinner, at WARNING and above, sets the root logger to DEBUG and spins
         # on every record: each debug call in faust and aiokafka (one per send) then built a
         # record nobody shows, a tenth of the worker's CPU under load. Workers have no terminal.

@@ -478,3 +478,16 @@ async def test_a_processor_that_raises_exits_the_worker_before_the_record_counts
             await ctx.put(b"{}", key=b"k", partition=2)
     assert reasons and "RuntimeError('a bug in a processor')" in reasons[0]
     assert not any(tp.partition == 2 for tp in t.progress.next_offset)  # never reported processed
+
+
+async def test_an_event_of_a_partition_with_a_replayed_backlog_goes_behind_it_through_the_saga_log(
+    shell: Shell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = shell.tracker
+    t.context.owns = lambda partition: True  # type: ignore[method-assign]  # its state is here...
+    monkeypatch.setattr(t.ingest.backlog, "pending", lambda partition: True)  # ...behind a replayed backlog
+    body = {"id": "e-1", "type": "OrderCreated", "time": 100, "data": {"order_id": "o-5"}}
+    await t.ingest.process(Record("orders", 0, 3, b"o-5", orjson.dumps(body), [], 99.0))
+    forwarded = await shell.next("saga_log")
+    assert forwarded.key == b"o-5" and shell.saga("o-5") is None  # not applied in place
+    assert shell.metric("saga_tracker_routed_events_total", route="saga_log") == 1.0

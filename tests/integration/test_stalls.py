@@ -98,6 +98,23 @@ def test_unconfirmed_compensation_is_retried_with_growing_delays_then_needs_manu
     assert len(failed) == 1 and failed[0]["id"] == "u-1:saga:SagaFailed" and failed[0]["steps_not_undone"] == ["order"]
     _, metrics = w.get("/metrics")
     assert 'saga_tracker_sagas_total{outcome="failed_needs_manual",saga_type="order"} 1.0' in metrics
+    # What SagaNeedsManualIntervention pages on (once the sweep that found its last deadline is past).
+    wait_until(lambda: w.metric("saga_tracker_sagas_stuck") == 1)
+    # The service undoes the order after all, after the tracker gave up: the saga is compensated,
+    # its outcome sent once, and the stuck gauge (and the alert on it) goes back to nothing.
+    s.send(s.event("OrderCancelled", "u-1"))
+    done = w.wait_saga("u-1", lambda b: b["status"] == "compensated")
+    assert done["history"][-1]["outcome"] == "compensation_confirmed_late"
+    outcomes = s.kafka.read_json(s.topic("outcomes"), lambda m: any(o["type"] == "SagaCompensated" for o in m))
+    assert [o["id"] for o in outcomes if o["type"] == "SagaCompensated"] == ["u-1:saga:SagaCompensated"]
+    wait_until(lambda: w.metric("saga_tracker_sagas_stuck") == 0)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "never true"
+        time.sleep(0.2)
 
 
 def test_the_same_timeout_record_twice_changes_nothing_the_second_time(make_scenario: Callable[..., Scenario]) -> None:

@@ -87,6 +87,10 @@ class Generations:
         """Promoted: fires timeouts, emits to the services, records decisions."""
         return not self.shadow and self.registry.active == self.generation
 
+    def build(self) -> dict[str, Any] | None:
+        """How this worker's generation was built (None: no build record read, or none written)."""
+        return self.registry.builds.get(self.generation)
+
     def active_peer(self) -> str | None:
         """A worker of the promoted generation to forward reads to, when this one is not it."""
         if self.active or self.shadow:

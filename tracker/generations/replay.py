@@ -39,6 +39,8 @@ from tracker.stream.decoding import to_event
 
 log = logging.getLogger(__name__)
 FETCH_MS = 500
+IDLE_FETCHES = 2  # empty fetches in a row at or past the reported end: the partition is read to its end
+IDLE_MS = 100  # how long such a fetch waits
 
 
 @dataclass
@@ -53,6 +55,7 @@ class FeedReport:
     partial: list[str] = field(default_factory=list)
     truncated: bool = False  # the window does not start at the beginning of the topics
     window: dict[str, list[int]] = field(default_factory=dict)  # "topic/partition" -> [start, end)
+    saga_log_end: dict[str, int] = field(default_factory=dict)  # saga-log partition -> end of the backlog
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -98,6 +101,7 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
     build = {"generation": n, "shadow": settings.shadow, "definitions": list(settings.definitions), "from_time": from_time}
     await gens.write(bootstrap, settings.generations, f"generation:{n}", {**build, "state": "feeding", "at": time.time()})
     report = FeedReport(n, settings.shadow)
+    began = time.time()  # records written after this are live: the generation's workers read them
     consumer = clients.consumer(bootstrap, purpose="replay", enable_auto_commit=False, auto_offset_reset="earliest")
     producer = clients.producer(bootstrap, purpose="replay", max_batch_size=settings.producer_max_batch_size, linger_ms=5)
     await consumer.start()
@@ -118,7 +122,19 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
         sink = _DeadLetterSink(producer, settings.dead_letters)
         started: dict[str, bool] = {}  # saga id -> its start event was in the window
         first: dict[str, Event] = {}
-        async for record in merged(consumer, {tp: (start[tp], end[tp]) for tp in tps}):
+        fed: dict[TopicPartition, int] = {}  # per partition, the offset after the last record fed
+        log_end: dict[int, int] = {}  # saga-log partition -> the offset after the backlog written there
+
+        def written(delivery: Any) -> None:
+            if not delivery.cancelled() and delivery.exception() is None:
+                meta = delivery.result()
+                log_end[meta.partition] = max(log_end.get(meta.partition, 0), meta.offset + 1)
+
+        async def to_log(key: bytes, value: bytes) -> None:
+            delivery = await producer.send(settings.saga_log, key=key, value=value)
+            delivery.add_done_callback(written)
+
+        async for record in merged(consumer, {tp: (start[tp], end[tp]) for tp in tps}, fed, cutoff=began):
             if from_time is not None and record.timestamp is not None and record.timestamp < from_time:
                 continue  # a broker that answers a time lookup coarsely (the embedded one) seeks too early
             report.records += 1
@@ -141,7 +157,7 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
                 is_start = definition is not None and definition.start == event.type
                 started[event.saga_id] = started.get(event.saga_id, False) or is_start
                 first.setdefault(event.saga_id, event)
-            await producer.send(settings.saga_log, key=event.saga_id.encode(), value=orjson.dumps(event.to_dict()))
+            await to_log(event.saga_id.encode(), orjson.dumps(event.to_dict()))
         if report.truncated:
             # Their start is before the window: say so instead of guessing what came before.
             for saga_id in sorted(s for s, ok in started.items() if not ok):
@@ -155,39 +171,78 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
                     kind=CONTROL,
                     action={"action": MARK_PARTIAL, "actor": "replay", "reason": "its start is before the replay window"},
                 )
-                await producer.send(settings.saga_log, key=saga_id.encode(), value=orjson.dumps(mark.to_dict()))
+                await to_log(saga_id.encode(), orjson.dumps(mark.to_dict()))
                 report.partial.append(saga_id)
         await producer.flush()
-        await _commit(bootstrap, settings.group_id, {tp: end[tp] for tp in tps})
+        # Where the generation's workers go on live: right after what was fed, never past or short of it.
+        await _commit(bootstrap, settings.group_id, fed)
+        report.saga_log_end = {str(p): end for p, end in sorted(log_end.items())}
+        report.window = {f"{tp.topic}/{tp.partition}": [start[tp], fed[tp]] for tp in tps}
     finally:
         await producer.stop()
         await consumer.stop()
-    summary = {k: v for k, v in report.to_dict().items() if k not in ("partial", "window")}
+    summary = {k: v for k, v in report.to_dict().items() if k not in ("partial", "window", "saga_log_end")}
     await gens.write(
         bootstrap,
         settings.generations,
         f"generation:{n}",
-        {**build, "state": "fed", "partial": len(report.partial), **summary, "at": time.time()},
+        # saga_log_end: the generation's workers apply live events of a partition in place only
+        # once they have applied its backlog that far (``tracker.stream.backlog``).
+        {
+            **build,
+            "state": "fed",
+            "partial": len(report.partial),
+            **summary,
+            "saga_log_end": report.saga_log_end,
+            "at": time.time(),
+        },
     )
     return report
 
 
-async def merged(consumer: AIOKafkaConsumer, window: dict[TopicPartition, tuple[int, int]]) -> Any:
-    """Every record in the window, in (timestamp, topic, partition, offset) order.
+async def merged(
+    consumer: AIOKafkaConsumer,
+    window: dict[TopicPartition, tuple[int, int]],
+    fed: dict[TopicPartition, int],
+    cutoff: float | None = None,
+) -> Any:
+    """Every record from each partition's start to its real end, in (timestamp, topic, partition,
+    offset) order; ``fed`` gets, per partition, the offset after the last record yielded.
 
-    A k-way merge: a partition's next record is only compared once it is fetched, and a
-    partition that is drained of its window drops out.
+    ``window`` is (start, reported end). The reported end is not trusted alone: Tansu reports the
+    first offset of the last batch + 1 for a batched topic, so a service that batches its records
+    (librdkafka's default) would leave records out of the replay, and the generation's offsets
+    would be committed past records it never fed. Past the reported end, reading goes on until
+    fetches return nothing (``IDLE_FETCHES`` in a row) or a record was written after ``cutoff``
+    (epoch seconds: when the replay began): such a record is live, left to the generation's workers.
+    A k-way merge: a partition's next record is compared only once fetched; a drained one drops out.
     """
-    buffers: dict[TopicPartition, deque[Any]] = {tp: deque() for tp, (s, e) in window.items() if s < e}
+    limit = None if cutoff is None else int(cutoff * 1000)
+    buffers: dict[TopicPartition, deque[Any]] = {tp: deque() for tp in window}
+    idle: dict[TopicPartition, int] = dict.fromkeys(window, 0)
     heap: list[tuple[int, str, int, int, Any]] = []
+    for tp, (start, _) in window.items():
+        fed[tp] = start
 
     async def refill(tps: list[TopicPartition]) -> None:
+        """Fetch until each of ``tps`` has a record buffered, or is drained."""
         while tps:
-            batch = await consumer.getmany(*tps, timeout_ms=FETCH_MS)
-            for tp, msgs in batch.items():
-                limit = window[tp][1]
-                buffers[tp].extend(m for m in msgs if m.offset < limit)
-            tps = [tp for tp in tps if not buffers[tp]]
+            # Past the reported end only a short wait: whatever is there arrives in one fetch.
+            past = [await consumer.position(tp) >= window[tp][1] for tp in tps]
+            batch = await consumer.getmany(*tps, timeout_ms=IDLE_MS if all(past) else FETCH_MS)
+            for tp in tps:
+                got = batch.get(tp, [])
+                for m in got:
+                    if limit is not None and m.offset >= window[tp][1] and m.timestamp > limit:
+                        idle[tp] = IDLE_FETCHES  # live from here: the window ends before it
+                        break
+                    buffers[tp].append(m)
+                else:
+                    if got:
+                        idle[tp] = 0
+                    elif await consumer.position(tp) >= window[tp][1]:
+                        idle[tp] += 1
+            tps = [tp for tp in tps if not buffers[tp] and idle[tp] < IDLE_FETCHES]
 
     await refill(list(buffers))
     for tp, buf in buffers.items():
@@ -196,14 +251,14 @@ async def merged(consumer: AIOKafkaConsumer, window: dict[TopicPartition, tuple[
             heapq.heappush(heap, (m.timestamp, tp.topic, tp.partition, m.offset, m))
     while heap:
         _, topic, partition, offset, m = heapq.heappop(heap)
-        yield records.from_consumer_record(m)
         tp = TopicPartition(topic, partition)
-        if offset + 1 >= window[tp][1]:
-            continue
+        fed[tp] = offset + 1
+        yield records.from_consumer_record(m)
         if not buffers[tp]:
             await refill([tp])
-        nxt = buffers[tp].popleft()
-        heapq.heappush(heap, (nxt.timestamp, topic, partition, nxt.offset, nxt))
+        if buffers[tp]:
+            nxt = buffers[tp].popleft()
+            heapq.heappush(heap, (nxt.timestamp, topic, partition, nxt.offset, nxt))
 
 
 async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:

@@ -37,7 +37,7 @@ async def read_all(bootstrap: str, topic: str) -> AsyncIterator[Record]:
         begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
         for tp in tps:
             consumer.seek(tp, begin[tp])
-        async for r in merged(consumer, {tp: (begin[tp], end[tp]) for tp in tps}):
+        async for r in merged(consumer, {tp: (begin[tp], end[tp]) for tp in tps}, {}):
             yield r
     finally:
         await consumer.stop()

@@ -44,3 +44,25 @@ async def ensure_topics(
 
 def ensure_topics_sync(bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1) -> None:
     asyncio.run(ensure_topics(bootstrap, list(names), partitions, replication))
+
+
+TANSU_CLUSTER = "tansu_cluster"  # the cluster id Tansu reports (DescribeCluster)
+
+
+def is_tansu(bootstrap: str, timeout: float = 10.0) -> bool:
+    """The broker is Tansu (the embedded broker), by the cluster id it reports; False when it
+    cannot tell (an Apache Kafka cluster, or no answer in time)."""
+
+    async def ask() -> bool:
+        admin = clients.admin(bootstrap, purpose="admin", request_timeout_ms=int(timeout * 1000))
+        await admin.start()
+        try:
+            cluster = await admin.describe_cluster()
+        finally:
+            await admin.close()
+        return str(cluster.get("cluster_id") or "").startswith("tansu")
+
+    try:
+        return asyncio.run(asyncio.wait_for(ask(), timeout))
+    except Exception:
+        return False

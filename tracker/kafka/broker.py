@@ -12,6 +12,7 @@ import time
 from types import TracebackType
 
 from tracker.core.errors import BrokerError
+from tracker.ops.processes import with_parent
 
 
 def free_port() -> int:
@@ -56,6 +57,7 @@ class EmbeddedBroker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=with_parent,  # it stops when whoever started it dies, SIGKILL included
             )
         finally:
             if out is not subprocess.DEVNULL:

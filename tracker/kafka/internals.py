@@ -30,6 +30,8 @@ Each reach, why, and the test that fails without it:
   request to it. ``tests/integration/test_api.py`` (reads from every worker).
 - ``consumer._client.force_metadata_update``: replay sees a topic created after its consumer
   started. ``tests/integration/test_replay.py``.
+- ``Worker._schedule_shutdown`` (mode's): a stop on SIGTERM/SIGINT is bounded by a timer.
+  ``tests/integration/test_processes.py::test_a_worker_whose_broker_is_gone_stops_within_its_bound``.
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -328,3 +334,71 @@ async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     """Fetch metadata now: a topic created after the consumer started is otherwise unknown
     to it until the next periodic refresh."""
     await consumer._client.force_metadata_update()
+
+
+# --- the worker process: a bounded stop -------------------------------------------------------
+
+
+LIFECYCLE = re.compile(
+    r"^\[\^.*?\]: (Starting|Stopping|Stopped|Started|Restarting|Waiting for|Creating topic|Topic '.*' created|"
+    r"Highwater for|active offsets at|standby offsets at|Resuming flow|Seek stream partitions|Wait for streams|"
+    r"Flush producer buffer)|^(Subscribed to topic|Setting newly assigned partitions|Revoking previously assigned|"
+    r"opening partition|generation id|Executing _on_partitions)"
+)
+
+
+def quiet_lifecycle(record: logging.LogRecord) -> bool:
+    """Drop faust's and mode's lifecycle lines logged below WARNING."""
+    return record.levelno >= logging.WARNING or not LIFECYCLE.match(record.getMessage())
+
+
+class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
+    """faust's worker, whose stop on SIGTERM/SIGINT is bounded.
+
+    mode's worker stops on a signal by awaiting every service's stop, which waits for the
+    consumer's final commit and the producer's flush: with the broker gone that never ends (an
+    orphaned demo worker kept running for minutes). ``_schedule_shutdown`` (mode's, private) is
+    where a signal starts the stop; from there a timer gives the stop ``stop_timeout`` seconds, then
+    logs one line saying what it could not finish and exits 1. A stop that finishes in time exits
+    0 as before. ``tests/integration/test_processes.py::test_a_worker_whose_broker_is_gone_stops_within_its_bound``.
+    """
+
+    def __init__(self, *args: Any, stop_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_timeout = stop_timeout
+        self._stop_timer: threading.Timer | None = None
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """faust's and mode's lifecycle lines (every service's Starting.../Stopping..., the
+        subscription and offset tables) go out only at DEBUG: at INFO they buried the worker's
+        own lines. mode's public hook, called once faust has configured the root logger."""
+        super().on_setup_root_logger(logger, level)
+        if level > logging.DEBUG:
+            for handler in logger.handlers:
+                handler.addFilter(quiet_lifecycle)
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if self._stop_timer is None and self.stop_timeout > 0:
+            self._stop_timer = threading.Timer(
+                self.stop_timeout, self._stop_overdue, args=(getattr(signal, "name", str(signal)),)
+            )
+            self._stop_timer.daemon = True
+            self._stop_timer.start()
+        super()._schedule_shutdown(signal)
+
+    def _stop_overdue(self, signal: str) -> None:
+        app: Any = self.app
+        try:
+            waiting = producer_waiting(app)
+        except Exception:  # a producer never started: nothing of it to count
+            waiting = 0
+        log.error(
+            "stop on %s did not finish within %gs (broker unreachable?): %d records not flushed, "
+            "offsets not committed; exiting 1",
+            signal,
+            self.stop_timeout,
+            waiting,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)

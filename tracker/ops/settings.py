@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,11 @@ class Settings:
         "0 disables; set it where something restarts workers (the Kubernetes manifest: 120).",
         default=0.0,
     )
+    stop_timeout: float = _doc(
+        "Seconds a worker's stop on SIGTERM or SIGINT may take (stop consuming, flush, commit) before it "
+        "logs what it could not finish and exits 1; well under Kubernetes' 30 s grace period. 0: unbounded.",
+        default=20.0,
+    )
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
     action_token: str = _doc("Bearer token required for operator actions. Unset: actions are disabled. Never logged.", default="")
     read_token: str = _doc(
@@ -181,19 +186,27 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"{name}={raw!r}: expected {f.type}") from None
         settings = cls(**values)
-        if not settings.broker and "producer_max_batch_size" not in values:
-            # The embedded broker reports wrong high-water marks for batched topics.
-            settings = cls(
-                **{
-                    **values,
-                    "producer_max_batch_size": 1,
-                    "session_timeout": values.get("session_timeout", 6.0),
-                    "heartbeat_interval": values.get("heartbeat_interval", 1.0),
-                    "rebalance_timeout": values.get("rebalance_timeout", 10.0),
-                }
-            )
+        if not settings.broker:
+            settings = settings.on_tansu(env)
         settings.check()
         return settings
+
+    def on_tansu(self, env: Mapping[str, str] | None = None) -> Settings:
+        """These settings for Tansu, the embedded broker (started here, or found behind a URL): one
+        record per producer batch, as its end offsets are wrong for batched records, and short group
+        timeouts, as it holds every join for half the session timeout (``shared/BROKER.md``). What
+        the environment sets explicitly is kept. Apache Kafka needs none of this."""
+        env = os.environ if env is None else env
+        tansu: dict[str, Any] = {
+            "producer_max_batch_size": 1,
+            "session_timeout": 6.0,
+            "heartbeat_interval": 1.0,
+            "rebalance_timeout": 10.0,
+        }
+        if (PREFIX + "PRODUCER_MAX_BATCH_SIZE") in env and env[PREFIX + "PRODUCER_MAX_BATCH_SIZE"].strip():
+            return self  # batches chosen by hand: the rest too
+        chosen = {k: v for k, v in tansu.items() if not env.get(PREFIX + k.upper(), "").strip()}
+        return replace(self, **chosen)
 
     def check(self) -> None:
         for name in ("partitions", "replication_factor", "max_event_bytes", "lag_threshold", "generation", "fetch_max_bytes"):

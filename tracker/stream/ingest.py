@@ -32,6 +32,7 @@ from tracker.core.definitions import Catalog
 from tracker.core.events import Event
 from tracker.kafka.partitioner import partition_of
 from tracker.ops.metrics import Metrics
+from tracker.stream.backlog import Backlog
 from tracker.stream.context import Context
 from tracker.stream.deadletters import DeadLetters
 from tracker.stream.decoding import to_event
@@ -49,6 +50,7 @@ class Ingest:
         track: Tracking,
         dead_letters: DeadLetters,
         metrics: Metrics,
+        backlog: Backlog,
         *,
         max_event_bytes: int,
         decisions: str = "",
@@ -56,7 +58,7 @@ class Ingest:
         partitions: int = 1,
     ) -> None:
         """``track``: the processor that applies an event whose saga's partition is active here."""
-        self.catalog, self.track, self.dead_letters = catalog, track, dead_letters
+        self.catalog, self.track, self.dead_letters, self.backlog = catalog, track, dead_letters, backlog
         self.metrics, self.max_event_bytes = metrics, max_event_bytes
         self.decisions, self.generation, self.partitions = decisions, generation, partitions
         self.context: Context | None = None
@@ -79,7 +81,9 @@ class Ingest:
             await self.dead_letters.failed(record, exc, stage="ingest")
             return
         partition = partition_of(event.saga_id, self.partitions)
-        if self.context.owns(partition) and await self.track.apply_here(event, record, partition):
+        # In place only once a replayed backlog of the partition is applied: behind it otherwise.
+        here = self.context.owns(partition) and not self.backlog.pending(partition)
+        if here and await self.track.apply_here(event, record, partition):
             self.metrics.child(self.metrics.routed, "here").inc()
             return
         await self.context.send("saga_log", event.saga_id.encode(), orjson.dumps(event.to_dict()))

@@ -17,6 +17,7 @@ it now owns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -25,6 +26,7 @@ import faust
 
 from tracker.generations.registry import Generations
 from tracker.kafka import internals
+from tracker.stream.backlog import Backlog
 from tracker.stream.catchup import Progress
 from tracker.stream.context import Context
 from tracker.stream.indexes import Indexes
@@ -44,12 +46,15 @@ class Lifecycle:
         sweeper: Sweeper,
         state: StateCache,
         generations: Generations,
+        backlog: Backlog,
         *,
         stall_timeout: float,
         follow_generations: bool,
     ) -> None:
         self.app, self.progress, self.indexes, self.sweeper, self.state = app, progress, indexes, sweeper, state
         self.generations, self.stall_timeout, self.follow_generations = generations, stall_timeout, follow_generations
+        self.backlog = backlog
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def init(self, context: Context) -> None:
         context.schedule("index", 0.25, self.index)
@@ -91,6 +96,15 @@ class Lifecycle:
         if self.stall_timeout and time.monotonic() - moved > self.stall_timeout:
             exit_to_restart(f"producer stalled: {waiting} records waiting, none sent for {self.stall_timeout:.0f}s")
 
+    async def backlog_committed(self) -> None:
+        """Read the group's committed saga-log offsets (off the rebalance's path): a partition
+        committed past its replayed backlog takes live events in place again at once."""
+        try:
+            own = await self.progress.own_log_partitions()
+            self.backlog.committed(await self.progress.group_positions(own))
+        except Exception as exc:  # the backlog check then waits for this worker's own progress
+            log.info("committed saga-log offsets not read (%r): live events wait behind the saga log until applied", exc)
+
     async def on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.progress.revoked(args[0] if args else kwargs.get("revoked", ()))
         self.indexes.moved()
@@ -98,5 +112,9 @@ class Lifecycle:
 
     async def on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.progress.restart()
+        if self.generations.generation > 1:  # a replayed backlog may have been applied before a restart
+            task = asyncio.ensure_future(self.backlog_committed())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         self.indexes.moved()  # kept where the partition stayed and its changelog did not move
         self.sweeper.set_behind(True)

@@ -6,6 +6,8 @@ from tracker.core import state as st
 from tracker.core.events import Event
 from tracker.core.machine.run import Run
 
+NOT_UNDONE = "; not undone: "  # how a failed_needs_manual saga's reason lists the steps left
+
 
 class Compensation(Run):
     def begin_compensation(self, reason: str, at: float, cause: str, *, tracker_emits: bool) -> None:
@@ -67,13 +69,34 @@ class Compensation(Run):
                 self.d.steps[i].name for i, x in enumerate(s.steps) if x.state in (st.COMPENSATION_FAILED, st.NO_COMPENSATION)
             ]
             s.status, s.ended_at = st.FAILED_NEEDS_MANUAL, at
-            s.reason = f"{s.reason}; not undone: {', '.join(manual)}"
+            s.reason = f"{s.reason}{NOT_UNDONE}{', '.join(manual)}"
             self.outcome("SagaFailed", at, cause, steps_not_undone=manual)
             self.outcomes.append("failed_needs_manual")
         else:
             s.status, s.ended_at = st.COMPENSATED, at
             self.outcome("SagaCompensated", at, cause)
             self.outcomes.append("compensated")
+
+    def confirm_after_giving_up(self, i: int, e: Event) -> None:
+        """A service confirms an undo the tracker had given up on (``failed_needs_manual``): the
+        step is undone after all, and once nothing is left to undo the saga is ``compensated``
+        (its ``SagaCompensated`` outcome sent once, with its deterministic id). Without this, the
+        saga would keep paging for what the service already did."""
+        s, step = self.s, self.s.steps[i]
+        step.comp_confirmed_at, step.comp_due, step.state = e.time, None, st.STEP_COMPENSATED
+        for entry in s.outbox:
+            if entry["step"] == self.d.steps[i].name and entry["kind"] == "compensation":
+                entry["confirmed"] = True
+        self.record(e, "compensation_confirmed_late", i, detail="confirmed after the tracker gave up")
+        self.outcomes.append("compensation_confirmed")
+        left = [self.d.steps[j].name for j, x in enumerate(s.steps) if x.state in (st.COMPENSATION_FAILED, st.NO_COMPENSATION)]
+        cause = s.reason.split(NOT_UNDONE)[0]
+        if left:
+            s.reason = f"{cause}{NOT_UNDONE}{', '.join(left)}"
+            return
+        s.status, s.reason, s.ended_at = st.COMPENSATED, cause, e.time
+        self.outcome("SagaCompensated", e.time, e.id)
+        self.outcomes.append("compensated")
 
     def confirm(self, i: int, e: Event) -> None:
         s, step = self.s, self.s.steps[i]

@@ -77,6 +77,9 @@ class Forward(Decisions):
                 self.outcomes.append("orphan_adopted")
             self.start(e)
             return
+        if what == "confirm" and s.status == st.FAILED_NEEDS_MANUAL and s.steps[i].state == st.COMPENSATION_FAILED:
+            self.confirm_after_giving_up(i, e)  # the service undid it after all
+            return
         if s.terminal:
             self.count("late")
             self.record(e, "late", i if i >= 0 else None, detail=f"saga already {s.status}")
