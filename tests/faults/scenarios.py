@@ -422,7 +422,7 @@ def hostile(ctx: Context) -> Verdict:
         while not done.wait(1.0):
             s.kafka.produce(bad[:3])
         s.kafka.produce(bad)
-        produce_large(s.kafka.bootstrap, [(t, k, v, h) for t, k, v, h, _ in cases.values()])
+        produce_large(s.kafka, [(t, k, v, h) for t, k, v, h, _ in cases.values()])
 
     services, end = drive(ctx, s, inject)
     v = finish("malformed and hostile input mixed in, Kafka-level hostile records", s, services, w, end)

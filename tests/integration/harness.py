@@ -96,10 +96,18 @@ class Kafka:
     def create(self, names: list[str], partitions: int = 4) -> None:
         run(ensure_topics(self.bootstrap, names, partitions))
 
-    def produce(self, records: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]) -> None:
+    def produce(
+        self,
+        records: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]],
+        max_request_size: int = 1_048_576,
+    ) -> None:
+        """``max_request_size``: raised, as a service producing large records would (aiokafka's default otherwise)."""
+
         async def go() -> None:
             # One record per batch: the embedded broker's end offsets are right only then.
-            p = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0)
+            p = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0, max_request_size=max_request_size
+            )
             await p.start()
             try:
                 for topic, key, value, headers in records:

@@ -286,3 +286,25 @@ def get(w: Worker, path: str) -> tuple[int, Any]:
             return exc.code, orjson.loads(raw)
         except orjson.JSONDecodeError:
             return exc.code, raw
+
+
+def test_definitions_describe_every_saga_type_as_the_tracker_reads_it(scenario: Scenario) -> None:
+    s = scenario
+    w = s.worker(SAGA_TRACKER_READ_TOKEN="read-secret").start()
+    spec = w.get("/openapi.json")[1]
+    req = urllib.request.Request(w.base + "/definitions")
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(req, timeout=10)
+    assert denied.value.code == 401  # the read token guards it like every read
+    req = urllib.request.Request(w.base + "/definitions", headers={"Authorization": "Bearer read-secret"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = check(spec, "Definitions", orjson.loads(resp.read()))
+    by_name = {d["name"]: d for d in body["definitions"]}
+    order, approval = by_name["order"], by_name["approval"]
+    assert [x["name"] for x in order["steps"]] == ["order", "payment", "inventory", "shipping"]  # the definition's order
+    assert order["start"] == "OrderCreated" and order["current"] and order["topics"][0] == s.prefix + "orders"
+    payment = order["steps"][1]
+    assert payment["failed_by"] == ["PaymentDeclined"] and payment["timeout"] == 4.0 and payment["status"] == "PENDING_PAYMENT"
+    assert payment["compensation"] == {"emit": "RefundPayment", "confirmed_by": ["PaymentRefunded"], "semantic": False}
+    assert order["compensation_policy"]["max_attempts"] == 3 and order["correlation"]["saga_id"] == ["data.order_id"]
+    assert approval["steps"][1]["timeout"] is None and approval["steps"][2]["compensation"] is None

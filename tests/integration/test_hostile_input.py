@@ -9,27 +9,16 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from tests.integration.harness import Scenario, run
+from tests.integration.harness import Kafka, Scenario
 
 pytestmark = pytest.mark.integration
 LIMIT = 1_048_576  # SAGA_TRACKER_MAX_EVENT_BYTES (the default)
 
 
-def produce_large(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+def produce_large(kafka: Kafka, records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
     """As a service's producer configured for large records would (Apache Kafka's limit raised)."""
-
-    async def go() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=1, linger_ms=0, max_request_size=16 << 20)
-        await p.start()
-        try:
-            for topic, key, value, headers in records:
-                await p.send_and_wait(topic, value, key=key, headers=headers)
-        finally:
-            await p.stop()
-
-    run(go())
+    kafka.produce(records, max_request_size=16 << 20)
 
 
 def padded(body: dict[str, Any], size: int) -> bytes:
@@ -82,7 +71,7 @@ def test_every_hostile_record_is_dead_lettered_with_its_reason_and_fits(scenario
     s = scenario
     w = s.worker().start()
     cases = hostile(s)
-    produce_large(s.kafka.bootstrap, [(t, k, v, h) for t, k, v, h, _ in cases.values()])
+    produce_large(s.kafka, [(t, k, v, h) for t, k, v, h, _ in cases.values()])
     s.send(*[s.event(t, "good-1") for t in ("OrderCreated", "PaymentAuthorized", "InventoryReserved", "ShipmentCreated")])
     w.wait_saga("good-1", lambda b: b["status"] == "completed")  # the valid saga is unaffected
     dead = s.kafka.read(s.topic("dead-letter"), lambda m: len(m) >= len(cases), timeout=60)

@@ -82,8 +82,10 @@ class Saga:
         self.state: SagaState | None = None
         self.transitions: list[Transition] = []
 
-    def __call__(self, event: Event, now: float = 1e9) -> Transition:
-        t = apply(self.d, self.state, event, now)
+    def __call__(self, event: Event, now: float | None = None) -> Transition:
+        """Apply ``event`` at ``now`` (default: on time, at the event's own time; a worker that was
+        behind applies it later, and the windows its decisions open count from then)."""
+        t = apply(self.d, self.state, event, event.time if now is None else now)
         self.transitions.append(t)
         if t.state is not None:
             self.state = t.state

@@ -124,6 +124,9 @@ def decision_event(payload: Any) -> Event:
     if not isinstance(anchor, Mapping):
         raise StateError("a decision must carry its anchor")
     spec: dict[str, Any] = {"of": payload["of"], "anchor": dict(anchor)}
+    decided_at = payload.get("decided_at")
+    if isinstance(decided_at, (int, float)) and not isinstance(decided_at, bool):
+        spec["decided_at"] = float(decided_at)  # when it was taken: the windows it opened count from there
     if payload["of"] == CONTROL:
         spec["action"] = dict(payload.get("action") or {})
     base = Event.from_dict(

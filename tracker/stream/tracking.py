@@ -171,7 +171,8 @@ class Tracking:
             # A shadow run over history decides in event time: a deadline that passed before
             # this event fires first (what the changed definition would have done live).
             while (due := virtual_timeout(self.load(event.saga_id), event.time)) is not None:
-                done = await self._transition(due.at(event.position), record, partition)
+                # Decided in event time too: at the deadline, as the changed definition would have.
+                done = await self._transition(due.at(event.position), record, partition, now=due.time)
                 if done is None or not done.changed:
                     break
         return await self._transition(event, record, partition)
@@ -181,7 +182,7 @@ class Tracking:
         state = self.load(event.saga_id)
         return state is not None and event.id in state.seen
 
-    async def _transition(self, event: Event, record: Record, partition: int) -> Transition | None:
+    async def _transition(self, event: Event, record: Record, partition: int, now: float | None = None) -> Transition | None:
         index = await self.indexes.ready(partition)
         if index is None:  # only while partitions move: this record is not ours to apply
             raise PartitionError(f"saga state partition {partition} is not open on this worker")
@@ -195,7 +196,7 @@ class Tracking:
             await self.dead_letters.send(record, "unknown_saga_type", f"no definition for {event.saga_type!r}")
             return None
         assert self.context is not None, "init(context) first"
-        transition = apply(definition, state, event, self.context.wall_clock())
+        transition = apply(definition, state, event, self.context.wall_clock() if now is None else now)
         if "stale_timeout" in transition.outcomes and transition.state is not None:
             # An index row whose deadline has moved on must not be swept again and again.
             current = transition.state.deadline

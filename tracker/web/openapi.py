@@ -202,6 +202,68 @@ SCHEMAS: dict[str, Any] = {
         }
     ),
     "Alive": _obj({"status": {"const": "alive"}}),
+    "Definition": _obj(
+        {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "current": {"type": "boolean", "description": "The version new sagas of this type start with."},
+            "description": {"type": "string"},
+            "topics": {"type": "array", "items": {"type": "string"}},
+            "start": {"type": "string"},
+            "correlation": _obj(
+                {
+                    "saga_id": {"type": "array", "items": {"type": "string"}},
+                    "saga_id_by_event": {
+                        "type": "object",
+                        "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                    },
+                    "event_type": {"type": "array", "items": {"type": "string"}},
+                    "event_id": {"type": "array", "items": {"type": "string"}},
+                    "event_time": {"type": "array", "items": {"type": "string"}},
+                }
+            ),
+            "business_keys": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+            "ttl": NUM_OR_NULL,
+            "ignore": {"type": "array", "items": {"type": "string"}},
+            "compensation_policy": _obj(
+                {"confirm_timeout": NUM, "max_attempts": {"type": "integer"}, "backoff": NUM, "max_delay": NUM}
+            ),
+            "limits": _obj(
+                {
+                    "seen_ids": {"type": "integer"},
+                    "history": {"type": "integer"},
+                    "early_events": {"type": "integer"},
+                    "orphan_after": NUM,
+                }
+            ),
+            "steps": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "name": {"type": "string"},
+                        "status": {"type": "string", "description": "The user-visible status while the step is pending."},
+                        "completed_by": {"type": "array", "items": {"type": "string"}},
+                        "failed_by": {"type": "array", "items": {"type": "string"}},
+                        "timeout": {**NUM_OR_NULL, "description": "Seconds; null waits without limit."},
+                        "compensation": {
+                            "oneOf": [
+                                {"type": "null"},
+                                _obj(
+                                    {
+                                        "emit": {"type": "string"},
+                                        "confirmed_by": {"type": "array", "items": {"type": "string"}},
+                                        "semantic": {"type": "boolean"},
+                                    }
+                                ),
+                            ]
+                        },
+                    }
+                ),
+            },
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "Definitions": _obj({"definitions": {"type": "array", "items": _ref("Definition")}}),
 }
 
 
@@ -259,6 +321,14 @@ def document() -> dict[str, Any]:
                     "parameters": list_params,
                     "security": [{}, {"bearer": []}],
                     "responses": {"200": _json("SagaList", "One page; `partial` if a worker did not answer."), **ERRORS},
+                }
+            },
+            "/definitions": {
+                "get": {
+                    "summary": "Every saga type and version: topics, start event, steps (completed_by, failed_by, "
+                    "timeout, compensation and confirmations), policies and limits.",
+                    "security": [{}, {"bearer": []}],
+                    "responses": {"200": _json("Definitions", "The definitions this worker tracks with."), **ERRORS},
                 }
             },
             "/sagas/stats": {

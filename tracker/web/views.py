@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tracker.core.summaries import BadQuery, Query, merge_stats
 from tracker.generations.registry import Generations
 from tracker.web.api import FANOUT_TIMEOUT, Api
+from tracker.web.definitions import definitions_view
 from tracker.web.openapi import document as openapi_document
 from tracker.web.responses import error, ok
 
@@ -179,6 +180,12 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
             pages, missing = await api.fan_out(request, "/internal/sagas", params, lambda: api.local_page(query))
             items, cursor = query.merge(pages)
             return ok(self, {"items": items, "next_cursor": cursor, "partial": bool(missing), "missing_workers": missing})
+
+    @page("/definitions")
+    class Definitions(View):
+        @guarded
+        async def get(self, request: Request) -> Response:
+            return read(self, request) or ok(self, definitions_view(api.catalog))
 
     @page("/sagas/stats")
     class Stats(View):

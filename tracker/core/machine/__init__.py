@@ -23,7 +23,9 @@ safe. Rules:
   replaying generation receives those decisions as records and applies each one when its
   saga reaches the same anchor (parking it until then), instead of deciding again.
 
-Deadlines are derived from event times, never from ``now``; ``now`` is only recorded.
+Deadlines are derived from event times, never from ``now``; ``now`` is recorded, and is when a
+decision is taken: a compensation's confirmation window counts from it (a replayed decision
+carries the time it was first taken, so replay reproduces the window).
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ class Compensation(Run):
         payload = self.base_payload(spec.compensation.emit, emit_id, at, cause)
         payload.update(step=spec.name, attempt=attempt, reason=s.reason, semantic=spec.compensation.semantic)
         self.emit("compensation", emit_id, payload, cause, i)
-        step.comp_due = at + self.d.compensation_policy.delay(attempt)
+        # The service gets its whole window from when the attempt was decided: a worker that was
+        # behind decides late, and a window counted from the deadline would be spent already.
+        step.comp_due = max(at, self.decided_at) + self.d.compensation_policy.delay(attempt)
         self.outcomes.append("compensation_emitted" if attempt == 1 else "compensation_reemitted")
 
     def maybe_finish_compensation(self, at: float, cause: str) -> None:

@@ -25,6 +25,7 @@ class Decisions(Actions):
             "saga_type": self.s.saga_type,
             "saga_version": self.s.version,
             "time": e.time,
+            "decided_at": self.decided_at,
             "of": e.kind,
             "anchor": anchor,
         }
@@ -60,10 +61,15 @@ class Decisions(Actions):
 
     def perform(self, e: Event) -> None:
         spec = e.action
-        if spec.get("of") == TIMEOUT:
-            self.deadline_reached(e.time, e)  # a timeout's time is its deadline's due time
-        else:
-            self.control(replace(e, kind=CONTROL, action=spec.get("action") or {}))
+        # Decided when the generation that took it did (older records: at the decision's time).
+        before, self.decided_at = self.decided_at, float(spec.get("decided_at", e.time))
+        try:
+            if spec.get("of") == TIMEOUT:
+                self.deadline_reached(e.time, e)  # a timeout's time is its deadline's due time
+            else:
+                self.control(replace(e, kind=CONTROL, action=spec.get("action") or {}))
+        finally:
+            self.decided_at = before
 
 
 def anchor(d: SagaDefinition, s: SagaState) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tracker.core import state as st
+from tracker.core.correlation import TRACE_HEADERS  # the headers carried from input to outputs
 from tracker.core.definitions import SagaDefinition
 from tracker.core.events import Event
 from tracker.core.state import Deadline, SagaState
 
-TRACE_HEADERS = ("traceparent", "tracestate")
 OUTBOX_KEEP = 200  # confirmed outputs kept for the timeline; unconfirmed ones are always kept
 
 
@@ -53,6 +53,9 @@ class Run:
 
     def __init__(self, d: SagaDefinition, s: SagaState, now: float, position: str = "") -> None:
         self.d, self.s, self.now, self.position = d, s, now, position
+        # When the decision being applied was taken: now, or a replayed decision's recorded time.
+        # A compensation's confirmation window counts from it (see ``Compensation.emit_compensation``).
+        self.decided_at = now
         self.emits: list[Emit] = []
         self.outcomes: list[str] = []
 
