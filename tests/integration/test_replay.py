@@ -60,7 +60,7 @@ def live_history(s: Scenario, w1: Worker) -> None:
 
 
 def test_rebuild_equals_live_emits_nothing_and_promotion_switches_reads(make_scenario: Callable[..., Scenario]) -> None:
-    s = make_scenario(timeout="3s", confirm="60s")
+    s = make_scenario(timeout="3s", confirm="300s")  # no retry while the test runs (about a minute)
     w1 = s.worker("w1", SAGA_TRACKER_ACTION_TOKEN=TOKEN).start()
     live_history(s, w1)
     # Every output the worker sent is on its topic (the state is written before the send).
