@@ -9,6 +9,7 @@ the read model to settle.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import shutil
@@ -428,10 +429,15 @@ def hostile(ctx: Context) -> Verdict:
     v = finish("malformed and hostile input mixed in, Kafka-level hostile records", s, services, w, end)
     dead = s.kafka.read(s.topic("dead-letter"), timeout=3.0)
     v.notes.append(f"dead-lettered {len(dead)} records")
-    reasons = {r["key"]: r["headers"]["x-dead-letter-reason"].decode() for r in dead}
-    for r in dead:  # the 1 MB key comes back cut to a prefix, with its size and hash
-        if "x-dead-letter-original-key-bytes" in r["headers"]:
-            reasons[b"k" * int(r["headers"]["x-dead-letter-original-key-bytes"])] = reasons.pop(r["key"])
+    by_hash = {hashlib.sha256(k).hexdigest().encode(): k for k in cases}
+    reasons: dict[bytes | None, str] = {}
+    for r in dead:  # a key cut to a prefix comes back with its size and hash: the case it was
+        key = by_hash.get(r["headers"].get("x-dead-letter-original-key-sha256", b""), r["key"])
+        reasons[key] = r["headers"]["x-dead-letter-reason"].decode()
+        if key not in cases and r["headers"].get("x-source-topic", b"").decode() != s.prefix + "orders":
+            v.notes.append(
+                f"also dead-lettered: {r['headers']['x-source-topic'].decode()} {r['headers']['x-dead-letter-reason'].decode()}"
+            )
     wrong = {k[:40]: (reasons.get(k), c[4]) for k, c in cases.items() if reasons.get(k) != c[4]}
     if len(dead) < len(bad) + len(cases) or wrong:
         v.checks["no saga lost"] = f"{len(dead)} dead letters for {len(bad) + len(cases)} bad records; wrong: {wrong}"
