@@ -73,7 +73,6 @@ class FaustContext:
             raise ValueError(f"unknown sinks {sorted(unknown)}")
         self.app, self.sinks, self.state_changelog, self.metrics = app, dict(sinks), state_changelog, metrics
         self.checkpoint = checkpoint
-        self.punctuators: dict[str, tuple[float, Punctuator]] = {}
 
     def wall_clock(self) -> float:
         return time.time()
@@ -111,8 +110,6 @@ class FaustContext:
         return int(app.tables.recovery.active_remaining_total()) if app.in_recovery else 0
 
     def schedule(self, name: str, interval: float, punctuator: Punctuator) -> None:
-        self.punctuators[name] = (interval, punctuator)
-
         async def punctuate() -> None:
             try:
                 await punctuator()
