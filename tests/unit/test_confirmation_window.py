@@ -65,3 +65,15 @@ def test_a_decision_recorded_before_windows_counted_from_decisions_keeps_its_old
     replay = stalled()
     replay(decision_event(old), now=5000.0)
     assert replay.s.steps[1].comp_due == 150.0  # from the deadline, as such records were made
+
+
+def test_a_compensation_a_late_completion_causes_counts_from_that_event_whenever_applied() -> None:
+    """Nothing records when a worker applied a service event, so what it causes is decided at
+    the event's time: a replay applying it hours later opens the same window."""
+    live, _ = timed_out(now=140.0)
+    live(ev("InventoryReserved", 150), now=150.0)  # late: its step is compensated at once
+    replayed, _ = timed_out(now=140.0)
+    replayed(ev("InventoryReserved", 150), now=9000.0)
+    assert live.s.steps[2].comp_attempts == replayed.s.steps[2].comp_attempts == 1
+    assert live.s.steps[2].comp_due == replayed.s.steps[2].comp_due == 160.0
+    assert st.outcome_view(replayed.s.to_dict()) == st.outcome_view(live.s.to_dict())

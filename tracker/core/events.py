@@ -115,6 +115,16 @@ def timeout_event(saga_id: str, saga_type: str, token: str, due: float) -> Event
     )
 
 
+def _sent(x: Any) -> bool:
+    """One entry of a decision's ``emitted``: a step name and an attempt number."""
+    return (
+        isinstance(x, Mapping)
+        and isinstance(x.get("step"), str)
+        and isinstance(x.get("attempt"), int)
+        and not isinstance(x.get("attempt"), bool)
+    )
+
+
 def decision_event(payload: Any) -> Event:
     """The record a replaying generation applies for a decision another generation took
     (the payload of a ``decision`` output); raises ``StateError`` when it is malformed."""
@@ -129,6 +139,11 @@ def decision_event(payload: Any) -> Event:
         spec["decided_at"] = float(decided_at)  # when it was taken: the windows it opened count from there
     if payload["of"] == CONTROL:
         spec["action"] = dict(payload.get("action") or {})
+    emitted = payload.get("emitted") or []
+    if not isinstance(emitted, list) or not all(_sent(x) for x in emitted):
+        raise StateError("a decision's emitted compensations must be objects with a step and an attempt")
+    if emitted:
+        spec["emitted"] = [{"id": str(x.get("id", "")), "step": x["step"], "attempt": x["attempt"]} for x in emitted]
     base = Event.from_dict(
         {
             "saga_id": payload.get("saga_id"),

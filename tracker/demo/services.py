@@ -46,6 +46,10 @@ class Behaviour:
     # the event id, as a service keying by its own entity would: a saga's events then land on
     # any partition, each applied where read if its saga's state is here, else forwarded.
     key_by_saga: bool = True
+    # Several records per produced batch, as librdkafka and aiokafka send by default. Off by
+    # default: the embedded broker then reports end offsets that count batches, not records
+    # (shared/BROKER.md), which is what a replay must not trust.
+    batching: bool = False
 
 
 def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -89,8 +93,9 @@ class Services:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # One record per batch: the embedded broker's end offsets are only right that way.
-        self.producer = clients.producer(self.bootstrap, purpose="demo-services", max_batch_size=1, linger_ms=0)
+        # One record per batch unless asked: the embedded broker's end offsets are only right that way.
+        batches = {"linger_ms": 20} if self.behaviour.batching else {"max_batch_size": 1, "linger_ms": 0}
+        self.producer = clients.producer(self.bootstrap, purpose="demo-services", **batches)
         await self.producer.start()
         self.consumer = clients.consumer(
             self.bootstrap,

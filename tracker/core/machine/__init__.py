@@ -24,8 +24,9 @@ safe. Rules:
   saga reaches the same anchor (parking it until then), instead of deciding again.
 
 Deadlines are derived from event times, never from ``now``; ``now`` is recorded, and is when a
-decision is taken: a compensation's confirmation window counts from it (a replayed decision
-carries the time it was first taken, so replay reproduces the window).
+timeout or action is decided: a compensation's confirmation window counts from it (a replayed
+decision carries the time it was first taken, so replay reproduces the window). A compensation
+a service event causes (a late completion) counts its window from that event's time.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def apply(definition: SagaDefinition, state: SagaState | None, event: Event, now
         s.first_seen_at = event.time
     before = anchor(definition, s)
     if event.kind == SERVICE:
+        # What a service event causes is decided at the event's own time, whenever and by
+        # whichever generation it is applied: nothing records when a worker applied it, so a
+        # replay could not reproduce a window counted from that.
+        run.decided_at = event.time
         run.service(event)
     elif event.kind == TIMEOUT:
         run.timeout(event)

@@ -33,6 +33,11 @@ class Decisions(Actions):
             payload["token"] = e.token
         else:
             payload["action"] = dict(e.action)
+        # The compensations it sent: a generation that follows this one may read a service's
+        # answer to one of them before the decision itself (another topic), and must still
+        # count the attempt (``overtaken``).
+        sent = [x for x in self.emits if x.kind == "compensation"]
+        payload["emitted"] = [{"id": x.id, "step": x.payload["step"], "attempt": x.payload["attempt"]} for x in sent]
         self.emit("decision", e.id, payload, e.id)
 
     def recorded(self, e: Event) -> None:
@@ -40,6 +45,8 @@ class Decisions(Actions):
         if len(self.s.parked) >= PARKED_KEEP:
             self.count("parked_overflow")
             self.record(e, "parked_overflow", detail=f"more than {PARKED_KEEP} recorded decisions waiting")
+            return
+        if self.overtaken_only(e):
             return
         self.s.parked.append(e.to_dict())
         self.drain()
@@ -68,8 +75,52 @@ class Decisions(Actions):
                 self.deadline_reached(e.time, e)  # a timeout's time is its deadline's due time
             else:
                 self.control(replace(e, kind=CONTROL, action=spec.get("action") or {}))
+            self.overtaken(e)
         finally:
             self.decided_at = before
+
+    def overtaken(self, e: Event) -> bool:
+        """Count the compensations a recorded decision sent whose answers reached this saga
+        first: the step's undo is confirmed here, its attempt not counted yet. The service
+        answered that very request (it was written after the decision, on another topic than
+        the decisions), so the attempt was made: the live generation counts it, so does this
+        one. Whether any was."""
+        found = False
+        for sent in e.action.get("emitted") or ():
+            i = self.step_named(sent.get("step"))
+            if i is None:
+                continue
+            step, attempt = self.s.steps[i], int(sent.get("attempt") or 0)
+            if step.comp_confirmed_at is None or step.comp_attempts >= attempt:
+                continue
+            found = True
+            while step.comp_attempts < attempt:
+                self.emit_compensation(i, e.time, e.id)
+            step.comp_due = None
+            for entry in self.s.outbox:
+                if entry["step"] == self.d.steps[i].name and entry["kind"] == "compensation":
+                    entry["confirmed"] = True
+            self.record(e, "decision_overtaken", i, detail=f"attempt {attempt} was answered before its decision arrived")
+        return found
+
+    def overtaken_only(self, e: Event) -> bool:
+        """A recorded decision whose every compensation was answered here before it arrived:
+        its anchor is gone with those answers (a retry's due time), so it would wait for
+        ever. Counted, not parked."""
+        sent = e.action.get("emitted") or ()
+        if not sent or anchor(self.d, self.s) == e.action.get("anchor"):
+            return False
+        for x in sent:
+            i = self.step_named(x.get("step"))
+            if i is None or self.s.steps[i].comp_confirmed_at is None:
+                return False
+        return self.overtaken(e)
+
+    def step_named(self, name: Any) -> int | None:
+        for i, spec in enumerate(self.d.steps):
+            if spec.name == name and i < len(self.s.steps):
+                return i
+        return None
 
 
 def anchor(d: SagaDefinition, s: SagaState) -> dict[str, Any]:
