@@ -44,6 +44,11 @@ def generations(app_id: str) -> str:
     return f"{app_id}-generations"
 
 
+def batches(app_id: str) -> str:
+    """Shared, one partition, compacted: each batch action's manifest (its sagas, who, why)."""
+    return f"{app_id}-batches"
+
+
 def changelog(group: str, table: str) -> str:
     """faust's name for a table's changelog topic."""
     return f"{group}-{table}-changelog"

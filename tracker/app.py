@@ -44,6 +44,7 @@ from tracker.stream.sweeper import Sweeper
 from tracker.stream.tracking import SendHooks, Tracking
 from tracker.web import views
 from tracker.web.actions import MAX_BODY
+from tracker.web.batches import Batches
 
 
 @dataclass
@@ -205,7 +206,8 @@ def build(
     )
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _agents(tracker)
-    api = views.Api(app, settings, catalog, tables.sagas, indexes, metrics, status, topics.saga_log, state=state.get)
+    batches = Batches(bootstrap, settings.batches)
+    api = views.Api(app, settings, catalog, tables.sagas, indexes, metrics, status, topics.saga_log, batches, state=state.get)
     views.register(app, api, generations)
     return tracker
 

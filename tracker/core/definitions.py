@@ -187,6 +187,14 @@ class SagaDefinition:
     def event_types(self) -> frozenset[str]:
         return frozenset(self._roles())
 
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        names: tuple[str, ...] | None = self.__dict__.get("_names_cache")
+        if names is None:
+            names = tuple(s.name for s in self.steps)
+            object.__setattr__(self, "_names_cache", names)
+        return names
+
     def step_index(self, name: str) -> int:
         for i, s in enumerate(self.steps):
             if s.name == name:

@@ -68,6 +68,7 @@ class SagaState:
     first_seen_at: float | None = None
     updated_at: float | None = None  # wall clock of the last change (not part of the digest)
     reason: str = ""  # why it is compensating / failed
+    trouble_step: int | None = None  # where it went wrong: failed, timed out, or forced while pending there
     compensated_by: str = ""  # "tracker" (it emits the undo events) or "services" (they undo themselves)
     steps: list[StepState] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)

@@ -18,6 +18,7 @@ from typing import Any
 
 from tracker.core import state as st
 from tracker.core.definitions import Catalog, SagaDefinition
+from tracker.core.flow import step_seconds
 from tracker.core.machine import visible_status
 from tracker.core.state import SagaState
 from tracker.core.times import parse_time
@@ -27,14 +28,19 @@ MAX_LIMIT = 500
 
 
 def placement(definition: SagaDefinition, s: SagaState) -> dict[str, Any]:
-    """The summary fields that place a saga in the census and the indexes (see ``indexes.keys_of``)."""
-    current = definition.steps[s.current] if s.current is not None else None
+    """The summary fields that place a saga in the census, its flow marks and the indexes
+    (see ``indexes.keys_of`` and ``flow.marks``)."""
+    steps = definition.steps
+    current = steps[s.current] if s.current is not None else None
+    trouble = s.trouble_step
     return {
         "saga_id": s.saga_id,
         "saga_type": s.saga_type,
         "status": s.status,
         "current_step": current.name if current else None,
         "pending_since": s.steps[s.current].started_at if s.current is not None and s.steps else None,
+        "trouble_step": steps[trouble].name if trouble is not None and trouble < len(steps) else None,
+        "step_seconds": step_seconds(s.steps, definition.step_names),
     }
 
 
@@ -79,10 +85,25 @@ class Query:
     descending: bool = True
     limit: int = 50
     after: tuple[Any, str] | None = None  # keyset cursor: (sort value, saga id) of the last row returned
+    failed_step: str | None = None  # went wrong at this step (failed, timed out, forced there)
+    at: str | None = None  # pending at this step, or went wrong there (the flow diagram's stuck count)
 
     @classmethod
     def parse(cls, params: Mapping[str, str], catalog: Catalog) -> Query:
-        known = {"saga_type", "status", "step", "stuck", "key", "updated_since", "sort", "order", "limit", "cursor"}
+        known = {
+            "saga_type",
+            "status",
+            "step",
+            "failed_step",
+            "at",
+            "stuck",
+            "key",
+            "updated_since",
+            "sort",
+            "order",
+            "limit",
+            "cursor",
+        }
         for name in params:
             if name not in known:
                 raise BadQuery(name, f"unknown parameter (known: {', '.join(sorted(known))})")
@@ -131,11 +152,13 @@ class Query:
             order == "desc",
             limit,
             after,
+            params.get("failed_step") or None,
+            params.get("at") or None,
         )
 
     def to_params(self, *, cursor: str | None = None) -> dict[str, str]:
         out = {"sort": self.sort, "order": "desc" if self.descending else "asc", "limit": str(self.limit)}
-        for name in ("saga_type", "status", "step", "key"):
+        for name in ("saga_type", "status", "step", "failed_step", "at", "key"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.stuck is not None:
@@ -152,6 +175,10 @@ class Query:
         if self.status is not None and row["status"] != self.status:
             return False
         if self.step is not None and row["current_step"] != self.step:
+            return False
+        if self.failed_step is not None and row.get("trouble_step") != self.failed_step:
+            return False
+        if self.at is not None and self.at not in (row["current_step"], row.get("trouble_step")):
             return False
         if self.stuck is not None and is_stuck(row, now) != self.stuck:
             return False
@@ -202,36 +229,3 @@ def decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
         return value, saga_id
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise BadQuery("cursor", "not a cursor returned by this API for this sort") from None
-
-
-def stats(rows: Iterable[Mapping[str, Any]], now: float) -> dict[str, Any]:
-    """Counts by type and status, stuck counts, and the oldest in-flight age per step."""
-    counts: dict[str, dict[str, int]] = {}
-    stuck: dict[str, int] = {}
-    oldest: dict[str, dict[str, float]] = {}
-    for r in rows:
-        by_status = counts.setdefault(r["saga_type"], {})
-        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
-        if is_stuck(r, now):
-            stuck[r["saga_type"]] = stuck.get(r["saga_type"], 0) + 1
-        if r["status"] == st.RUNNING and r["current_step"] and r["pending_since"] is not None:
-            steps = oldest.setdefault(r["saga_type"], {})
-            age = max(0.0, now - r["pending_since"])
-            steps[r["current_step"]] = max(steps.get(r["current_step"], 0.0), age)
-    return {"counts": counts, "stuck": stuck, "oldest_in_flight_seconds": oldest}
-
-
-def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"counts": {}, "stuck": {}, "oldest_in_flight_seconds": {}}
-    for p in parts:
-        for saga_type, by_status in p["counts"].items():
-            into = out["counts"].setdefault(saga_type, {})
-            for status, n in by_status.items():
-                into[status] = into.get(status, 0) + n
-        for saga_type, n in p["stuck"].items():
-            out["stuck"][saga_type] = out["stuck"].get(saga_type, 0) + n
-        for saga_type, steps in p["oldest_in_flight_seconds"].items():
-            into = out["oldest_in_flight_seconds"].setdefault(saga_type, {})
-            for step, age in steps.items():
-                into[step] = max(into.get(step, 0.0), age)
-    return out

@@ -114,6 +114,10 @@ class Settings:
     )
     standby_replicas: int = _doc("Standby replicas of each table kept by other workers for fast failover.", default=1)
     action_token: str = _doc("Bearer token required for operator actions. Unset: actions are disabled. Never logged.", default="")
+    batch_max_sagas: int = _doc(
+        "Most sagas one batch action (POST /sagas/actions) may act on; a filter matching more is refused (400).",
+        default=10_000,
+    )
     read_token: str = _doc(
         "Bearer token required for read endpoints (the action token is accepted too). Unset: reads are open.", default=""
     )
@@ -155,6 +159,10 @@ class Settings:
     @property
     def generations(self) -> str:
         return names.generations(self.app_id)
+
+    @property
+    def batches(self) -> str:
+        return names.batches(self.app_id)
 
     @property
     def data_path(self) -> Path:
@@ -209,7 +217,15 @@ class Settings:
         return replace(self, **chosen)
 
     def check(self) -> None:
-        for name in ("partitions", "replication_factor", "max_event_bytes", "lag_threshold", "generation", "fetch_max_bytes"):
+        for name in (
+            "partitions",
+            "replication_factor",
+            "max_event_bytes",
+            "lag_threshold",
+            "generation",
+            "fetch_max_bytes",
+            "batch_max_sagas",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if not 0 < self.web_port < 65536:

@@ -33,7 +33,8 @@ import rocksdict
 
 from tracker.core.census import Census, Key, key_of
 from tracker.core.definitions import Catalog
-from tracker.core.state import SagaState
+from tracker.core.flow import Mark, figures, marks
+from tracker.core.state import TERMINAL, SagaState
 from tracker.core.summaries import summary
 from tracker.ops.metrics import Metrics
 
@@ -155,6 +156,10 @@ class Index:
         for _, value in self.scan(SUMMARY):
             yield orjson.loads(value)
 
+    def summary(self, saga_id: str) -> dict[str, Any] | None:
+        raw = self.db.get(SUMMARY + saga_id.encode())
+        return None if raw is None else orjson.loads(raw)
+
     def due(self, bound: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
         """Deadline rows due before ``bound`` (see ``due_bound``), oldest first."""
         for key, value in self.scan(DEADLINE):
@@ -233,6 +238,7 @@ class Indexes:
         saga store (the store may close while the loop serves others in between)."""
         index: Index | None = None
         counts: Counter[Key] = Counter()
+        flows: Counter[Mark] = Counter()
         start, began, sagas = b"", time.perf_counter(), 0
         try:
             while True:
@@ -263,6 +269,7 @@ class Indexes:
                     if found is not None:
                         if (k := key_of(found[0])) is not None:
                             counts[k] += 1
+                        flows.update(marks(found[0]))
                         batch.update(found[1])
                     if n == CHUNK:
                         break
@@ -272,7 +279,7 @@ class Indexes:
                 await asyncio.sleep(0)
             if epoch != self.epoch:
                 raise Abandoned
-            self.census.rebuild(partition, counts)
+            self.census.rebuild(partition, counts, flows)
             self.built[partition] = index
             took = time.perf_counter() - began
             self.metrics.index_rebuild_duration.observe(took)
@@ -287,7 +294,8 @@ class Indexes:
                 del self.building[partition]
 
     def rows_of(self, value: bytes) -> tuple[dict[str, Any], dict[bytes, bytes]] | None:
-        """A stored saga's census fields and index rows; None when its type has no definition."""
+        """A stored saga's placement (census and flow fields) and index rows; None when its type
+        has no definition."""
         state = SagaState.from_dict(orjson.loads(value))
         definition = self.catalog.definition(state.saga_type, state.version)
         if definition is None:
@@ -296,7 +304,28 @@ class Indexes:
                 log.warning("saga type %r has no definition any more: its sagas are not indexed", state.saga_type)
             return None
         row = summary(definition, state)
-        return {k: row[k] for k in ("saga_type", "status", "current_step")}, rows_of(state, row)
+        return row, rows_of(state, row)
+
+    def stats(self, partitions: Iterable[int], now: float) -> dict[str, Any]:
+        """This worker's part of ``/sagas/stats`` for ``partitions`` (those indexed here):
+        census counters, plus a read of the sagas past their deadline and of the longest
+        pending per step. Nothing reads every saga."""
+        built = [(p, index) for p in partitions if (index := self.built.get(p)) is not None]
+        counts = self.census.marks(p for p, _ in built)
+        bound, overdue, oldest = due_bound(now), [], {}
+        for _, index in built:
+            for _, row in index.due(bound):
+                found = index.summary(row["saga_id"])
+                if found is not None and found["status"] not in TERMINAL:
+                    overdue.append(found)
+        for what, saga_type, step, _ in counts:
+            if what != "pending":
+                continue
+            since = [s for _, index in built if (s := index.oldest_pending(pending_prefix(saga_type, step))) is not None]
+            if since:
+                oldest[(saga_type, step)] = min(since)
+        steps = {name: d.step_names for name, d in self.catalog.current.items()}
+        return figures(steps, counts, overdue, oldest, now)
 
     def close(self) -> None:
         self.moved()

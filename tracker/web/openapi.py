@@ -94,6 +94,7 @@ SCHEMAS: dict[str, Any] = {
             "first_seen_at": NUM_OR_NULL,
             "updated_at": NUM_OR_NULL,
             "reason": {"type": "string"},
+            "trouble_step": {"type": ["integer", "null"], "description": "Index of the step where it went wrong."},
             "compensated_by": {"type": "string"},
             "steps": {"type": "array", "items": _ref("Step")},
             "keys": STR_MAP,
@@ -143,6 +144,12 @@ SCHEMAS: dict[str, Any] = {
             "orphaned": {"type": "boolean"},
             "partial": {"type": "boolean"},
             "reason": {"type": "string"},
+            "trouble_step": {**STR_OR_NULL, "description": "The step where it went wrong (failed, timed out, forced)."},
+            "step_seconds": {
+                "type": "object",
+                "additionalProperties": NUM,
+                "description": "How long each completed step took, from when it became pending.",
+            },
         }
     ),
     "SagaList": _obj(
@@ -169,10 +176,26 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": {"type": "object", "additionalProperties": NUM},
             },
+            "flow": {
+                "type": "object",
+                "description": "Per saga type and step (every step of the current definitions, zeros included).",
+                "additionalProperties": {"type": "object", "additionalProperties": _ref("FlowStep")},
+            },
             "workers": {"type": "array", "items": _ref("WorkerLag")},
             "behind": {"type": "boolean"},
             "partial": {"type": "boolean"},
             "missing_workers": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "FlowStep": _obj(
+        {
+            "pending": {"type": "integer", "description": "Running, waiting for this step (the stuck ones included)."},
+            "stuck": {"type": "integer", "description": "Past a deadline here, or failed_needs_manual after going wrong here."},
+            "failed": {"type": "integer", "description": "Went wrong here: failed, timed out or forced, whatever came after."},
+            "compensated": {"type": "integer", "description": "Went wrong here and compensated."},
+            "completed": {"type": "integer", "description": "Stored sagas that completed this step."},
+            "p50_seconds": {**NUM_OR_NULL, "description": "Median time the step took (interpolated in buckets)."},
+            "p95_seconds": NUM_OR_NULL,
         }
     ),
     "ActionRequest": _obj(
@@ -289,6 +312,8 @@ def document() -> dict[str, Any]:
         _param("saga_type", "Only sagas of this type.", {"type": "string"}),
         _param("status", "Only sagas with this status.", {"enum": list(st.STATUSES)}),
         _param("step", "Only sagas whose pending step is this one.", {"type": "string"}),
+        _param("failed_step", "Only sagas that went wrong at this step (failed, timed out, forced).", {"type": "string"}),
+        _param("at", "Only sagas pending at this step or gone wrong there.", {"type": "string"}),
         _param("stuck", "Past a deadline nobody acted on, or failed_needs_manual.", {"enum": ["true", "false"]}),
         _param("key", "A saga id or a business key value found in the events (e.g. an order id).", {"type": "string"}),
         _param("updated_since", "ISO 8601 time or epoch seconds.", {"type": "string"}),
@@ -333,7 +358,9 @@ def document() -> dict[str, Any]:
             },
             "/sagas/stats": {
                 "get": {
-                    "summary": "Counts by type and status, stuck counts, oldest in-flight age per step, lag.",
+                    "summary": "Counts by type and status, stuck counts, oldest in-flight age per step, the flow "
+                    "per step (pending, stuck, failed, compensated, p50/p95 duration), lag. Kept incrementally: no "
+                    "request reads every saga.",
                     "security": [{}, {"bearer": []}],
                     "responses": {"200": _json("Stats", "Fleet-wide figures."), **ERRORS},
                 }

@@ -25,9 +25,11 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tracker.core.summaries import BadQuery, Query, merge_stats
+from tracker.core.flow import merge
+from tracker.core.summaries import BadQuery, Query
 from tracker.generations.registry import Generations
 from tracker.web.api import FANOUT_TIMEOUT, Api
+from tracker.web.batches import RESUME_EVERY
 from tracker.web.definitions import definitions_view
 from tracker.web.openapi import document as openapi_document
 from tracker.web.responses import error, ok
@@ -88,7 +90,7 @@ def promoted_generation(generations: Generations) -> Callable[..., Awaitable[aio
     @aiohttp.web.middleware
     async def middleware(request: aiohttp.web.Request, handler: Any) -> aiohttp.web.StreamResponse:
         peer = generations.active_peer()
-        if peer is not None and request.path.startswith("/sagas") and FORWARDED not in request.headers:
+        if peer is not None and request.path.startswith(("/sagas", "/batches")) and FORWARDED not in request.headers:
             try:
                 return await forward(request, peer)
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -194,7 +196,7 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
             if denied := read(self, request):
                 return denied
             parts, missing = await api.fan_out(request, "/internal/stats", {}, api.local_stats)
-            merged = merge_stats(parts)
+            merged = merge(parts)
             merged["workers"] = [p["lag"] for p in parts]
             merged["behind"] = any(p["lag"]["behind"] for p in parts)
             merged.update(partial=bool(missing), missing_workers=missing)
@@ -215,6 +217,52 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
         @guarded
         async def get(self, request: Request) -> Response:
             return read(self, request) or ok(self, await api.local_stats())
+
+    @page("/sagas/actions")
+    class BatchActions(View):
+        @guarded
+        async def post(self, request: Request) -> Response:
+            return await api.act_batch(self, request)
+
+    @page("/batches/{batch}")
+    class Batch(View):
+        @guarded
+        async def get(self, request: Request, batch: str) -> Response:
+            return read(self, request) or await api.batch_status(self, request, batch)
+
+    @page("/internal/match")
+    class InternalMatch(View):
+        @guarded
+        async def get(self, request: Request) -> Response:
+            if denied := read(self, request):
+                return denied
+            params = dict(request.query)
+            cap = params.pop("cap", "")
+            try:
+                query = Query.parse(params, api.catalog)
+            except BadQuery as exc:
+                return error(self, 400, "bad_request", exc.message, parameter=exc.parameter)
+            if not cap.isdigit():
+                return error(self, 400, "bad_request", "cap must be a whole number", parameter="cap")
+            return ok(self, await api.local_match(query, int(cap)))
+
+    @page("/internal/batches/{batch}")
+    class InternalBatch(View):
+        @guarded
+        async def get(self, request: Request, batch: str) -> Response:
+            if denied := read(self, request):
+                return denied
+            found = await api.batches.find(batch)
+            if found is None:
+                return error(self, 404, "not_found", f"no batch with id {batch[:100]!r}")
+            return ok(self, api.local_batch(found))
+
+    @app.timer(RESUME_EVERY)
+    async def resume_batches() -> None:
+        try:
+            await api.resume()
+        except Exception:  # the next round tries again
+            log.exception("resuming pending batch actions failed")
 
     @page("/sagas/{saga_id}")
     class Saga(View):

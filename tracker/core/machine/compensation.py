@@ -10,13 +10,15 @@ NOT_UNDONE = "; not undone: "  # how a failed_needs_manual saga's reason lists t
 
 
 class Compensation(Run):
-    def begin_compensation(self, reason: str, at: float, cause: str, *, tracker_emits: bool) -> None:
+    def begin_compensation(self, reason: str, at: float, cause: str, *, tracker_emits: bool, at_step: int | None = None) -> None:
         """Undo every completed step, newest first.
 
         ``tracker_emits``: the tracker emits the compensations now (a stall nobody else saw);
         otherwise the services were told by the failure event and the tracker only waits.
+        ``at_step``: where it went wrong (default: the pending step).
         """
         s, _d = self.s, self.d
+        s.trouble_step = at_step if at_step is not None else s.current
         s.status, s.reason, s.current = st.COMPENSATING, reason, None
         s.compensated_by = "tracker" if tracker_emits else "services"
         for i in reversed(range(len(s.steps))):

@@ -141,4 +141,4 @@ class Forward(Decisions):
             if s.steps[j].state in (st.WAITING, st.ACTIVE):
                 s.steps[j].state, s.steps[j].due = st.DONE, None
                 self.count("implied_completions")
-        self.begin_compensation(f"step {self.d.steps[i].name} failed: {e.type}", e.time, e.id, tracker_emits=False)
+        self.begin_compensation(f"step {self.d.steps[i].name} failed: {e.type}", e.time, e.id, tracker_emits=False, at_step=i)
