@@ -99,7 +99,7 @@ def test_the_census_kept_on_every_change_equals_counting_the_sagas_afresh(record
 
 
 def test_figures_count_each_step_with_zeros_and_the_overdue_ones_as_stuck() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"saga_type": "order", "status": "running", "current_step": "payment", "step_seconds": {"order": 0.0}},
         {"saga_type": "order", "status": "running", "current_step": "payment", "step_seconds": {"order": 0.0}},
         {"saga_type": "order", "status": "compensated", "current_step": None, "trouble_step": "inventory"},
