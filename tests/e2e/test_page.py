@@ -34,7 +34,7 @@ def test_stuck_saga_forced_to_compensate_from_the_page(make_scenario: Callable[.
     page = browser.new_page(viewport={"width": 1366, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(w.base + "/")
+    page.goto(w.base + "/#/sagas")
     page.wait_for_selector("#sagas tbody tr")
     rows = page.locator("#sagas tbody tr")
     page.wait_for_function("document.querySelectorAll('#sagas tbody tr').length === 6")

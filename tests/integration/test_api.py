@@ -148,6 +148,21 @@ def test_api_over_two_workers(two_workers: tuple[Scenario, Worker, Worker]) -> N
     assert stats["stuck"] == {"order": 6} and len(stats["workers"]) == 2
     assert stats["oldest_in_flight_seconds"]["order"]["payment"] > 2
     assert set(stats["oldest_in_flight_seconds"]["approval"]) == {"approval"}
+    # The flow per step, added up over both workers: every step listed, zeros included.
+    flow = stats["flow"]["order"]
+    assert list(flow) == ["order", "payment", "inventory", "shipping"]
+    assert {k: flow["payment"][k] for k in ("pending", "stuck", "failed", "compensated")} == {
+        "pending": 6,
+        "stuck": 6,
+        "failed": 4,
+        "compensated": 4,
+    }
+    assert flow["inventory"]["pending"] == flow["inventory"]["failed"] == 0
+    assert flow["shipping"]["completed"] == 6 and flow["shipping"]["p50_seconds"] is not None
+    assert stats["flow"]["approval"]["approval"]["pending"] == 4 and stats["flow"]["approval"]["approval"]["stuck"] == 0
+    # Each count lists exactly those sagas.
+    assert ids(saga_type="order", failed_step="payment") == {f"f-{n}" for n in range(4)}
+    assert ids(saga_type="order", at="payment", stuck="true") == {f"r-{n}" for n in range(6)}
 
     # Errors: JSON, right status, the parameter named, no stack trace.
     status, body = w1.get("/sagas/nobody")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import Scenario, Worker
-from tests.integration.test_api import TOKEN, post, wait_for
+from tests.integration.test_api import TOKEN, check, post, wait_for
 from tracker.generations.registry import write
 from tracker.kafka.partitioner import partition_of
 from tracker.web.batches import batch_id, control_id
@@ -70,24 +70,26 @@ def test_a_batch_counts_refuses_above_the_cap_and_applies_once_to_every_matching
     assert batch(w1, stuck, retry, token="wrong")[0] == 401
     status, body = batch(w1, {"saga_type": "nope"}, retry)
     assert status == 400 and body["parameter"] == "saga_type"
+    spec = w1.get("/openapi.json")[1]
     status, body = batch(w1, stuck, {**retry, "dry_run": True})
-    assert status == 200 and body["matched"] == 5 and body["cap"] == CAP and body["dry_run"] is True
+    assert status == 200 and check(spec, "BatchCount", body)["matched"] == 5 and body["cap"] == CAP
     status, body = batch(w2, {"saga_type": "order"}, {**retry, "dry_run": True})  # 7: above the cap, still counted
     assert status == 200 and body["matched"] == 7
     status, body = batch(w2, {"saga_type": "order"}, retry)
-    assert status == 400 and body["error"] == "too_many" and "7" in body["message"] and str(CAP) in body["message"]
+    assert status == 400 and check(spec, "Error", body)["error"] == "too_many"
+    assert "7" in body["message"] and str(CAP) in body["message"]
     status, body = batch(w1, {"saga_type": "order", "status": "compensated"}, retry)
     assert status == 400 and body["error"] == "nothing_matches"
 
     status, body = batch(w1, stuck, retry, headers={"Idempotency-Key": "incident-42"})
-    assert status == 202 and body["matched"] == 5, body
+    assert status == 202 and check(spec, "BatchAccepted", body)["matched"] == 5, body
     bid = body["batch_id"]
     assert bid == batch_id("incident-42")
     # The same request again (a client retry): the same batch, nothing queued twice.
     again = batch(w2, stuck, retry, headers={"Idempotency-Key": "incident-42"})
     assert again == (202, body)
 
-    report = settled_report(w2, bid)
+    report = check(spec, "BatchReport", settled_report(w2, bid))
     assert (report["applied"], report["rejected"], report["pending"]) == (5, 0, 0), report
     assert report["action"] == "retry_timeout" and report["actor"] == "oncall-bob" and report["filter"] == stuck
     for n in range(5):

@@ -35,11 +35,14 @@ def bucket(seconds: float) -> int:
 
 
 def step_seconds(steps: Sequence[Any], names: Sequence[str]) -> dict[str, float]:
-    """How long each completed step took, from when it became pending (``StepState``s)."""
+    """How long each completed step took: from the completion of the step before it to its
+    own, in event time, so the figure does not depend on the order events arrived in
+    (``StepState``s; the start step has none)."""
     out: dict[str, float] = {}
-    for name, x in zip(names, steps, strict=False):
-        if x.completed_at is not None and x.started_at is not None:
-            out[name] = max(0.0, x.completed_at - x.started_at)
+    for i in range(1, min(len(steps), len(names))):
+        before, done = steps[i - 1].completed_at, steps[i].completed_at
+        if before is not None and done is not None:
+            out[names[i]] = max(0.0, done - before)
     return out
 
 

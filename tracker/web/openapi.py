@@ -193,7 +193,10 @@ SCHEMAS: dict[str, Any] = {
             "stuck": {"type": "integer", "description": "Past a deadline here, or failed_needs_manual after going wrong here."},
             "failed": {"type": "integer", "description": "Went wrong here: failed, timed out or forced, whatever came after."},
             "compensated": {"type": "integer", "description": "Went wrong here and compensated."},
-            "completed": {"type": "integer", "description": "Stored sagas that completed this step."},
+            "completed": {
+                "type": "integer",
+                "description": "Stored sagas that completed this step after the one before (what p50/p95 count).",
+            },
             "p50_seconds": {**NUM_OR_NULL, "description": "Median time the step took (interpolated in buckets)."},
             "p95_seconds": NUM_OR_NULL,
         }
@@ -207,6 +210,43 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string", "maxLength": 200},
         },
         ["action", "actor"],
+    ),
+    "BatchRequest": _obj(
+        {
+            "action": {"enum": list(ACTIONS)},
+            "actor": {"type": "string", "minLength": 1, "maxLength": 200},
+            "reason": {"type": "string", "maxLength": 2000},
+            "seconds": {"type": "number", "exclusiveMinimum": 0},
+            "id": {"type": "string", "maxLength": 200, "description": "Idempotency key (or the Idempotency-Key header)."},
+            "dry_run": {"type": "boolean", "description": "Only count the sagas the filter matches."},
+        },
+        ["action", "actor"],
+    ),
+    "BatchCount": _obj(
+        {"dry_run": {"const": True}, "matched": {"type": "integer"}, "cap": {"type": "integer"}, "filter": STR_MAP}
+    ),
+    "BatchAccepted": _obj({"batch_id": {"type": "string"}, "matched": {"type": "integer"}, "action": {"enum": list(ACTIONS)}}),
+    "BatchReport": _obj(
+        {
+            "batch_id": {"type": "string"},
+            "action": {"enum": list(ACTIONS)},
+            "actor": {"type": "string"},
+            "reason": {"type": "string"},
+            "created_at": NUM,
+            "filter": STR_MAP,
+            "matched": {"type": "integer"},
+            "applied": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "pending": {"type": "integer", "description": "Not applied yet, or owned by a worker that did not answer."},
+            "rejections": {
+                "type": "array",
+                "items": _obj({"saga_id": {"type": "string"}, "reason": {"type": "string"}}),
+                "description": "The first 100, by saga id.",
+            },
+            "pending_sagas": {"type": "array", "items": {"type": "string"}, "description": "The first 100, by saga id."},
+            "partial": {"type": "boolean"},
+            "missing_workers": {"type": "array", "items": {"type": "string"}},
+        }
     ),
     "ActionAccepted": _obj(
         {"accepted": {"const": True}, "id": {"type": "string"}, "saga_id": {"type": "string"}, "action": {"enum": list(ACTIONS)}}
@@ -363,6 +403,36 @@ def document() -> dict[str, Any]:
                     "request reads every saga.",
                     "security": [{}, {"bearer": []}],
                     "responses": {"200": _json("Stats", "Fleet-wide figures."), **ERRORS},
+                }
+            },
+            "/sagas/actions": {
+                "post": {
+                    "summary": "One operator action over every saga the filters (those of GET /sagas) match: "
+                    "dry_run counts them; otherwise the batch is recorded and one control record per saga "
+                    "queued (id <batch id>:<saga id>). At most SAGA_TRACKER_BATCH_MAX_SAGAS sagas.",
+                    "parameters": [p for p in list_params if p["name"] not in ("sort", "order", "limit", "cursor")]
+                    + [
+                        _param("Idempotency-Key", "The same key gives the same batch, queued once.", {"type": "string"}, "header")
+                    ],
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
+                    "responses": {
+                        "200": _json("BatchCount", "dry_run: how many sagas match (even above the cap)."),
+                        "202": _json("BatchAccepted", "Recorded and being queued; follow it at /batches/{batch_id}."),
+                        "403": _json("Error", "Actions are disabled (no action token configured)."),
+                        "413": _json("Error", "The body is larger than 64 KiB."),
+                        **ERRORS,
+                        "400": _json("Error", "A bad parameter, no saga matches, or more than the cap (`too_many`)."),
+                        "503": _json("Error", "A worker did not answer: the match would be incomplete, so nothing is queued."),
+                    },
+                }
+            },
+            "/batches/{batch_id}": {
+                "get": {
+                    "summary": "A batch action's progress: matched, applied, rejected (with reasons), pending.",
+                    "parameters": [_param("batch_id", "The id POST /sagas/actions returned.", {"type": "string"}, "path")],
+                    "security": [{}, {"bearer": []}],
+                    "responses": {"200": _json("BatchReport", "The batch."), "404": _json("Error", "No such batch."), **ERRORS},
                 }
             },
             "/sagas/{saga_id}": {

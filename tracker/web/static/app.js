@@ -273,7 +273,7 @@ function flowDiagram(def, cells) {
     const g = svg("g", { class: `step t-${trouble}`, "data-step": step.name });
     g.append(svg("rect", { x, y, width: BOX_W, height: BOX_H, rx: 8 }));
     g.append(svg("text", { x: x + 10, y: y + 20, class: "step-name" }, step.name));
-    if (step.timeout !== null) g.append(svg("text", { x: x + BOX_W - 10, y: y + 20, class: "timeout", "text-anchor": "end" }, `⏱ ${secs(step.timeout)}`));
+    if (step.timeout !== null) g.append(svg("text", { x: x + BOX_W - 10, y: y + 20, class: "timeout", "text-anchor": "end" }, `timeout ${secs(step.timeout)}`));
     const base = { saga_type: def.name };
     const rows = [
       ["pending", c.pending, { ...base, status: "running", step: step.name }],
@@ -408,7 +408,7 @@ function timeline(saga) {
   const end = saga.ended_at || now;
   const t0 = Math.min(...times), t1 = Math.max(end, ...times);
   const span = Math.max(t1 - t0, 1);
-  const W = 900, LABEL = 120, ROW = 30, rows = saga.steps.length + 1;
+  const W = 900, LABEL = 120, ROW = 36, rows = saga.steps.length + 1;
   const x = (t) => LABEL + ((t - t0) / span) * (W - LABEL - 20);
   const root = svg("svg", { viewBox: `0 0 ${W} ${rows * ROW + 30}`, width: W, height: rows * ROW + 30, role: "group", "aria-label": `Timeline of ${saga.saga_id}` });
   saga.steps.forEach((step, i) => {
@@ -420,14 +420,24 @@ function timeline(saga) {
     } else if (step.completed_at) {
       root.append(svg("rect", { x: x(step.completed_at) - 1, y: y + 4, width: 3, height: 14, class: `bar b-${step.state}` }));
     }
+    if (step.comp_started_at) { // the undo: from when compensation began to its confirmation (or now)
+      const stop = step.comp_confirmed_at || (saga.ended_at || now);
+      root.append(svg("rect", { x: x(step.comp_started_at), y: y + 19, width: Math.max(2, x(stop) - x(step.comp_started_at)), height: 5, class: "bar b-undo" }));
+    }
   });
   root.append(svg("text", { x: 4, y: saga.steps.length * ROW + 23 }, "operator"));
   for (const m of marks.sort((a, b) => a.t - b.t)) {
     const row = m.row >= 0 ? m.row : saga.steps.length;
     const cx = x(m.t), cy = row * ROW + 19;
+    // Distinct shapes and heights, so marks at the same moment stay visible: a timeout above
+    // the bar, an attempt on it, a confirmation below it, a deadline across it.
     const shape = m.kind === "deadline"
       ? svg("line", { x1: cx, y1: cy - 12, x2: cx, y2: cy + 12, class: `mark m-${m.kind}` })
-      : svg("circle", { cx, cy, r: 6, class: `mark m-${m.kind}` });
+      : m.kind === "timeout"
+        ? svg("path", { d: `M ${cx - 6} ${cy - 13} L ${cx + 6} ${cy - 13} L ${cx} ${cy - 4} z`, class: `mark m-${m.kind}` })
+        : m.kind === "confirmed"
+          ? svg("rect", { x: cx - 5, y: cy + 3, width: 10, height: 10, class: `mark m-${m.kind}` })
+          : svg("circle", { cx, cy, r: 6, class: `mark m-${m.kind}` });
     const g = svg("g", { tabindex: 0, class: "tl-mark", "data-kind": m.kind, "aria-label": m.text });
     g.append(svg("title", {}, m.text), shape);
     const show = () => { $("#tl-info").textContent = m.text; };
