@@ -54,7 +54,7 @@ def test_the_flow_diagram_counts_each_step_and_a_stuck_count_opens_those_sagas_f
         """document.querySelector('#flows section[aria-label="order"] g[data-step="payment"] a[data-count="stuck"]')
            ?.textContent === 'stuck 2'"""
     )
-    expected = {
+    expected: dict[str, dict[str, str]] = {
         "order": {"pending": "0", "stuck": "0", "failed": "0", "compensated": "0"},
         "payment": {"pending": "2", "stuck": "2", "failed": "0", "compensated": "0"},
         "inventory": {"pending": "0", "stuck": "0", "failed": "2", "compensated": "2"},
