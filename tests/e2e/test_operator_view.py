@@ -61,8 +61,8 @@ def test_the_flow_diagram_counts_each_step_and_a_stuck_count_opens_those_sagas_f
         "shipping": {"pending": "0", "stuck": "0", "failed": "0", "compensated": "0"},  # zero-count step, drawn
     }
     for step, counts in expected.items():
-        for label, shown in counts.items():
-            assert flow_text(page, "order", step, label) == f"{label} {shown}", (step, label)
+        for label, figure in counts.items():
+            assert flow_text(page, "order", step, label) == f"{label} {figure}", (step, label)
     assert flow_text(page, "approval", "approval", "pending") == "pending 1"
     shipping = page.locator('#flows section[aria-label="order"] g[data-step="shipping"]')
     assert "p50" in str(shipping.text_content()) and "ShipmentCancelled" in str(shipping.text_content())
