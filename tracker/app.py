@@ -20,6 +20,7 @@ import topics as topics_module
 from tables import Tables
 from topics import Topics
 from tracker.core.census import Census
+from tracker.core.conformance import Conformance
 from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog
 from tracker.core.state import FAILED_NEEDS_MANUAL
@@ -132,6 +133,7 @@ def build(
     progress.wedged_after = settings.stall_timeout
     generations = Generations(bootstrap, settings.generations, settings.generation, settings.shadow, str(app.conf.canonical_url))
     census = Census()
+    conformance = Conformance()  # drift from the definitions: tallied by ingest and tracking, shown by the API
     indexes = Indexes(
         Path(settings.data_dir) / f"{settings.group_id}-indexes",
         catalog,
@@ -159,7 +161,18 @@ def build(
         may_fire=lambda: generations.active or generations.shadow,
     )
     dead_letters = DeadLetters(metrics, max_record_bytes=int(app.conf.producer_max_request_size))
-    tracking = Tracking(catalog, state, dead_letters, metrics, census, indexes, role=generations, deadlines=sweeper, hooks=hooks)
+    tracking = Tracking(
+        catalog,
+        state,
+        dead_letters,
+        metrics,
+        census,
+        indexes,
+        role=generations,
+        deadlines=sweeper,
+        hooks=hooks,
+        conformance=conformance,
+    )
     backlog = Backlog(generations, progress, settings.saga_log)
     ingest = Ingest(
         catalog,
@@ -171,6 +184,7 @@ def build(
         decisions=settings.decisions,
         generation=settings.generation,
         partitions=settings.partitions,
+        conformance=conformance,
     )
     lifecycle = Lifecycle(
         app,
@@ -207,7 +221,9 @@ def build(
     metrics.registry.register(StateCollector(lambda: gauges(tracker, census)))
     _agents(tracker)
     batches = Batches(bootstrap, settings.batches)
-    api = views.Api(app, settings, catalog, tables.sagas, indexes, metrics, status, topics.saga_log, batches, state=state.get)
+    api = views.Api(
+        app, settings, catalog, tables.sagas, indexes, metrics, status, topics.saga_log, batches, conformance, state=state.get
+    )
     views.register(app, api, generations)
     return tracker
 

@@ -7,8 +7,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tracker.core.errors import TrackerError
@@ -40,6 +42,46 @@ def _validate(files: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed = True
     return 1 if failed else 0
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from tracker.discover import discover, text_report
+    from tracker.kafka.admin import bootstrap_of
+    from tracker.ops.settings import Settings
+
+    settings = Settings.from_env()
+    if settings.embedded:
+        print("error: discover needs SAGA_TRACKER_BROKER (the demo prints its broker's address)", file=sys.stderr)
+        return 2
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()]
+    if not topics:
+        print("error: --topics needs at least one topic", file=sys.stderr)
+        return 2
+    text, report = asyncio.run(
+        discover(
+            bootstrap_of(settings.broker),
+            topics,
+            correlation=args.correlation,
+            from_time=args.from_time,
+            max_records=args.max_records,
+            max_instances=args.max_instances,
+            max_bytes=settings.max_event_bytes,
+            names=[n.strip() for n in (args.name or "").split(",") if n.strip()],
+            margin=args.margin,
+        )
+    )
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(text_report(report), file=sys.stderr)
+        if not args.out:
+            print(text, end="")
+    if not text:
+        print("error: no saga found: no field joins events of several types (try --correlation)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _broker(port: int | None) -> int:
@@ -261,6 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     rt = sub.add_parser("retire", help="delete a generation's own topics (not the promoted one)")
     rt.add_argument("generation", type=int)
     sub.add_parser("generations", help="list generations, the promoted one and their workers")
+    dv = sub.add_parser("discover", help="draft saga definitions from the events on existing topics")
+    dv.add_argument("--topics", required=True, help="comma-separated topics to read")
+    dv.add_argument("--correlation", default=None, help="the correlation key (e.g. data.order_id); default: proposed")
+    dv.add_argument("--from-time", type=_when, default=None, help="start of the window (default: earliest retained)")
+    dv.add_argument("--max-records", type=int, default=100_000, help="records to read at most (default 100000)")
+    dv.add_argument("--max-instances", type=int, default=200_000, help="instances kept at most (memory bound)")
+    dv.add_argument("--name", default=None, help="saga names, comma-separated, in the order of their keys")
+    dv.add_argument("--margin", type=float, default=1.5, help="timeout = observed p99 x margin (default 1.5)")
+    dv.add_argument("--out", default=None, help="write the draft here (default: stdout)")
+    dv.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     cl = sub.add_parser("cleanup", help="list the changelog topics of tables earlier releases had (--delete: delete them)")
     cl.add_argument("--delete", action="store_true", help="delete them (every worker must run this release)")
     args = parser.parse_args(argv)
@@ -277,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generations()
         if args.command == "cleanup":
             return _cleanup(args.delete)
+        if args.command == "discover":
+            return _discover(args)
         if args.command == "broker":
             return _broker(args.port)
         from tracker.ops.settings import Settings

@@ -221,7 +221,9 @@ def text_report(report: dict[str, Any]) -> str:
         share = s["fit"] / s["instances"] if s["instances"] else 0.0
         lines.append(f"\nsaga {s['name']} (by {s['key']}): {s['instances']} instances, {share:.0%} fit the draft exactly")
         if s["instance_cap_hit"]:
-            lines.append(f"  instance cap hit: {s['events_left_out_by_cap']} events of later instances left out (--max-instances)")
+            lines.append(
+                f"  instance cap hit: {s['events_left_out_by_cap']} events of later instances left out (--max-instances)"
+            )
         lines.append(f"  {s['variant_count']} variants; the most common:")
         for v in s["variants"]:
             lines.append(f"    {v['instances']:6}  {' -> '.join(v['events'])}")

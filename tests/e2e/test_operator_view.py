@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.integration.conftest import ARTIFACTS
@@ -40,6 +41,8 @@ def test_the_flow_diagram_counts_each_step_and_a_stuck_count_opens_those_sagas_f
         events += [s.event(t, f"oos-{n}") for t in ("OrderCreated", "PaymentAuthorized", "OutOfStock")]
         events += [s.event(t, f"oos-{n}") for t in ("PaymentRefunded", "OrderCancelled")]
     events += [s.event("ApprovalRequested", "approval-0", field="request_id")]
+    audit = orjson.loads(s.event("OrderCreated", "done-0")[2]) | {"type": "OrderAudited", "id": "audit-1"}
+    events += [(s.prefix + "orders", b"done-0", orjson.dumps(audit), [])]  # a type no definition names
     s.send(*events)
     w.wait_listed(2, "stuck=true")
     w.wait_listed(2, "status=compensated")
@@ -64,6 +67,11 @@ def test_the_flow_diagram_counts_each_step_and_a_stuck_count_opens_those_sagas_f
         for label, figure in counts.items():
             assert flow_text(page, "order", step, label) == f"{label} {figure}", (step, label)
     assert flow_text(page, "approval", "approval", "pending") == "pending 1"
+    drift = page.locator('#flows p[aria-label="Drift of order from its definition"]').inner_text()
+    assert "undeclared event types 1" in drift and "OrderAudited 1" in drift, drift
+    assert page.locator('#flows p[aria-label="Drift of approval from its definition"]').inner_text() == (
+        "no drift from the definition"
+    )
     shipping = page.locator('#flows section[aria-label="order"] g[data-step="shipping"]')
     assert "p50" in str(shipping.text_content()) and "ShipmentCancelled" in str(shipping.text_content())
     assert "t-stuck" in (page.locator('#flows section[aria-label="order"] g[data-step="payment"]').get_attribute("class") or "")

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -30,8 +31,9 @@ def shipped() -> dict[str, dict]:
     return out
 
 
-def listed(value: object) -> list[str]:
-    return [] if value is None else [value] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+def listed(value: Any) -> list[str]:
+    """A definition's one-or-many field as a list."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def test_discover_drafts_the_shipped_sagas_from_their_traffic(kafka: Kafka, broker: EmbeddedBroker, tmp_path: Path) -> None:

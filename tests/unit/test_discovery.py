@@ -27,7 +27,7 @@ def traffic(n: int, seed: int = 7) -> list[tuple[str, float, dict[str, Any]]]:
         t = 1000.0 + i
 
         def emit(event_type: str, at: float, oid: str = oid, customer: str = customer) -> None:
-            body = {"specversion": "1.0", "id": f"{oid}-{event_type}", "type": event_type, "source": "/demo"}
+            body: dict[str, Any] = {"specversion": "1.0", "id": f"{oid}-{event_type}", "type": event_type, "source": "/demo"}
             body["data"] = {"order_id": oid, "customer_id": customer, "amount": 12.5}
             out.append((event_type, at, body))
             if rng.random() < 0.1:
@@ -82,7 +82,7 @@ def test_the_draft_recovers_steps_order_failures_compensations_and_realistic_tim
     assert [s.name for s in draft.steps] == ["order", "payment", "inventory", "shipment"]  # from the event names
     assert [s.failed_by for s in draft.steps] == [[], ["PaymentDeclined"], ["OutOfStock"], ["ShipmentFailed"]]
     assert [s.confirmed_by for s in draft.steps] == [["OrderCancelled"], ["PaymentRefunded"], ["StockReleased"], []]
-    for i, (low, high) in STEP_SECONDS.items():
+    for i, (_, high) in STEP_SECONDS.items():
         timeout = draft.steps[i].timeout(1.5)
         assert timeout is not None and high <= timeout <= nice(high * 1.5), (i, timeout)
     assert miner.duplicates > 0 and draft.instances == 3000

@@ -25,7 +25,7 @@ DRIFTS = ("undeclared_event_type", "steps_out_of_order", "completed_after_timeou
 # Machine outcomes that are drift (``tracker.core.machine``).
 OUTCOMES = {
     "steps_out_of_order": "steps_out_of_order",
-    "late_completion": "completed_after_timeout",
+    "completed_after_timeout": "completed_after_timeout",
     "confirmed_early": "unrequested_confirmation",
 }
 TYPES = 50

@@ -129,7 +129,9 @@ def correlate(catalog: Catalog, record: Record, body: Mapping[str, Any]) -> Even
         if ignoring is not None:
             raise Ignored(ignoring, event_type)
         shown = event_type if len(event_type) <= 100 else event_type[:100] + "..."
-        raise CorrelationError("unknown_event_type", f"event type {shown!r} on topic {record.topic!r} belongs to no saga")
+        raise CorrelationError(
+            "unknown_event_type", f"event type {shown!r} on topic {record.topic!r} belongs to no saga", event_type
+        )
     corr = definition.correlation
     saga_id = _text("saga id", _first(corr.saga_id_refs(event_type), record, body), "no_saga_id")
     raw_id = _first(corr.event_id, record, body)

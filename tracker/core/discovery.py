@@ -240,9 +240,9 @@ def mine(miner: Miner, name: str, topics: list[str] | None = None) -> Draft:
             left_out[t] = "off the main path, and neither a failure nor the undo of one step"
     for times in miner.instances.values():
         for i in range(1, len(chain)):
-            a, b = times.get(chain[i - 1]), times.get(chain[i])
-            if a is not None and b is not None:
-                steps[i].durations.append(max(0.0, b - a))
+            prev, cur = times.get(chain[i - 1]), times.get(chain[i])
+            if prev is not None and cur is not None:
+                steps[i].durations.append(max(0.0, cur - prev))
     variants = Counter(seqs).most_common()
     misfits = [(v, n) for v, n in variants if not fits(v, steps)]
     fitting = len(seqs) - sum(n for _, n in misfits)

@@ -54,9 +54,10 @@ class DefinitionError(TrackerError):
 class CorrelationError(TrackerError):
     """An input record cannot be mapped to a saga; it is dead-lettered with ``reason``."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, event_type: str = "") -> None:
         self.reason = reason
         self.detail = detail
+        self.event_type = event_type  # for unknown_event_type: which one (conformance tallies it)
         super().__init__(f"{reason}: {detail}")
 
 

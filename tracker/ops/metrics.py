@@ -48,6 +48,13 @@ class Metrics:
         self.dead_letters = Counter(
             "saga_tracker_dead_letters_total", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r
         )
+        self.drift = Counter(
+            "saga_tracker_drift_total",
+            "Traffic that drifts from the definitions (tracker.core.conformance): undeclared_event_type, "
+            "steps_out_of_order, completed_after_timeout, unrequested_confirmation.",
+            ["saga_type", "drift"],
+            registry=r,
+        )
         self.ignored = Counter(
             "saga_tracker_ignored_events_total", "Events the definitions declare irrelevant.", ["saga_type"], registry=r
         )

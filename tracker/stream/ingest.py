@@ -27,8 +27,10 @@ import logging
 
 import orjson
 
+from tracker.core.conformance import Conformance
 from tracker.core.correlation import Ignored, Record
 from tracker.core.definitions import Catalog
+from tracker.core.errors import CorrelationError
 from tracker.core.events import Event
 from tracker.kafka.partitioner import partition_of
 from tracker.ops.metrics import Metrics
@@ -56,11 +58,13 @@ class Ingest:
         decisions: str = "",
         generation: int = 1,
         partitions: int = 1,
+        conformance: Conformance | None = None,
     ) -> None:
         """``track``: the processor that applies an event whose saga's partition is active here."""
         self.catalog, self.track, self.dead_letters, self.backlog = catalog, track, dead_letters, backlog
         self.metrics, self.max_event_bytes = metrics, max_event_bytes
         self.decisions, self.generation, self.partitions = decisions, generation, partitions
+        self.conformance = conformance if conformance is not None else Conformance()
         self.context: Context | None = None
 
     def init(self, context: Context) -> None:
@@ -78,6 +82,8 @@ class Ingest:
             self.metrics.ignored.labels(exc.saga_type).inc()
             return
         except Exception as exc:  # CorrelationError, or a bug: either way the record is kept
+            if isinstance(exc, CorrelationError) and exc.reason == "unknown_event_type":
+                self.undeclared(record.topic, exc.event_type)
             await self.dead_letters.failed(record, exc, stage="ingest")
             return
         partition = partition_of(event.saga_id, self.partitions)
@@ -88,6 +94,13 @@ class Ingest:
             return
         await self.context.send("saga_log", event.saga_id.encode(), orjson.dumps(event.to_dict()))
         self.metrics.child(self.metrics.routed, "saga_log").inc()
+
+    def undeclared(self, topic: str, event_type: str) -> None:
+        """Drift: an event type no definition names, on the topics of these saga types."""
+        saga_types = sorted({d.name for d in self.catalog.readers.get(topic, ())})
+        self.conformance.undeclared_type(saga_types, event_type)
+        for saga_type in saga_types:
+            self.metrics.child(self.metrics.drift, saga_type, "undeclared_event_type").inc()
 
     def event_of(self, record: Record) -> Event | None:
         return to_event(

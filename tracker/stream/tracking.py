@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import orjson
 
 from tracker.core.census import Census
+from tracker.core.conformance import Conformance
 from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog, SagaDefinition
 from tracker.core.errors import CorrelationError, PartitionError, StateError
@@ -104,10 +105,12 @@ class Tracking:
         role: Role | None = None,
         deadlines: Deadlines | None = None,
         hooks: SendHooks | None = None,
+        conformance: Conformance | None = None,
     ) -> None:
         """``writes``: where saga state is written (the worker's ``StateCache``)."""
         self.catalog, self.writes, self.dead_letters, self.metrics = catalog, writes, dead_letters, metrics
         self.census, self.indexes, self.hooks = census, indexes, hooks
+        self.conformance = conformance if conformance is not None else Conformance()
         self.role: Role = role or Promoted()
         # A timeout record is applied only while this worker is caught up: one sent by a
         # zombie (a paused worker that still thinks it owns the partition) or before a
@@ -215,6 +218,9 @@ class Tracking:
         if hooks is not None:
             await hooks.after_send(sent)
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
+        if transition.changed:  # a redelivery (duplicate) is not drift twice
+            for drift in self.conformance.outcomes(definition.name, transition.outcomes):
+                self.metrics.child(self.metrics.drift, definition.name, drift).inc()
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state
             # The happy path (started, completed) at thousands a second is noise at INFO.

@@ -22,6 +22,7 @@ from faust.types import TableT
 from faust.web import Request, Response
 from yarl import URL
 
+from tracker.core.conformance import Conformance
 from tracker.core.definitions import Catalog
 from tracker.core.events import CONTROL, Event
 from tracker.core.machine import visible_status
@@ -98,6 +99,7 @@ class Api:
         worker: Worker,
         saga_log: faust.TopicT,
         batches: Batches,
+        conformance: Conformance,
         state: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         """``state``: a saga's newest state row, the row cache first (``StateCache.get``);
@@ -105,6 +107,7 @@ class Api:
         self.app, self.settings, self.catalog, self.indexes = app, settings, catalog, indexes
         self.state = state or sagas.get
         self.metrics, self.worker, self.saga_log, self.batches = metrics, worker, saga_log, batches
+        self.conformance = conformance
         self.router = Router(app, sagas, settings.partitions)
         self._queueing: set[asyncio.Task[None]] = set()  # batches being queued (kept from the collector)
 
@@ -150,7 +153,8 @@ class Api:
         active = self.worker.active_partitions()
         if not self.worker.recovering():
             await self.indexes.refresh(active)
-        return {**self.indexes.stats(active, time.time()), "lag": self.lag()}
+        figures = self.indexes.stats(active, time.time())
+        return {**figures, "conformance": self.conformance.figures(), "lag": self.lag()}
 
     def lag(self) -> dict[str, Any]:
         return self.worker.lag()

@@ -181,10 +181,28 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Per saga type and step (every step of the current definitions, zeros included).",
                 "additionalProperties": {"type": "object", "additionalProperties": _ref("FlowStep")},
             },
+            "conformance": {
+                "type": "object",
+                "description": "Per saga type, traffic that drifts from the definitions, since each worker started.",
+                "additionalProperties": _ref("Drift"),
+            },
             "workers": {"type": "array", "items": _ref("WorkerLag")},
             "behind": {"type": "boolean"},
             "partial": {"type": "boolean"},
             "missing_workers": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "Drift": _obj(
+        {
+            "undeclared_event_type": {"type": "integer", "description": "Events of a type no definition names."},
+            "steps_out_of_order": {"type": "integer", "description": "Sagas whose steps completed out of order (event time)."},
+            "completed_after_timeout": {"type": "integer", "description": "Steps completed after the tracker timed them out."},
+            "unrequested_confirmation": {"type": "integer", "description": "Undos confirmed that nobody asked for."},
+            "undeclared_types": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "The undeclared event types by name (at most 50; names cut to 100 characters).",
+            },
         }
     ),
     "FlowStep": _obj(

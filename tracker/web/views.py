@@ -25,6 +25,7 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tracker.core.conformance import merge as merge_conformance
 from tracker.core.flow import merge
 from tracker.core.summaries import BadQuery, Query
 from tracker.generations.registry import Generations
@@ -197,6 +198,7 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
                 return denied
             parts, missing = await api.fan_out(request, "/internal/stats", {}, api.local_stats)
             merged = merge(parts)
+            merged["conformance"] = merge_conformance(p.get("conformance", {}) for p in parts)
             merged["workers"] = [p["lag"] for p in parts]
             merged["behind"] = any(p["lag"]["behind"] for p in parts)
             merged.update(partial=bool(missing), missing_workers=missing)

@@ -51,6 +51,20 @@ class Forward(Decisions):
         step = self.s.steps[i]
         step.state, step.completed_at, step.completed_by = st.DONE, e.time, e.id
         step.due = None
+        self.check_order(i)
+
+    def check_order(self, i: int) -> None:
+        """Drift (``conformance``): step ``i`` completed, in event time, before the step the
+        definition puts before it, or after the one it puts after it. Arrival order alone is
+        not drift (transport reorders); once per saga."""
+        s, t = self.s, self.s.steps[i].completed_at
+        if t is None or s.counts.get("steps_out_of_order"):
+            return
+        before = s.steps[i - 1].completed_at if i > 0 else None
+        after = s.steps[i + 1].completed_at if i + 1 < len(s.steps) else None
+        if (before is not None and before > t) or (after is not None and after < t):
+            self.count("steps_out_of_order")
+            self.outcomes.append("steps_out_of_order")
 
     def service(self, e: Event, *, replayed: bool = False) -> None:
         s, d = self.s, self.d
@@ -86,6 +100,8 @@ class Forward(Decisions):
             if what == "complete" and s.steps and s.steps[i].completed_at is None:
                 # Fenced, but the timeline keeps when an implied step really completed.
                 s.steps[i].completed_at, s.steps[i].completed_by = e.time, e.id
+                if s.steps[i].state == st.TIMED_OUT:
+                    self.outcomes.append("completed_after_timeout")
             return
         if what == "start":
             self.record(e, "ignored", detail="saga already started")
@@ -111,6 +127,8 @@ class Forward(Decisions):
                 # The stalled or failed step did happen after all: it must be undone too.
                 step.state, step.due = st.DONE, None
                 self.record(e, "late_completion", i, detail=f"step was {prior}; compensating it")
+                if prior == st.TIMED_OUT:
+                    self.outcomes.append("completed_after_timeout")
                 self.compensate_step(i, e.time, e.id, tracker_emits=s.compensated_by == "tracker")
             else:  # already being undone, implied by a later step's failure
                 self.record(e, "late_completion", i, detail=f"step is already {prior}")

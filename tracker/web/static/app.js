@@ -309,6 +309,37 @@ function flowDiagram(def, cells) {
   return root;
 }
 
+// Where traffic drifts from the definition (since each worker started): a new event type, steps
+// out of their declared order, completions after a timeout, undos nobody asked for.
+const DRIFTS = [
+  ["undeclared_event_type", "undeclared event types"],
+  ["steps_out_of_order", "steps out of order"],
+  ["completed_after_timeout", "completed after timeout"],
+  ["unrequested_confirmation", "unrequested undos"],
+];
+
+function driftLine(name, drift) {
+  const p = el("p", null, "drift");
+  p.setAttribute("aria-label", `Drift of ${name} from its definition`);
+  const d = drift || {};
+  const total = DRIFTS.reduce((n, [k]) => n + (d[k] || 0), 0);
+  p.append(el("span", total ? "drift from the definition: " : "no drift from the definition", total ? "reason" : "muted"));
+  if (!total) return p;
+  DRIFTS.forEach(([k, label]) => {
+    if (!d[k]) return;
+    const part = el("span", `${label} ${d[k]}`, `d-${k}`);
+    part.dataset.drift = k;
+    p.append(part);
+    if (k === "undeclared_event_type") {
+      const names = Object.entries(d.undeclared_types || {}).sort((a, b) => b[1] - a[1]).slice(0, 5);
+      p.append(el("span", ` (${names.map(([t, n]) => `${t} ${n}`).join(", ")})`, "muted"));
+    }
+    p.append(document.createTextNode(" · "));
+  });
+  p.lastChild.remove();
+  return p;
+}
+
 async function loadFlow() {
   const error = $("#flow-error");
   try {
@@ -326,7 +357,7 @@ async function loadFlow() {
       const link = el("a", def.name);
       link.href = `#/definitions/${encodeURIComponent(def.name)}`;
       h.append(link, el("span", `  v${def.version} · ${Object.values((stats.counts || {})[def.name] || {}).reduce((a, b) => a + b, 0)} sagas · stuck ${(stats.stuck || {})[def.name] || 0}`, "muted"));
-      section.append(h, flowDiagram(def, cells));
+      section.append(h, driftLine(def.name, (stats.conformance || {})[def.name]), flowDiagram(def, cells));
       box.append(section);
     }
     if (focused) { // a live refresh keeps the keyboard where it was
