@@ -43,7 +43,7 @@ def alert_rules() -> list[dict]:
 
 def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
     promtool = tool("promtool")
-    assert "SUCCESS: 8 rules found" in run(promtool, "check", "rules", "alerts.yml", cwd=DEPLOY / "prometheus")
+    assert "SUCCESS: 9 rules found" in run(promtool, "check", "rules", "alerts.yml", cwd=DEPLOY / "prometheus")
     out = run(promtool, "test", "rules", "alerts_test.yml", cwd=DEPLOY / "prometheus")
     assert "SUCCESS" in out
     tested = set(re.findall(r"alertname: (\w+)", (DEPLOY / "prometheus/alerts_test.yml").read_text()))
