@@ -46,7 +46,7 @@ faults: lint typecheck $(STAMP)
 # Quix Streams is installed only for the benchmark, in a venv of its own.
 $(BENCH_VENV)/.installed:
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install --quiet quixstreams
+	$(BENCH_VENV)/bin/pip install --quiet quixstreams orjson pyyaml  # the same-work contender runs the tracker's core
 	touch $@
 
 bench: $(STAMP) $(BENCH_VENV)/.installed

@@ -38,6 +38,7 @@ from tracker.web.routing import Router
 
 log = logging.getLogger(__name__)
 FANOUT_TIMEOUT = 5.0
+YIELD_EVERY = 500  # sagas decoded between two turns of the event loop (a batch holds up to 10,000)
 
 
 class Worker(Protocol):
@@ -269,10 +270,13 @@ class Api:
         active = set(self.worker.active_partitions())
         return [s for s in found["sagas"] if partition_of(s[0], self.settings.partitions) in active]
 
-    def local_batch(self, found: dict[str, Any]) -> dict[str, Any]:
-        """What became of each saga of a batch that this worker owns."""
+    async def local_batch(self, found: dict[str, Any]) -> dict[str, Any]:
+        """What became of each saga of a batch that this worker owns (each one's state read and
+        decoded: the event loop gets a turn every ``YIELD_EVERY`` sagas)."""
         out: dict[str, Any] = {"applied": [], "rejected": [], "pending": []}
-        for saga_id, _, _ in self.mine(found):
+        for n, (saga_id, _, _) in enumerate(self.mine(found)):
+            if n and n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             raw = self.state(saga_id.encode())
             kind, why = outcome(None if raw is None else orjson.loads(raw), control_id(found["batch_id"], saga_id))
             if kind == "rejected":
@@ -339,14 +343,8 @@ class Api:
         found = await self.batches.find(batch)
         if found is None:
             return error(web, 404, "not_found", f"no batch with id {batch[:100]!r}")
-        parts, missing = await self.fan_out(request, f"/internal/batches/{batch}", {}, self.local_batch_of(found))
+        parts, missing = await self.fan_out(request, f"/internal/batches/{batch}", {}, lambda: self.local_batch(found))
         return ok(web, report(found, parts, missing))
-
-    def local_batch_of(self, found: dict[str, Any]) -> Callable[[], Awaitable[dict[str, Any]]]:
-        async def local() -> dict[str, Any]:
-            return self.local_batch(found)
-
-        return local
 
     async def resume(self) -> None:
         """Queue again the control records of this worker's sagas still pending in a batch
@@ -360,7 +358,7 @@ class Api:
             key = (found["batch_id"], partitions)
             if key in self.batches.settled:
                 continue
-            pending = set(self.local_batch(found)["pending"])
+            pending = set((await self.local_batch(found))["pending"])
             if not pending:
                 self.batches.settled.add(key)
                 continue

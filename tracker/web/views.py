@@ -257,7 +257,7 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
             found = await api.batches.find(batch)
             if found is None:
                 return error(self, 404, "not_found", f"no batch with id {batch[:100]!r}")
-            return ok(self, api.local_batch(found))
+            return ok(self, await api.local_batch(found))
 
     @app.timer(RESUME_EVERY)
     async def resume_batches() -> None:
