@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -34,7 +35,7 @@ def test_drift_from_the_definition_is_counted_per_saga_type_as_it_happens(make_s
         s.event("OrderCreated", "late"),
     )
     w.wait_saga("late", lambda b: b["status"] == "compensating", timeout=30)  # payment timed out
-    audited = [
+    audited: list[tuple[str, bytes, bytes, list[Any]]] = [
         (
             s.prefix + "orders",
             sid.encode(),
