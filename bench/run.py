@@ -545,12 +545,17 @@ sdf = app.dataframe(topic)
 sdf = sdf.update(update, stateful=True)
 app.run()
 """
+    return run_quix(python, code, "quix streams 3 (rocksdb+changelog)")
+
+
+def run_quix(python: str, code: str, name: str) -> Result:
+    """Run a Quix contender's program; it prints [events, seconds, CPU seconds] when done."""
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=3600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
     if not lines:
-        raise RuntimeError(f"quix run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     events, seconds, cpu_seconds = json.loads(lines[-1])
-    return Result("quix streams 3 (rocksdb+changelog)", events, seconds, cpu_seconds)
+    return Result(name, events, seconds, cpu_seconds)
 
 
 def quix_same_work(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result | None:
@@ -600,12 +605,7 @@ sdf = app.dataframe(topic)
 sdf = sdf.apply(track, stateful=True, metadata=True)
 app.run()
 """
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=3600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
-    if not lines:
-        raise RuntimeError(f"quix same-work run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    events, seconds, cpu_seconds = json.loads(lines[-1])
-    return Result("quix streams, the tracker's work", events, seconds, cpu_seconds)
+    return run_quix(python, code, "quix streams, the tracker's work")
 
 
 def main(argv: list[str] | None = None) -> int:
