@@ -561,8 +561,9 @@ def run_quix(python: str, code: str, name: str) -> Result:
 def quix_same_work(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result | None:
     """Quix Streams doing the tracker's work, as a Quix user would write it from Quix's docs: a
     stateful ``apply`` whose function runs the tracker's own correlation, pure machine and
-    state encoding, the saga's state in Quix's RocksDB state with its changelog (default
-    settings apart from the broker). The tracker's code is imported from this checkout."""
+    state (as a dict: Quix encodes state values as JSON itself), the saga's state in Quix's
+    RocksDB state with its changelog (default settings apart from the broker). The tracker's
+    code is imported from this checkout."""
     python = os.environ.get("QUIX_PYTHON")
     if not python or not Path(python).exists():
         return None
@@ -570,7 +571,6 @@ def quix_same_work(bootstrap: str, topic: str, total: int, data_dir: Path) -> Re
     code = f"""
 import time, resource, json, sys
 sys.path.insert(0, {str(ROOT)!r})
-import orjson
 from quixstreams import Application
 from tracker.core.correlation import Record, correlate
 from tracker.core.machine import apply
@@ -588,12 +588,12 @@ def track(value, key, timestamp, headers, state):
         u = resource.getrusage(resource.RUSAGE_SELF); seen[1] = time.perf_counter(); seen[2] = u.ru_utime + u.ru_stime
     record = Record({topic!r}, 0, seen[0], key, None, headers or [], timestamp / 1000)
     event = correlate(catalog, record, value)
-    raw = state.get("saga")
-    saga = None if raw is None else SagaState.from_dict(orjson.loads(raw))
+    stored = state.get("saga")  # Quix serializes state values itself (JSON): a dict, as its docs store
+    saga = None if stored is None else SagaState.from_dict(stored)
     definition = catalog.definition(saga.saga_type, saga.version) if saga else catalog.definition(event.saga_type, event.version)
     transition = apply(definition, saga, event, time.time())
     if transition.changed and transition.state is not None:
-        state.set("saga", orjson.dumps(transition.state))
+        state.set("saga", transition.state.to_dict())
     seen[0] += 1
     if seen[0] >= {total}:
         u = resource.getrusage(resource.RUSAGE_SELF)
