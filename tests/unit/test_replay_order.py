@@ -229,3 +229,19 @@ def test_a_retry_answered_before_its_decision_arrives_is_counted_not_parked() ->
             g2.apply(retry.event)
     assert g2.digest() == g1.digest() and g2.saga.s.parked == []
     assert [h["outcome"] for h in g2.saga.s.history].count("decision_overtaken") == 2
+
+
+def test_a_first_timeout_whose_answers_came_early_still_waits_for_its_anchor() -> None:
+    """Not only counted: a first timeout also moves the saga to compensating. Read before its
+    anchor (a lagging topic holds the payment's completion) and after its answers, it waits."""
+    world = World(gaps=(5.0,), fails=False, answers=(0.2,) * 12, undo_after_failure=(False,) * 2)
+    g1, written = live(world)
+    assert g1.saga.s.status == st.COMPENSATED
+    timeout = next(w for w in written if w.topic == "decisions")
+    answers = [w for w in written if w.answers == timeout.event.id]
+    late = next(w for w in written if w.event.type == "PaymentAuthorized")
+    g2 = Generation()
+    order = [w for w in written if w not in (timeout, late, *answers)]
+    for w in [order[0], *answers, timeout, late, *order[1:]]:
+        g2.apply(w.event)
+    assert g2.digest() == g1.digest() and g2.saga.s.parked == []

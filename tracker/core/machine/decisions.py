@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from tracker.core import state as st
 from tracker.core.definitions import SagaDefinition
 from tracker.core.events import CONTROL, TIMEOUT, Event
 from tracker.core.machine.actions import Actions
@@ -104,11 +105,13 @@ class Decisions(Actions):
         return found
 
     def overtaken_only(self, e: Event) -> bool:
-        """A recorded decision whose every compensation was answered here before it arrived:
-        its anchor is gone with those answers (a retry's due time), so it would wait for
-        ever. Counted, not parked."""
+        """A recorded retry whose every compensation was answered here before it arrived: its
+        anchor (the retry's due time) is gone with those answers, so it would wait for ever,
+        and re-emitting is all a retry does. Counted, not parked. Any other decision (a first
+        timeout also moves the saga to compensating) waits for its anchor as before."""
         sent = e.action.get("emitted") or ()
-        if not sent or anchor(self.d, self.s) == e.action.get("anchor"):
+        at = e.action.get("anchor") or {}
+        if not sent or at.get("status") != st.COMPENSATING or anchor(self.d, self.s) == at:
             return False
         for x in sent:
             i = self.step_named(x.get("step"))
