@@ -95,6 +95,8 @@ class Batches:
         self.book.position = await read_from(self.bootstrap, self.topic, self.book.position, self.book.fold)
 
     async def find(self, batch: str) -> dict[str, Any] | None:
+        if not BATCH_ID.match(batch):  # not an id this API gives out: no read of the topic for it
+            return None
         if batch not in self.book.batches:
             await self.refresh()
         return self.book.batches.get(batch)
