@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka.structs import TopicPartition
 
 from tracker.core.correlation import Record
 from tracker.core.discovery import Draft, KeyFinder, Miner, mine, render, value_at
 from tracker.core.times import parse_time
-from tracker.generations.replay import merged, partitions_of
+from tracker.generations.replay import merged, open_window
 from tracker.kafka import clients
 
 SAMPLE = 20_000  # records held to propose the correlation key
@@ -122,18 +121,8 @@ async def records(bootstrap: str, topics: list[str], from_time: float | None) ->
     consumer = clients.consumer(bootstrap, purpose="discover", enable_auto_commit=False)
     await consumer.start()
     try:
-        tps: list[TopicPartition] = await partitions_of(consumer, topics)
-        consumer.assign(tps)
-        start = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
-        if from_time is not None:
-            found = await consumer.offsets_for_times({tp: int(from_time * 1000) for tp in tps})
-            start = {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
-        for tp in tps:
-            consumer.seek(tp, start[tp])
-        async for r in merged(consumer, {tp: (start[tp], end[tp]) for tp in tps}, {}, cutoff=time.time()):
-            if from_time is not None and r.timestamp is not None and r.timestamp < from_time:
-                continue  # a broker that answers a time lookup coarsely seeks too early
+        window, _ = await open_window(consumer, topics, from_time)
+        async for r in merged(consumer, window, {}, cutoff=time.time(), since=from_time):
             yield r
     finally:
         await consumer.stop()

@@ -103,19 +103,14 @@ class Miner:
     key: str
     max_instances: int
     instances: dict[str, dict[str, float]] = field(default_factory=dict)
-    types: Counter[str] = field(default_factory=Counter)  # events per type
     duplicates: int = 0
     dropped_events: int = 0  # events of instances beyond the cap
-    dropped_instances: set[str] = field(default_factory=set)
 
     def add(self, value: str, event_type: str, at: float) -> None:
-        self.types[event_type] += 1
         seen = self.instances.get(value)
         if seen is None:
             if len(self.instances) >= self.max_instances:
                 self.dropped_events += 1
-                if len(self.dropped_instances) < 1000:
-                    self.dropped_instances.add(value)
                 return
             seen = self.instances[value] = {}
         if event_type in seen:

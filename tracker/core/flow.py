@@ -30,6 +30,11 @@ NONE = -1  # the bucket field of a mark that is not a duration
 Mark = tuple[str, str, str, int]
 
 
+def empty_cell() -> dict[str, Any]:
+    """One step's figures before anything is counted."""
+    return {**dict.fromkeys(MEASURES, 0), "completed": 0, "buckets": {}}
+
+
 def bucket(seconds: float) -> int:
     return bisect.bisect_left(BUCKETS, seconds)
 
@@ -86,7 +91,7 @@ def figures(
     out: dict[str, Any] = {"counts": {}, "stuck": {}, "oldest_in_flight_seconds": {}, "flow": {}}
     flow: dict[str, dict[str, dict[str, Any]]] = out["flow"]
     for saga_type, names in steps.items():
-        flow[saga_type] = {name: {**dict.fromkeys(MEASURES, 0), "completed": 0, "buckets": {}} for name in names}
+        flow[saga_type] = {name: empty_cell() for name in names}
     for (what, saga_type, name, b), n in counts.items():
         if n <= 0:
             continue
@@ -132,7 +137,7 @@ def merge(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         for saga_type, cells in p.get("flow", {}).items():
             into = out["flow"].setdefault(saga_type, {})
             for name, cell in cells.items():
-                mine = into.setdefault(name, {**dict.fromkeys(MEASURES, 0), "completed": 0, "buckets": {}})
+                mine = into.setdefault(name, empty_cell())
                 for measure in (*MEASURES, "completed"):
                     mine[measure] += cell[measure]
                 for b, n in cell["buckets"].items():

@@ -107,18 +107,10 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
     await consumer.start()
     await producer.start()
     try:
-        tps = await partitions_of(consumer, [*catalog.topics, settings.decisions])
-        consumer.assign(tps)
-        earliest = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
-        start = dict(earliest)
-        if from_time is not None:
-            found = await consumer.offsets_for_times({tp: int(from_time * 1000) for tp in tps})
-            start = {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
+        window, earliest = await open_window(consumer, [*catalog.topics, settings.decisions], from_time)
+        tps = list(window)
         report.truncated = from_time is not None or any(earliest[tp] > 0 for tp in tps)
-        report.window = {f"{tp.topic}/{tp.partition}": [start[tp], end[tp]] for tp in tps}
-        for tp in tps:
-            consumer.seek(tp, start[tp])
+        report.window = {f"{tp.topic}/{tp.partition}": list(window[tp]) for tp in tps}
         sink = _DeadLetterSink(producer, settings.dead_letters)
         started: dict[str, bool] = {}  # saga id -> its start event was in the window
         first: dict[str, Event] = {}
@@ -134,9 +126,7 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
             delivery = await producer.send(settings.saga_log, key=key, value=value)
             delivery.add_done_callback(written)
 
-        async for record in merged(consumer, {tp: (start[tp], end[tp]) for tp in tps}, fed, cutoff=began):
-            if from_time is not None and record.timestamp is not None and record.timestamp < from_time:
-                continue  # a broker that answers a time lookup coarsely (the embedded one) seeks too early
+        async for record in merged(consumer, window, fed, cutoff=began, since=from_time):
             report.records += 1
             try:
                 event = to_event(catalog, record, decisions=settings.decisions, generation=n, max_bytes=settings.max_event_bytes)
@@ -177,7 +167,7 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
         # Where the generation's workers go on live: right after what was fed, never past or short of it.
         await _commit(bootstrap, settings.group_id, fed)
         report.saga_log_end = {str(p): end for p, end in sorted(log_end.items())}
-        report.window = {f"{tp.topic}/{tp.partition}": [start[tp], fed[tp]] for tp in tps}
+        report.window = {f"{tp.topic}/{tp.partition}": [window[tp][0], fed[tp]] for tp in tps}
     finally:
         await producer.stop()
         await consumer.stop()
@@ -200,11 +190,31 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
     return report
 
 
+async def open_window(
+    consumer: AIOKafkaConsumer, topics: Iterable[str], from_time: float | None
+) -> tuple[dict[TopicPartition, tuple[int, int]], dict[TopicPartition, int]]:
+    """Assign every partition of ``topics`` and seek each to ``from_time`` (default: the earliest
+    retained offset); returns the window, (start, reported end) per partition, for ``merged``,
+    and the earliest retained offsets."""
+    tps = await partitions_of(consumer, topics)
+    consumer.assign(tps)
+    earliest = await consumer.beginning_offsets(tps)
+    end = await consumer.end_offsets(tps)
+    start = dict(earliest)
+    if from_time is not None:
+        found = await consumer.offsets_for_times({tp: int(from_time * 1000) for tp in tps})
+        start = {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
+    for tp in tps:
+        consumer.seek(tp, start[tp])
+    return {tp: (start[tp], end[tp]) for tp in tps}, earliest
+
+
 async def merged(
     consumer: AIOKafkaConsumer,
     window: dict[TopicPartition, tuple[int, int]],
     fed: dict[TopicPartition, int],
     cutoff: float | None = None,
+    since: float | None = None,
 ) -> Any:
     """Every record from each partition's start to its real end, in (timestamp, topic, partition,
     offset) order; ``fed`` gets, per partition, the offset after the last record yielded.
@@ -215,6 +225,8 @@ async def merged(
     would be committed past records it never fed. Past the reported end, reading goes on until
     fetches return nothing (``IDLE_FETCHES`` in a row) or a record was written after ``cutoff``
     (epoch seconds: when the replay began): such a record is live, left to the generation's workers.
+    Records older than ``since`` are passed over (counted in ``fed``): a broker that answers a
+    time lookup coarsely (the embedded one) seeks too early.
     A k-way merge: a partition's next record is compared only once fetched; a drained one drops out.
     """
     limit = None if cutoff is None else int(cutoff * 1000)
@@ -253,7 +265,8 @@ async def merged(
         _, topic, partition, offset, m = heapq.heappop(heap)
         tp = TopicPartition(topic, partition)
         fed[tp] = offset + 1
-        yield records.from_consumer_record(m)
+        if since is None or m.timestamp >= since * 1000:
+            yield records.from_consumer_record(m)
         if not buffers[tp]:
             await refill([tp])
         if buffers[tp]:

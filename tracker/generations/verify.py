@@ -19,7 +19,7 @@ from topics import names
 from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog
 from tracker.core.state import outcome_view
-from tracker.generations.replay import merged, partitions_of
+from tracker.generations.replay import merged, open_window, partitions_of
 from tracker.kafka import clients
 from tracker.kafka.admin import bootstrap_of
 from tracker.ops.settings import Settings
@@ -32,12 +32,8 @@ async def read_all(bootstrap: str, topic: str) -> AsyncIterator[Record]:
     consumer = clients.consumer(bootstrap, purpose="replay", enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = await partitions_of(consumer, [topic])
-        consumer.assign(tps)
-        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, begin[tp])
-        async for r in merged(consumer, {tp: (begin[tp], end[tp]) for tp in tps}, {}):
+        window, _ = await open_window(consumer, [topic], None)
+        async for r in merged(consumer, window, {}):
             yield r
     finally:
         await consumer.stop()

@@ -81,6 +81,13 @@ class Compensation(Run):
             self.outcome("SagaCompensated", at, cause)
             self.outcomes.append("compensated")
 
+    def undo_answered(self, i: int) -> None:
+        """Every compensation sent for step ``i`` is answered: none is re-sent on redelivery."""
+        name = self.d.steps[i].name
+        for entry in self.s.outbox:
+            if entry["step"] == name and entry["kind"] == "compensation":
+                entry["confirmed"] = True
+
     def confirm_after_giving_up(self, i: int, e: Event) -> None:
         """A service confirms an undo the tracker had given up on (``failed_needs_manual``): the
         step is undone after all, and once nothing is left to undo the saga is ``compensated``
@@ -88,9 +95,7 @@ class Compensation(Run):
         saga would keep paging for what the service already did."""
         s, step = self.s, self.s.steps[i]
         step.comp_confirmed_at, step.comp_due, step.state = e.time, None, st.STEP_COMPENSATED
-        for entry in s.outbox:
-            if entry["step"] == self.d.steps[i].name and entry["kind"] == "compensation":
-                entry["confirmed"] = True
+        self.undo_answered(i)
         self.record(e, "compensation_confirmed_late", i, detail="confirmed after the tracker gave up")
         self.outcomes.append("compensation_confirmed")
         left = [self.d.steps[j].name for j, x in enumerate(s.steps) if x.state in (st.COMPENSATION_FAILED, st.NO_COMPENSATION)]
@@ -109,9 +114,7 @@ class Compensation(Run):
             return
         step.comp_confirmed_at = e.time
         step.comp_due = None
-        for entry in s.outbox:
-            if entry["step"] == self.d.steps[i].name and entry["kind"] == "compensation":
-                entry["confirmed"] = True
+        self.undo_answered(i)
         if s.status != st.COMPENSATING or step.state not in (st.STEP_COMPENSATING, st.COMPENSATION_FAILED):
             self.count("reordered")
             self.record(e, "confirmed_early", i, detail="undo confirmed before compensation was needed")

@@ -98,9 +98,7 @@ class Decisions(Actions):
             while step.comp_attempts < attempt:
                 self.emit_compensation(i, e.time, e.id)
             step.comp_due = None
-            for entry in self.s.outbox:
-                if entry["step"] == self.d.steps[i].name and entry["kind"] == "compensation":
-                    entry["confirmed"] = True
+            self.undo_answered(i)
             self.record(e, "decision_overtaken", i, detail=f"attempt {attempt} was answered before its decision arrived")
         return found
 
@@ -120,10 +118,12 @@ class Decisions(Actions):
         return self.overtaken(e)
 
     def step_named(self, name: Any) -> int | None:
-        for i, spec in enumerate(self.d.steps):
-            if spec.name == name and i < len(self.s.steps):
-                return i
-        return None
+        """The index of a step a recorded decision names, if this saga has it."""
+        try:
+            i = self.d.step_index(str(name))
+        except KeyError:
+            return None
+        return i if i < len(self.s.steps) else None
 
 
 def anchor(d: SagaDefinition, s: SagaState) -> dict[str, Any]:
