@@ -39,3 +39,11 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         yield b
         b.close()
+
+
+def watched_page(browser: Any, height: int = 900) -> tuple[Any, list[str]]:
+    """A fresh page and the JavaScript errors it raises (each test asserts there were none)."""
+    page = browser.new_page(viewport={"width": 1366, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.e2e.conftest import watched_page
 from tests.integration.conftest import ARTIFACTS
 from tests.integration.harness import Scenario, Worker
 
@@ -48,9 +49,7 @@ def test_the_flow_diagram_counts_each_step_and_a_stuck_count_opens_those_sagas_f
     w.wait_listed(2, "status=compensated")
     w.wait_listed(3, "status=completed")
 
-    page = browser.new_page(viewport={"width": 1366, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page, errors = watched_page(browser)
     page.on("dialog", lambda d: d.accept())
     opened(page, w)
     page.wait_for_function(
@@ -128,9 +127,7 @@ def test_the_timeline_draws_a_compensated_sagas_attempts_in_order(make_scenario:
     s.send(s.event("PaymentRefunded", "late-undo"), s.event("OrderCancelled", "late-undo"))
     w.wait_saga("late-undo", lambda b: b["status"] == "compensated")
 
-    page = browser.new_page(viewport={"width": 1366, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page, errors = watched_page(browser)
     page.goto(w.base + "/#/saga/late-undo")
     page.wait_for_selector("#tl svg .tl-mark")
     attempts = page.locator('#tl .tl-mark[data-kind="attempt"]')

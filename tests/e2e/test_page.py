@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import watched_page
 from tests.integration.conftest import ARTIFACTS
 from tests.integration.harness import Scenario
 
@@ -31,9 +32,7 @@ def test_stuck_saga_forced_to_compensate_from_the_page(make_scenario: Callable[.
     w.wait_listed(6)
     w.wait_listed(3, "stuck=true")
 
-    page = browser.new_page(viewport={"width": 1366, "height": 800})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page, errors = watched_page(browser, height=800)
     page.goto(w.base + "/#/sagas")
     page.wait_for_selector("#sagas tbody tr")
     rows = page.locator("#sagas tbody tr")
