@@ -113,7 +113,7 @@ def build(
     tables = tables_module.declare(app, settings)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     state = StateCache(tables.sagas, cache_rows=settings.state_cache_rows, frozen_after=settings.session_timeout, metrics=metrics)
-    checkpoint = Checkpoint(state)
+    checkpoint = Checkpoint(state, metrics)
     internals.before_commit(app, checkpoint.commit)
     context = FaustContext(
         app,
@@ -172,6 +172,7 @@ def build(
         deadlines=sweeper,
         hooks=hooks,
         conformance=conformance,
+        hot_sagas=settings.hot_sagas,
     )
     backlog = Backlog(generations, progress, settings.saga_log)
     ingest = Ingest(

@@ -17,6 +17,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tables import rows
 from tracker.app import TrackerApp, build, faust_app
 from tracker.core.correlation import Record
 from tracker.core.events import Event, timeout_event
@@ -25,6 +26,7 @@ from tracker.kafka.partitioner import partition_of
 from tracker.loader import load_catalog
 from tracker.ops.settings import Settings
 from tracker.stream.indexes import DEADLINE, pending_prefix
+from tracker.stream.state_cache import Value
 
 
 @dataclass
@@ -241,6 +243,9 @@ async def test_a_stale_deadline_row_is_removed_when_its_timeout_arrives(shell: S
     state["deadline"] = {"token": "9@999000", "due": 999.0}
     state["steps"][1]["due"] = 999.0
     shell.tracker.tables.sagas.data[b"o-1"] = orjson.dumps(state)
+    # A recovery also drops the decoded states kept with the partition's index (``Hot``); the
+    # index row is left stale here on purpose, so only the states go.
+    shell.tracker.tracking.hot.entries.clear()
     assert b"%015d|o-1" % 120_000 in shell.deadlines()
     await track.put(record(timeout_event("o-1", "order_fulfilment", stale["token"], stale["due"])), key=b"o-1")
     assert b"%015d|o-1" % 120_000 not in shell.deadlines()
@@ -286,6 +291,28 @@ async def test_indexes_are_rebuilt_when_the_changelog_changes_saga_state(shell: 
             break
         await asyncio.sleep(0.01)
     assert list(shell.deadlines()) == [b"%015d|o-0" % 125_000, b"%015d|o-1" % 999_000]
+
+
+async def test_a_saga_in_flight_is_decoded_once_and_read_again_after_the_changelog_changed_it(shell: Shell, track: Any) -> None:
+    await track.put(record(order_event("OrderCreated")), key=b"o-1")
+    await track.put(record(order_event("PaymentAuthorized", time=101.0)), key=b"o-1")
+    assert shell.metric("saga_tracker_hot_state_reads_total", result="miss") == 1.0  # the first event
+    assert shell.metric("saga_tracker_hot_state_reads_total", result="hit") == 1.0  # kept decoded since
+    # As a changelog recovery would: the saga's row changes behind the track agent's back, and
+    # the partition's index is dropped with the decoded states kept under it.
+    changed = shell.saga("o-1")
+    assert changed is not None
+    changed["keys"] = {"restored": "from-the-changelog"}
+    shell.tracker.tables.sagas.data[b"o-1"] = orjson.dumps(changed)
+    shell.tracker.indexes.invalidate({0})
+    await track.put(record(order_event("InventoryReserved", time=102.0)), key=b"o-1")
+    for _ in range(100):  # the agent rebuilds the index first: put() returns before it applies
+        if (shell.saga("o-1") or {}).get("current") == 3:
+            break
+        await asyncio.sleep(0.01)
+    saga = shell.saga("o-1")
+    assert saga is not None and saga["keys"] == {"restored": "from-the-changelog"} and saga["current"] == 3
+    assert shell.metric("saga_tracker_hot_state_reads_total", result="miss") == 2.0
 
 
 async def test_an_undecodable_saga_row_does_not_leave_its_partition_unindexed(shell: Shell, track: Any) -> None:
@@ -399,8 +426,9 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
     table, gate, seen = shell.tracker.tables.sagas, asyncio.Event(), []
 
     class SlowSend:
-        async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
-            table[key] = value  # stored before the first await, as the state cache does
+        async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
+            table[key] = value if isinstance(value, bytes) else rows.encode(value)  # before the first await, as the state cache
+
             seen.append((shell.saga("o-1"), shell.deadlines()))
             await gate.wait()  # the producer's buffer is full
 
@@ -425,8 +453,8 @@ async def test_a_decision_that_sends_is_written_through_before_it_is_sent(shell:
     tracking = shell.tracker.tracking
 
     class Recording:
-        async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
-            table[key] = value
+        async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
+            table[key] = value = value if isinstance(value, bytes) else rows.encode(value)
             order.append(("put", through, bool(orjson.loads(value)["outbox"])))
 
         def get(self, key: bytes, partition: int | None = None) -> bytes | None:

@@ -7,9 +7,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.agents.test_state_cache import cached_changelog
 from tracker.kafka import internals
+from tracker.ops.metrics import Metrics
 from tracker.stream.checkpoint import Checkpoint
 
 
@@ -28,7 +30,7 @@ async def test_faust_s_commit_runs_the_checkpoint_first() -> None:
 
     producer.flush = faust_flush  # type: ignore[attr-defined]
     app: Any = SimpleNamespace(producer=producer)
-    checkpoint = Checkpoint(cache)
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()))
     internals.before_commit(app, checkpoint.commit)
     await cache.put(0, b"saga-1", b"v1")  # cached: nothing decided to send
     assert producer.sent == []
@@ -40,7 +42,7 @@ async def test_faust_s_commit_runs_the_checkpoint_first() -> None:
 async def test_an_output_the_broker_refused_exits_before_the_offset_is_committed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tracker.stream.restart.os._exit", exit_)
     cache, _, _ = cached_changelog()
-    checkpoint = Checkpoint(cache)
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()))
     loop = asyncio.get_running_loop()
     ok, refused = loop.create_future(), loop.create_future()
     checkpoint.sent(ok, "compensation record")
@@ -61,7 +63,7 @@ async def test_an_output_the_broker_refused_exits_before_the_offset_is_committed
 
 async def test_delivered_outputs_let_the_commit_go_ahead() -> None:
     cache, _, _ = cached_changelog()
-    checkpoint = Checkpoint(cache)
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()))
     delivery = asyncio.get_running_loop().create_future()
     checkpoint.sent(delivery, "compensation record")
     assert checkpoint.pending == 1
@@ -72,3 +74,19 @@ async def test_delivered_outputs_let_the_commit_go_ahead() -> None:
 
     await checkpoint.commit(flush_producer)
     assert checkpoint.pending == 0 and checkpoint.undelivered == [] and checkpoint.commits == 1
+
+
+async def test_a_commit_adds_the_tallied_counts_to_their_counters() -> None:
+    cache, _, _ = cached_changelog()
+    metrics = Metrics(CollectorRegistry())
+    checkpoint = Checkpoint(cache, metrics)
+    metrics.count(metrics.routed, "here")
+    metrics.count(metrics.routed, "here")
+    counter = metrics.routed.labels("here")
+    assert counter._value.get() == 0  # tallied, not yet added
+
+    async def flush_producer() -> None:
+        return None
+
+    await checkpoint.commit(flush_producer)
+    assert counter._value.get() == 2

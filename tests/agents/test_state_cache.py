@@ -11,6 +11,8 @@ import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
+from tables import rows
+from tracker.core.state import SagaState
 from tracker.ops.metrics import Metrics
 from tracker.stream.state_cache import StateCache
 
@@ -148,6 +150,24 @@ async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_
     await asyncio.sleep(0)  # delivery callbacks
     assert not changelog.rows and changelog.get(b"saga-1", 0) == b"v3" and changelog.in_flight == 0
     assert store.offsets == {TP(TOPIC, 0): 0, TP(TOPIC, 1): 0}
+
+
+async def test_a_cached_state_is_encoded_when_it_is_written_not_when_it_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    changelog, store, producer = cached_changelog()
+    encoded: list[str] = []
+    encode = rows.encode
+
+    def counted(state: SagaState) -> bytes:
+        encoded.append(state.status)
+        return encode(state)
+
+    monkeypatch.setattr(rows, "encode", counted)
+    for status in ("awaiting_start", "running", "compensating"):
+        await changelog.put(0, b"saga-1", SagaState(saga_id="saga-1", saga_type="order", version="1", status=status))
+    assert encoded == []  # three changes, nothing encoded yet
+    await changelog.flush()
+    assert encoded == ["compensating"]  # the newest, once
+    assert rows.decode(store._dbs[0][b"saga-1"]).status == "compensating" and len(producer.sent) == 1
 
 
 async def test_a_write_through_replaces_the_cached_row_and_is_sent_at_once() -> None:

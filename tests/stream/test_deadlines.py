@@ -12,6 +12,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tables import rows
 from tests.stream.fake_context import FakeContext
 from tracker.core.census import Census
 from tracker.core.correlation import Record
@@ -20,6 +21,7 @@ from tracker.loader import load_catalog
 from tracker.ops.metrics import Metrics
 from tracker.stream.deadletters import DeadLetters
 from tracker.stream.indexes import Indexes
+from tracker.stream.state_cache import Value
 from tracker.stream.sweeper import Sweeper
 from tracker.stream.tracking import Tracking
 
@@ -33,8 +35,8 @@ class MemoryState:
     def __init__(self) -> None:
         self.rows: dict[bytes, tuple[int, bytes]] = {}
 
-    async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
-        self.rows[key] = (partition, value)
+    async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
+        self.rows[key] = (partition, value if isinstance(value, bytes) else rows.encode(value))
 
     def get(self, key: bytes, partition: int | None = None) -> bytes | None:
         found = self.rows.get(key)

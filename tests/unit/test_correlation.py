@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
-from tracker.core.correlation import Ignored, Record
+from tracker.core.correlation import Ignored, Record, _first, _lookup
+from tracker.core.definitions import FieldRef
 from tracker.core.errors import CorrelationError
 from tracker.core.times import parse_time
 from tracker.loader import load_catalog
@@ -111,3 +114,25 @@ def test_ignored_event_types_are_not_dead_letters() -> None:
 )
 def test_event_times(value: object, expected: float | None) -> None:
     assert parse_time(value) == expected
+
+
+JSONISH = hs.recursive(
+    hs.none() | hs.booleans() | hs.integers() | hs.text(max_size=5),
+    lambda inner: hs.dictionaries(hs.sampled_from(["a", "b", "id", "type"]), inner, max_size=4),
+    max_leaves=8,
+)
+REFS = hs.lists(
+    hs.sampled_from(["a", "b", "a.b", "b.a.id", "id", "type", "key", "timestamp", "header:ce_id"]).map(FieldRef.parse),
+    min_size=1,
+    max_size=4,
+).map(tuple)
+
+
+@given(refs=REFS, body=JSONISH, key=hs.none() | hs.just(b"k-1"), header=hs.none() | hs.just(b"h-1"))
+@settings(max_examples=300, deadline=None)
+def test_a_compiled_reference_list_finds_what_walking_its_references_finds(
+    refs: tuple[FieldRef, ...], body: object, key: bytes | None, header: bytes | None
+) -> None:
+    record = Record("t", 0, 0, key, b"{}", [] if header is None else [("ce_id", header)], 1.5)
+    walked = next((v for v in (_lookup(ref, record, body) for ref in refs) if v is not None), None)  # type: ignore[arg-type]
+    assert _first(refs, record, body) == walked  # type: ignore[arg-type]

@@ -49,3 +49,17 @@ def test_timeouts_and_compensation_attempts_by_step() -> None:
     assert value(metrics, "saga_tracker_compensations_confirmed_total", saga_type="order", step="order") == 1
     assert value(metrics, "saga_tracker_sagas_total", saga_type="order", outcome="failed_needs_manual") == 1
     assert value(metrics, "saga_tracker_sagas_total", saga_type="order", outcome="completed") == 0
+
+
+def test_a_scrape_shows_the_counts_tallied_since_the_last_checkpoint() -> None:
+    """Counts are tallied per event and added to their counters in one pass; a scrape adds them
+    first, so it never reads less than what was applied."""
+    from prometheus_client import generate_latest
+
+    metrics = Metrics(CollectorRegistry())
+    for _ in range(3):
+        metrics.count(metrics.routed, "here")
+    assert metrics.routed.labels("here")._value.get() == 0  # not added yet
+    assert b'saga_tracker_routed_events_total{route="here"} 3.0' in generate_latest(metrics.registry)
+    metrics.count(metrics.routed, "here")
+    assert value(metrics, "saga_tracker_routed_events_total", route="here") == 4

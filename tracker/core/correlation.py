@@ -8,7 +8,7 @@ definitions declare the event type irrelevant (counted, not dead-lettered).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,12 +89,45 @@ def _identifier(value: Any) -> str | None:
     return None
 
 
+Reader = Callable[[Record, Mapping[str, Any]], Any]
+# Each list of references compiled once (its first present value), by the list's identity: a
+# definition's lists live as long as its catalog, and the entry keeps its list, so an id is
+# never reused while its entry is here.
+_READERS: dict[int, tuple[Sequence[FieldRef], Reader]] = {}
+
+
+def _compile(refs: Sequence[FieldRef]) -> Reader:
+    """What ``_lookup`` does for each reference in turn, decided once: the common lists (body
+    fields one level deep, such as ``type`` or ``id``) become a loop over names."""
+    if all(ref.source == "field" and len(ref.path) == 1 for ref in refs):
+        names = tuple(ref.path[0] for ref in refs)
+
+        def fields(record: Record, body: Mapping[str, Any]) -> Any:
+            if isinstance(body, dict):
+                for name in names:
+                    value = body.get(name)
+                    if value is not None:
+                        return value
+            return None
+
+        return fields
+    frozen = tuple(refs)
+
+    def first(record: Record, body: Mapping[str, Any]) -> Any:
+        for ref in frozen:
+            value = _lookup(ref, record, body)
+            if value is not None:
+                return value
+        return None
+
+    return first
+
+
 def _first(refs: Sequence[FieldRef], record: Record, body: Mapping[str, Any]) -> Any:
-    for ref in refs:
-        value = _lookup(ref, record, body)
-        if value is not None:
-            return value
-    return None
+    found = _READERS.get(id(refs))
+    if found is None or found[0] is not refs:
+        found = _READERS[id(refs)] = (refs, _compile(refs))
+    return found[1](record, body)
 
 
 def _text(what: str, value: Any, reason: str) -> str:

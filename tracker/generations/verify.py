@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from tables import rows
 from topics import names
 from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog
@@ -66,7 +67,7 @@ async def read_values(bootstrap: str, topic: str) -> list[tuple[dict[str, str], 
 def views(catalog: Catalog, states: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
     out = {}
     for raw in states.values():
-        data = orjson.loads(raw)
+        data = rows.data(raw)
         d = catalog.definition(data["saga_type"], data.get("version"))
         out[data["saga_id"]] = outcome_view(data, [s.name for s in d.steps] if d else None)
     return out

@@ -1,9 +1,12 @@
 """Prometheus metrics, built from an injected registry (one per app; a fresh one per test).
 
 Labels are bounded: saga type, step and outcome names come from the definitions and the
-machine, dead-letter reasons from a fixed set; never a saga id. Counters and histograms
-are updated as records are applied; gauges are read at scrape time from in-memory counts
-and per-step seeks in the owned partitions (``StateCollector``), never from a table scan.
+machine, dead-letter reasons from a fixed set; never a saga id. Histograms are observed as
+records are applied. The counters an event moves (``count``) are tallied in a plain dict and
+added to their Prometheus children in one pass (``flush``): at every checkpoint and before
+every scrape (``Tally``, the registry's first collector), so a scrape never shows less than
+what was applied. Gauges are read at scrape time from in-memory counts and per-step seeks in
+the owned partitions (``StateCollector``), never from a table scan.
 """
 
 from __future__ import annotations
@@ -30,10 +33,29 @@ _MILESTONES = {
 }
 
 
+class Tally(Collector):
+    """Adds the tallied counts to their counters before a scrape reads them. Registered before
+    every metric of the registry (a registry collects in registration order); yields nothing."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        self.metrics.flush()
+        return iter(())
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._children: dict[tuple[Any, ...], Any] = {}
+        # Counts per child not yet added to it: a Counter.inc takes a lock and a value object per
+        # call, several times per event; a dict addition does not.
+        self._tally: dict[Any, int] = {}
+        registry.register(Tally(self))
         r = registry
         self.input_records = Counter(
             "saga_tracker_input_records_total", "Records read from the services' topics.", ["topic"], registry=r
@@ -120,6 +142,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.hot_reads = Counter(
+            "saga_tracker_hot_state_reads_total",
+            "Saga states the track processor read per event: 'hit' (kept decoded since its last change, "
+            "SAGA_TRACKER_HOT_SAGAS) or 'miss' (read from the store and decoded).",
+            ["result"],
+            registry=r,
+        )
         self.state_rows_written = Counter(
             "saga_tracker_state_rows_written_total",
             "Saga state rows written to the store and the changelog: 'through' (the change sends an "
@@ -194,16 +223,30 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def count(self, metric: Any, *labels: str) -> None:
+        """One more for ``metric.labels(*labels)``, tallied until the next ``flush``."""
+        child = self.child(metric, *labels)
+        tally = self._tally
+        tally[child] = tally.get(child, 0) + 1
+
+    def flush(self) -> None:
+        """Add the tallied counts to their counters (the checkpoint, and before a scrape)."""
+        if self._tally:
+            tally, self._tally = self._tally, {}
+            for child, n in tally.items():
+                child.inc(n)
+
     def applied(
         self, definition: SagaDefinition, kind: str, outcomes: Iterable[str], old: SagaState | None, new: SagaState | None
     ) -> None:
         saga_type = definition.name
-        self.child(self.events, saga_type, kind).inc()
+        count = self.count
+        count(self.events, saga_type, kind)
         for outcome in outcomes:
-            self.child(self.transitions, saga_type, outcome).inc()
+            count(self.transitions, saga_type, outcome)
             milestone = _MILESTONES.get(outcome)
             if milestone is not None:
-                self.child(self.sagas, saga_type, milestone).inc()
+                count(self.sagas, saga_type, milestone)
         if new is None or new is old:
             return
         before = old.steps if old is not None and old.steps else [None] * len(new.steps)
@@ -213,11 +256,11 @@ class Metrics:
                 continue  # the common case: a step this record did not touch
             name = spec.name
             if now.state == st.TIMED_OUT and (was is None or was.state != st.TIMED_OUT):
-                child(self.timeouts, saga_type, name).inc()
+                count(self.timeouts, saga_type, name)
             for attempt in range((was.comp_attempts if was else 0) + 1, now.comp_attempts + 1):
-                child(self.comp_emitted if attempt == 1 else self.comp_reemitted, saga_type, name).inc()
+                count(self.comp_emitted if attempt == 1 else self.comp_reemitted, saga_type, name)
             if now.comp_confirmed_at is not None and (was is None or was.comp_confirmed_at is None):
-                child(self.comp_confirmed, saga_type, name).inc()
+                count(self.comp_confirmed, saga_type, name)
             if now.completed_at is not None and (was is None or was.completed_at is None) and now.started_at is not None:
                 child(self.step_duration, saga_type, name).observe(max(0.0, now.completed_at - now.started_at))
         if new.terminal and (old is None or not old.terminal) and new.started_at is not None and new.ended_at is not None:

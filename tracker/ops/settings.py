@@ -95,6 +95,12 @@ class Settings:
         "a crash loses nothing the input does not bring back. About 3 KB a row. 0: write every change.",
         default=5000,
     )
+    hot_sagas: int = _doc(
+        "Most saga states kept decoded in memory between their events, the sagas changed least "
+        "recently leaving first: a saga in flight is then decoded once, not once per event "
+        "(saga_tracker_hot_state_reads_total shows hits and misses). About 10 KB a saga. 0: none.",
+        default=5000,
+    )
     fetch_max_bytes: int = _doc(
         "Most bytes the broker returns per partition per fetch, for input and for restoring the saga "
         "state from its changelog. Larger restores faster (bench/README.md has the figures) "
@@ -230,6 +236,8 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"{PREFIX}WEB_PORT must be a port number")
+        if self.hot_sagas < 0:
+            raise SettingsError(f"{PREFIX}HOT_SAGAS must not be negative")
         if self.state_cache_rows < 0:
             raise SettingsError(f"{PREFIX}STATE_CACHE_ROWS must not be negative")
         if self.producer_linger_ms < 0:

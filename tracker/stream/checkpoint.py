@@ -21,6 +21,9 @@ Before any input offset is committed, in this order:
    is acknowledged, only when it directly follows what the store has (``StateCache``); faust's
    ``tables.on_commit`` runs after its commit.
 
+The counters tallied since the last checkpoint are added to their Prometheus children first
+(``Metrics.flush``; a scrape also adds them before it reads).
+
 faust has no commit hook: ``tracker.kafka.internals.before_commit`` runs ``commit`` where faust's
 commit (and its revocation) flushes the producer, before the offsets are written.
 """
@@ -40,9 +43,13 @@ class Cache(Protocol):
     async def flush(self) -> None: ...
 
 
+class Tallies(Protocol):
+    def flush(self) -> None: ...
+
+
 class Checkpoint:
-    def __init__(self, cache: Cache) -> None:
-        self.cache = cache
+    def __init__(self, cache: Cache, tallies: Tallies) -> None:
+        self.cache, self.tallies = cache, tallies
         self.pending = 0  # outputs handed to the producer and not yet answered
         self.undelivered: list[str] = []  # outputs the broker refused since the last checkpoint
         self.commits = 0
@@ -64,6 +71,7 @@ class Checkpoint:
 
     async def commit(self, flush_producer: Callable[[], Awaitable[None]]) -> None:
         """Steps 1 to 4; faust commits the offsets (5) and the stores record theirs (6)."""
+        self.tallies.flush()
         await self.cache.flush()  # 1. rows to stores, changelog records to the producer
         # 2. outputs: with the producer since they were decided
         await flush_producer()  # 3. buffer drained, every record answered

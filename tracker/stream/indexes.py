@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import rocksdict
 
+from tables import rows as saga_rows
 from tracker.core.census import Census, Key, key_of
 from tracker.core.definitions import Catalog
 from tracker.core.flow import Mark, figures, marks
@@ -296,7 +297,7 @@ class Indexes:
     def rows_of(self, value: bytes) -> tuple[dict[str, Any], dict[bytes, bytes]] | None:
         """A stored saga's placement (census and flow fields) and index rows; None when its type
         has no definition."""
-        state = SagaState.from_dict(orjson.loads(value))
+        state = saga_rows.decode(value)
         definition = self.catalog.definition(state.saga_type, state.version)
         if definition is None:
             if state.saga_type not in self.unindexed:

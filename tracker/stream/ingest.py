@@ -73,7 +73,7 @@ class Ingest:
     async def process(self, record: Record) -> None:
         """Never raises: what cannot be used is dead-lettered with its reason."""
         assert self.context is not None, "init(context) first"
-        self.metrics.child(self.metrics.input_records, record.topic).inc()
+        self.metrics.count(self.metrics.input_records, record.topic)
         try:
             event = self.event_of(record)
             if event is None:
@@ -90,10 +90,10 @@ class Ingest:
         # In place only once a replayed backlog of the partition is applied: behind it otherwise.
         here = self.context.owns(partition) and not self.backlog.pending(partition)
         if here and await self.track.apply_here(event, record, partition):
-            self.metrics.child(self.metrics.routed, "here").inc()
+            self.metrics.count(self.metrics.routed, "here")
             return
         await self.context.send("saga_log", event.saga_id.encode(), orjson.dumps(event.to_dict()))
-        self.metrics.child(self.metrics.routed, "saga_log").inc()
+        self.metrics.count(self.metrics.routed, "saga_log")
 
     def undeclared(self, topic: str, event_type: str) -> None:
         """Drift: an event type no definition names, on the topics of these saga types."""

@@ -13,8 +13,10 @@ order of its writes. faust's commit flushes its buffer and then aiokafka's produ
 input offset is committed only once the changelog records it caused are delivered, as before.
 
 **The row cache** (``cache_rows`` > 0; Kafka Streams' record cache, and what Quix Streams'
-transactions do until a checkpoint): a write that decided no output is kept here, newest value
-per saga, instead of going to the store and the changelog at once; reads look here first.
+transactions do until a checkpoint): a write that decided no output is kept here, newest state
+per saga, instead of going to the store and the changelog at once; reads look here first. A
+cached state is encoded (``rows.encode``) when it is written, so a saga that changes several
+times between commits is encoded once.
 ``flush`` writes the cached rows, the store first and then their changelog records; it is the
 checkpoint's first step (``tracker.stream.checkpoint``, before every commit), and runs when the
 cache is full. So a saga that
@@ -46,6 +48,8 @@ from typing import Any, Protocol
 
 from faust.types import TP, TableT
 
+from tables import rows
+from tracker.core.state import SagaState
 from tracker.kafka.internals import partition_store
 from tracker.ops.metrics import Metrics
 from tracker.stream.restart import exit_to_restart
@@ -53,10 +57,17 @@ from tracker.stream.restart import exit_to_restart
 log = logging.getLogger(__name__)
 
 
+Value = SagaState | bytes  # a state, or a row already encoded
+
+
+def _encoded(value: Value) -> bytes:
+    return value if isinstance(value, bytes) else rows.encode(value)
+
+
 class StateWrites(Protocol):
     """Where the track processor writes saga state (the benchmark has a stand-in without faust)."""
 
-    async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None: ...
+    async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None: ...
 
     def get(self, key: bytes, partition: int | None = None) -> bytes | None: ...
 
@@ -74,7 +85,7 @@ class StateCache:
             self.flushed_rows = metrics.state_rows_written.labels("flush")
             metrics.state_rows_cached.set_function(lambda: len(self.rows))
         self.ran: float | None = None  # when this worker's event loop last ran ``alive``
-        self.rows: dict[bytes, tuple[int, bytes]] = {}  # the cache: key -> (partition, value)
+        self.rows: dict[bytes, tuple[int, Value]] = {}  # the cache: key -> (partition, value)
         self.sending = asyncio.Lock()  # changelog records leave in the order rows were stored
         # For the producer watchdog: records handed to the producer and not yet answered,
         # and when the last answer came.
@@ -100,17 +111,17 @@ class StateCache:
         get)."""
         found = self.rows.get(key)
         if found is not None:
-            return found[1]
+            return _encoded(found[1])
         db = partition_store(self.table, partition) if partition is not None else None
         return db.get(key) if db is not None else self.table.get(key)
 
-    async def put(self, partition: int, key: bytes, value: bytes, *, through: bool = False) -> None:
+    async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
         """Cache the row, or (``through``, or no cache) store it and send its changelog record.
         Either way the row is readable before the first await: a caller's load, decision and
         write stay one step of the event loop."""
         db = partition_store(self.table, partition)
         if db is None:  # the memory store of the agent tests: faust's own write
-            self.table[key] = value
+            self.table[key] = _encoded(value)
             return
         self.alive()
         if self.cache_rows and not through:
@@ -119,6 +130,7 @@ class StateCache:
                 await self.flush()
             return
         self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
+        value = _encoded(value)
         db.put(key, value)
         if self.through_rows is not None:
             self.through_rows.inc()
@@ -134,14 +146,15 @@ class StateCache:
         if not self.rows:
             return
         self.alive()
-        rows, self.rows = self.rows, {}
+        cached_rows, self.rows = self.rows, {}
         sends: list[tuple[int, bytes, bytes]] = []
         dropped: dict[int, int] = {}
-        for key, (partition, value) in rows.items():
+        for key, (partition, cached) in cached_rows.items():
             db = partition_store(self.table, partition)
             if db is None:
                 dropped[partition] = dropped.get(partition, 0) + 1
                 continue
+            value = _encoded(cached)
             db.put(key, value)
             sends.append((partition, key, value))
         for partition, n in dropped.items():

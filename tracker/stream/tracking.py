@@ -3,6 +3,10 @@
 The only writer of saga state. Per record: load the saga, ``apply``, write the new state
 and its deadline index row, then send what the machine decided. The decision is in the
 state before the send, and a redelivered record re-sends the same unconfirmed ids.
+
+A saga in flight is loaded from ``Hot`` (its state as last written, decoded) rather than
+decoded from its row for every event; the row itself is encoded when the state cache writes it
+(``StateCache``), once per commit however many events changed the saga.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from tables import rows
 from tracker.core.census import Census
 from tracker.core.conformance import Conformance
 from tracker.core.correlation import Record
@@ -26,6 +31,7 @@ from tracker.ops.metrics import Metrics
 from tracker.stream.context import Context
 from tracker.stream.deadletters import DeadLetters
 from tracker.stream.decoding import GENERATION_HEADER
+from tracker.stream.hot import Hot
 from tracker.stream.indexes import Index, Indexes, deadline_key, keys_of, rows_of
 from tracker.stream.state_cache import StateWrites
 
@@ -106,8 +112,10 @@ class Tracking:
         deadlines: Deadlines | None = None,
         hooks: SendHooks | None = None,
         conformance: Conformance | None = None,
+        hot_sagas: int = 0,
     ) -> None:
-        """``writes``: where saga state is written (the worker's ``StateCache``)."""
+        """``writes``: where saga state is written (the worker's ``StateCache``); ``hot_sagas``:
+        most decoded saga states kept between their events (``Hot``)."""
         self.catalog, self.writes, self.dead_letters, self.metrics = catalog, writes, dead_letters, metrics
         self.census, self.indexes, self.hooks = census, indexes, hooks
         self.conformance = conformance if conformance is not None else Conformance()
@@ -117,6 +125,7 @@ class Tracking:
         # rebalance may precede a completion still in the backlog. The deadline stays in the
         # index; ``deadlines.resend`` lets the sweeper send it again at once when still due.
         self.deadlines: Deadlines = deadlines or AlwaysCaughtUp()
+        self.hot = Hot(hot_sagas)
         self.context: Context | None = None
 
     def init(self, context: Context) -> None:
@@ -125,7 +134,7 @@ class Tracking:
     def load(self, saga_id: str, partition: int | None = None) -> SagaState | None:
         """The saga's newest state (the row cache first), from its partition's store if known."""
         raw = self.writes.get(saga_id.encode(), partition)
-        return None if raw is None else SagaState.from_dict(orjson.loads(raw))
+        return None if raw is None else rows.decode(raw)
 
     async def process(self, record: Record) -> Transition | None:
         """Never raises: a record that cannot be applied is dead-lettered with the reason."""
@@ -189,7 +198,9 @@ class Tracking:
         index = await self.indexes.ready(partition)
         if index is None:  # only while partitions move: this record is not ours to apply
             raise PartitionError(f"saga state partition {partition} is not open on this worker")
-        state = self.load(event.saga_id, partition)
+        hot = self.hot.get(event.saga_id, index)
+        self.metrics.count(self.metrics.hot_reads, "hit" if hot is not None else "miss")
+        state, was = hot if hot is not None else (self.load(event.saga_id, partition), None)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
             if state
@@ -208,7 +219,7 @@ class Tracking:
         if transition.changed and transition.state is not None:
             # A decision that sends something is written through before it is sent (see changelog).
             old_row, new_row = await self.store(
-                index, definition, state, transition.state, partition, through=bool(transition.emits)
+                index, definition, state, transition.state, partition, was=was, through=bool(transition.emits)
             )
             self.census.change(partition, old_row, new_row)  # deltas: in any order
         hooks = self.hooks if any(e.kind == "compensation" for e in transition.emits) else None
@@ -220,7 +231,7 @@ class Tracking:
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
         if transition.changed:  # a redelivery (duplicate) is not drift twice
             for drift in self.conformance.outcomes(definition.name, transition.outcomes):
-                self.metrics.child(self.metrics.drift, definition.name, drift).inc()
+                self.metrics.count(self.metrics.drift, definition.name, drift)
         if transition.state is not None and MILESTONES.intersection(transition.outcomes):
             s = transition.state
             # The happy path (started, completed) at thousands a second is noise at INFO.
@@ -244,19 +255,22 @@ class Tracking:
         new: SagaState,
         partition: int,
         *,
+        was: dict[str, Any] | None = None,
         through: bool = False,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Write the index rows derived from the saga, then the saga; return where it stood
-        before (its ``placement``) and its summary row after, for the census.
+        before (``was``: its summary row when it came from ``Hot``, else its ``placement``) and
+        its summary row after, for the census.
 
         Both are written before the first await (``put`` caches or stores the row before it
         sends), so a decision stays one step of the event loop: load, apply, write. The index is local
         and rebuilt from the saga rows, so their order does not matter across a crash."""
-        was = placement(definition, old) if old is not None else None
+        if was is None and old is not None:
+            was = placement(definition, old)
         row = summary(definition, new)
         index.change(keys_of(old, was) if old is not None and was is not None else (), rows_of(new, row))
-        # orjson writes the dataclasses as to_dict() would
-        await self.writes.put(partition, new.saga_id.encode(), orjson.dumps(new), through=through)
+        self.hot.put(new.saga_id, index, new, row)  # before the await: the next load must find it
+        await self.writes.put(partition, new.saga_id.encode(), new, through=through)
         return was, row
 
     async def send(self, emit: Emit) -> Any:
@@ -275,5 +289,5 @@ class Tracking:
             sink = "shadow"
             headers.append(("saga_tracker_kind", emit.kind.encode()))
         delivery = await self.context.send(sink, emit.key.encode(), orjson.dumps(emit.payload), headers=headers)
-        self.metrics.child(self.metrics.emitted, emit.kind if self.role.active else "shadow").inc()
+        self.metrics.count(self.metrics.emitted, emit.kind if self.role.active else "shadow")
         return delivery

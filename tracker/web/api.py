@@ -22,6 +22,7 @@ from faust.types import TableT
 from faust.web import Request, Response
 from yarl import URL
 
+from tables import rows
 from tracker.core.conformance import Conformance
 from tracker.core.definitions import Catalog
 from tracker.core.events import CONTROL, Event
@@ -135,7 +136,7 @@ class Api:
 
     def local_saga(self, saga_id: str) -> dict[str, Any] | None:
         raw = self.state(saga_id.encode())
-        return None if raw is None else saga_view(self.catalog, SagaState.from_dict(orjson.loads(raw)))
+        return None if raw is None else saga_view(self.catalog, rows.decode(raw))
 
     async def local_rows(self) -> Iterator[dict[str, Any]]:
         """The summary rows of the partitions active here (indexed first if they just moved
@@ -278,7 +279,7 @@ class Api:
             if n and n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             raw = self.state(saga_id.encode())
-            kind, why = outcome(None if raw is None else orjson.loads(raw), control_id(found["batch_id"], saga_id))
+            kind, why = outcome(None if raw is None else rows.data(raw), control_id(found["batch_id"], saga_id))
             if kind == "rejected":
                 out["rejected"].append({"saga_id": saga_id, "reason": why})
             else:

@@ -1,0 +1,44 @@
+"""Hot: the decoded states of the sagas applied lately, so a saga in flight is decoded once
+while it stays hot, not once per event (bench/README.md: the state decode was a fifth of the
+decisions' cost).
+
+An entry is the saga's newest state as the track processor stored it, and its summary row (the
+placement its next change replaces in the indexes and the census). Each entry belongs to the
+index of its partition it was made under: every event that can change a stored row other than
+the track processor's own write (a recovery or a standby applying changelog records, a restore,
+the partition leaving) drops that index (``Indexes.invalidate``), and an entry of an index that
+is not the partition's current one is a miss. ``apply`` never changes the state it is given (it
+copies), so a cached state object is never changed in place.
+
+Bounded: the sagas written least recently leave first (a dict keeps insertion order; a write
+moves its saga to the end).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tracker.core.state import SagaState
+
+
+class Hot:
+    def __init__(self, limit: int) -> None:
+        """``limit``: most sagas kept; 0 keeps none."""
+        self.limit = limit
+        self.entries: dict[str, tuple[object, SagaState, dict[str, Any]]] = {}
+
+    def get(self, saga_id: str, index: object) -> tuple[SagaState, dict[str, Any]] | None:
+        """The saga's state and summary row, if cached under ``index`` (its partition's current one)."""
+        found = self.entries.get(saga_id)
+        if found is None or found[0] is not index:
+            return None
+        return found[1], found[2]
+
+    def put(self, saga_id: str, index: object, state: SagaState, row: dict[str, Any]) -> None:
+        if not self.limit:
+            return
+        entries = self.entries
+        entries.pop(saga_id, None)
+        entries[saga_id] = (index, state, row)
+        if len(entries) > self.limit:
+            del entries[next(iter(entries))]
