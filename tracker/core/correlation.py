@@ -96,11 +96,19 @@ Reader = Callable[[Record, Mapping[str, Any]], Any]
 _READERS: dict[int, tuple[Sequence[FieldRef], Reader]] = {}
 
 
+def _getter(ref: FieldRef) -> Reader:
+    """``_lookup`` for one reference, its kind and path decided once."""
+    if ref.source == "field" and len(ref.path) == 1:
+        name = ref.path[0]
+        return lambda record, body: body.get(name) if isinstance(body, dict) else None
+    return lambda record, body: _lookup(ref, record, body)
+
+
 def _compile(refs: Sequence[FieldRef]) -> Reader:
-    """What ``_lookup`` does for each reference in turn, decided once: the common lists (body
-    fields one level deep, such as ``type`` or ``id``) become a loop over names."""
-    if all(ref.source == "field" and len(ref.path) == 1 for ref in refs):
-        names = tuple(ref.path[0] for ref in refs)
+    """The first present value of ``refs``, each reference's kind decided once: the common
+    ones (a body field one level deep, such as ``type`` or ``id``) become a dict lookup."""
+    names = tuple(ref.path[0] for ref in refs if ref.source == "field" and len(ref.path) == 1)
+    if len(names) == len(refs):
 
         def fields(record: Record, body: Mapping[str, Any]) -> Any:
             if isinstance(body, dict):
@@ -111,11 +119,11 @@ def _compile(refs: Sequence[FieldRef]) -> Reader:
             return None
 
         return fields
-    frozen = tuple(refs)
+    getters = tuple(_getter(ref) for ref in refs)
 
     def first(record: Record, body: Mapping[str, Any]) -> Any:
-        for ref in frozen:
-            value = _lookup(ref, record, body)
+        for get in getters:
+            value = get(record, body)
             if value is not None:
                 return value
         return None
