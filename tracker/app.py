@@ -112,7 +112,22 @@ def build(
     topics = topics_module.declare(app, settings, catalog)
     tables = tables_module.declare(app, settings)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    state = StateCache(tables.sagas, cache_rows=settings.state_cache_rows, frozen_after=settings.session_timeout, metrics=metrics)
+    census = Census()
+    conformance = Conformance()  # drift from the definitions: tallied by ingest and tracking, shown by the API
+    indexes = Indexes(
+        Path(settings.data_dir) / f"{settings.group_id}-indexes",
+        catalog,
+        lambda partition, start: internals.partition_items(tables.sagas, partition, start),
+        census,
+        metrics,
+    )
+    state = StateCache(
+        tables.sagas,
+        cache_rows=settings.state_cache_rows,
+        frozen_after=settings.session_timeout,
+        metrics=metrics,
+        derived=indexes,
+    )
     checkpoint = Checkpoint(state, metrics)
     internals.before_commit(app, checkpoint.commit)
     context = FaustContext(
@@ -132,15 +147,6 @@ def build(
     progress = Progress(app, [*catalog.topics, settings.decisions], settings.saga_log, bootstrap, settings.lag_threshold)
     progress.wedged_after = settings.stall_timeout
     generations = Generations(bootstrap, settings.generations, settings.generation, settings.shadow, str(app.conf.canonical_url))
-    census = Census()
-    conformance = Conformance()  # drift from the definitions: tallied by ingest and tracking, shown by the API
-    indexes = Indexes(
-        Path(settings.data_dir) / f"{settings.group_id}-indexes",
-        catalog,
-        lambda partition, start: internals.partition_items(tables.sagas, partition, start),
-        census,
-        metrics,
-    )
     internals.on_changelog_applied(tables.sagas, indexes.invalidate)
     restore = Restore(tables.sagas, bootstrap, settings.fetch_max_bytes, metrics, indexes.invalidate)
     # faust gives up waiting for the step the restore runs in after its broker request timeout.

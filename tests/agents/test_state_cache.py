@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from tables import rows
 from tracker.core.state import SagaState
 from tracker.ops.metrics import Metrics
-from tracker.stream.state_cache import StateCache
+from tracker.stream.state_cache import Derived, StateCache
 
 TOPIC = "app-sagas-changelog"
 
@@ -128,13 +129,15 @@ class Producer:
         return future
 
 
-def cached_changelog(rows: int = 100, metrics: Metrics | None = None) -> tuple[StateCache, Store, Producer]:
+def cached_changelog(
+    rows: int = 100, metrics: Metrics | None = None, derived: Derived | None = None
+) -> tuple[StateCache, Store, Producer]:
     store, producer = Store(), Producer()
     store._dbs[1] = Db()
     table: Any = SimpleNamespace(
         data=store, app=SimpleNamespace(producer=producer), changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC)
     )
-    return StateCache(table, cache_rows=rows, metrics=metrics), store, producer
+    return StateCache(table, cache_rows=rows, metrics=metrics, derived=derived), store, producer
 
 
 async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_flush() -> None:
@@ -202,8 +205,16 @@ async def test_a_full_cache_is_flushed_by_the_write_that_fills_it() -> None:
     assert len(store._dbs[0]) == 3 and len(producer.sent) == 3 and not changelog.rows
 
 
+class Invalidated(list[int]):
+    """The indexes, as far as the state cache tells them of dropped rows."""
+
+    def invalidate(self, partitions: Iterable[int]) -> None:
+        self.extend(partitions)
+
+
 async def test_rows_of_a_partition_that_left_are_dropped_not_sent(caplog: pytest.LogCaptureFixture) -> None:
-    changelog, store, producer = cached_changelog()
+    derived = Invalidated()
+    changelog, store, producer = cached_changelog(derived=derived)
     await changelog.put(0, b"saga-1", b"v1")
     await changelog.put(1, b"saga-2", b"w1")
     del store._dbs[1]  # revoked: its input was not committed, the new owner reads it again
@@ -211,6 +222,9 @@ async def test_rows_of_a_partition_that_left_are_dropped_not_sent(caplog: pytest
         await changelog.flush()
     assert producer.sent == [(0, b"saga-1", b"v1")]
     assert any("cached rows of partition 1 dropped" in r.message for r in caplog.records)
+    # What was built from the dropped row (index rows, the decoded state) goes with it: the
+    # re-read input must find the saga where the store has it.
+    assert derived == [1]
 
 
 async def test_without_a_cache_every_write_goes_through() -> None:

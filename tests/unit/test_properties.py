@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -73,7 +74,11 @@ def test_no_compensation_is_decided_twice_whatever_the_interleaving(data: Any, e
 
     def step(record: Event) -> None:
         nonlocal state
+        given = None if state is None else copy.deepcopy(state.to_dict())
         t: Transition = apply(d, state, record, 1e9)
+        # The worker keeps the state it hands to ``apply`` (decoded, in ``Hot``) for the saga's
+        # next event, whatever this one came to: ``apply`` must not have touched it.
+        assert given is None or state is None or state.to_dict() == given, "apply changed the state it was given"
         for e in t.emits:
             assert payloads.setdefault(e.id, e.payload) == e.payload, "one id, two different outputs"
             if "duplicate" not in t.outcomes:

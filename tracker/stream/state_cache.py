@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from functools import partial
 from typing import Any, Protocol
 
@@ -64,6 +65,13 @@ def _encoded(value: Value) -> bytes:
     return value if isinstance(value, bytes) else rows.encode(value)
 
 
+class Derived(Protocol):
+    """What is built from the stored rows and must be rebuilt when rows are lost (``Indexes``,
+    with the decoded states kept under each partition's index)."""
+
+    def invalidate(self, partitions: Iterable[int]) -> None: ...
+
+
 class StateWrites(Protocol):
     """Where the track processor writes saga state (the benchmark has a stand-in without faust)."""
 
@@ -73,11 +81,20 @@ class StateWrites(Protocol):
 
 
 class StateCache:
-    def __init__(self, table: TableT, *, cache_rows: int = 0, frozen_after: float = 0.0, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        table: TableT,
+        *,
+        cache_rows: int = 0,
+        frozen_after: float = 0.0,
+        metrics: Metrics | None = None,
+        derived: Derived | None = None,
+    ) -> None:
         """``cache_rows``: most rows the cache holds before it is flushed; 0: every write goes
         through (the agent tests' memory store always does). ``frozen_after``: the session
-        timeout, seconds (0: not watched)."""
-        self.table, self.cache_rows, self.frozen_after = table, cache_rows, frozen_after
+        timeout, seconds (0: not watched). ``derived``: told of partitions whose cached rows
+        were dropped, so that nothing built from a row that never reached the store is kept."""
+        self.table, self.cache_rows, self.frozen_after, self.derived = table, cache_rows, frozen_after, derived
         self.through_rows: Any = None
         self.flushed_rows: Any = None
         if metrics is not None:
@@ -159,6 +176,11 @@ class StateCache:
             sends.append((partition, key, value))
         for partition, n in dropped.items():
             log.warning("%d cached rows of partition %d dropped: it is no longer open here", n, partition)
+        if dropped and self.derived is not None:
+            # The partition's index rows and decoded states (``Hot``) were made from the dropped
+            # rows: kept, a re-read input record would find its saga already past it (a
+            # duplicate, not written), and the store would never get the change.
+            self.derived.invalidate(dropped)
         if self.flushed_rows is not None:
             self.flushed_rows.inc(len(sends))
         async with self.sending:
