@@ -6,7 +6,8 @@ An entry is the saga's newest state as the track processor stored it, and its su
 placement its next change replaces in the indexes and the census). Each entry belongs to the
 index of its partition it was made under: every event that can change a stored row other than
 the track processor's own write (a recovery or a standby applying changelog records, a restore,
-the partition leaving) drops that index (``Indexes.invalidate``), and an entry of an index that
+the partition leaving), or lose one it wrote (the state cache dropping the rows of a partition
+whose store closed), drops that index (``Indexes.invalidate``), and an entry of an index that
 is not the partition's current one is a miss. ``apply`` never changes the state it is given (it
 copies), so a cached state object is never changed in place.
 
