@@ -98,7 +98,7 @@ class Settings:
     hot_sagas: int = _doc(
         "Most saga states kept decoded in memory between their events, the sagas changed least "
         "recently leaving first: a saga in flight is then decoded once, not once per event "
-        "(saga_tracker_hot_state_reads_total shows hits and misses). About 10 KB a saga. 0: none.",
+        "(saga_tracker_hot_state_reads_total shows hits and misses). About 6-8 KB a saga. 0: none.",
         default=5000,
     )
     fetch_max_bytes: int = _doc(
