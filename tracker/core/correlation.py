@@ -97,7 +97,8 @@ _READERS: dict[int, tuple[Sequence[FieldRef], Reader]] = {}
 
 
 def _getter(ref: FieldRef) -> Reader:
-    """``_lookup`` for one reference, its kind and path decided once."""
+    """``_lookup`` for one reference: a body field one level deep (``type``, ``id``, ``time``:
+    most references) is a dict lookup decided once; any other goes through ``_lookup``."""
     if ref.source == "field" and len(ref.path) == 1:
         name = ref.path[0]
         return lambda record, body: body.get(name) if isinstance(body, dict) else None
@@ -105,20 +106,7 @@ def _getter(ref: FieldRef) -> Reader:
 
 
 def _compile(refs: Sequence[FieldRef]) -> Reader:
-    """The first present value of ``refs``, each reference's kind decided once: the common
-    ones (a body field one level deep, such as ``type`` or ``id``) become a dict lookup."""
-    names = tuple(ref.path[0] for ref in refs if ref.source == "field" and len(ref.path) == 1)
-    if len(names) == len(refs):
-
-        def fields(record: Record, body: Mapping[str, Any]) -> Any:
-            if isinstance(body, dict):
-                for name in names:
-                    value = body.get(name)
-                    if value is not None:
-                        return value
-            return None
-
-        return fields
+    """The first present value of ``refs``."""
     getters = tuple(_getter(ref) for ref in refs)
 
     def first(record: Record, body: Mapping[str, Any]) -> Any:
