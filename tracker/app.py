@@ -25,7 +25,7 @@ from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog
 from tracker.core.state import FAILED_NEEDS_MANUAL
 from tracker.generations.registry import Generations
-from tracker.kafka import internals, records
+from tracker.kafka import clients, internals, records
 from tracker.kafka.admin import bootstrap_of
 from tracker.ops.metrics import Metrics, StateCollector
 from tracker.ops.settings import Settings
@@ -34,6 +34,8 @@ from tracker.stream.catchup import Progress
 from tracker.stream.checkpoint import Checkpoint
 from tracker.stream.context import FaustContext, state_changelog
 from tracker.stream.deadletters import DeadLetters
+from tracker.stream.feed import Feed
+from tracker.stream.group import FaustGroup
 from tracker.stream.indexes import Indexes, pending_prefix
 from tracker.stream.ingest import Ingest
 from tracker.stream.lifecycle import Lifecycle
@@ -61,6 +63,7 @@ class TrackerApp:
     checkpoint: Checkpoint
     state: StateCache
     ingest: Ingest
+    feed: Feed
     tracking: Tracking
     sweeper: Sweeper
     progress: Progress
@@ -128,22 +131,6 @@ def build(
         metrics=metrics,
         derived=indexes,
     )
-    checkpoint = Checkpoint(state, metrics)
-    internals.before_commit(app, checkpoint.commit)
-    context = FaustContext(
-        app,
-        {
-            "saga_log": topics.saga_log,
-            "compensation": topics.compensations,
-            "outcome": topics.outcomes,
-            "decision": topics.decisions,
-            "shadow": topics.shadow,
-            "dead_letter": topics.dead_letters,
-        },
-        state_changelog(tables.sagas),
-        metrics,
-        checkpoint,
-    )
     progress = Progress(app, [*catalog.topics, settings.decisions], settings.saga_log, bootstrap, settings.lag_threshold)
     progress.wedged_after = settings.stall_timeout
     generations = Generations(bootstrap, settings.generations, settings.generation, settings.shadow, str(app.conf.canonical_url))
@@ -193,8 +180,33 @@ def build(
         partitions=settings.partitions,
         conformance=conformance,
     )
+    feed = Feed(
+        ingest,
+        progress,
+        FaustGroup(app, [*catalog.topics, settings.decisions], progress),
+        commit_interval=float(app.conf.broker_commit_interval),
+        finish_within=0.5 * settings.session_timeout,
+        reset=str(app.conf.consumer_auto_offset_reset),
+    )
+    checkpoint = Checkpoint(state, metrics, inputs=[feed])
+    internals.before_commit(app, checkpoint.commit)
+    context = FaustContext(
+        app,
+        {
+            "saga_log": topics.saga_log,
+            "compensation": topics.compensations,
+            "outcome": topics.outcomes,
+            "decision": topics.decisions,
+            "shadow": topics.shadow,
+            "dead_letter": topics.dead_letters,
+        },
+        state_changelog(tables.sagas),
+        metrics,
+        checkpoint,
+    )
     lifecycle = Lifecycle(
         app,
+        feed,
         progress,
         indexes,
         sweeper,
@@ -204,7 +216,7 @@ def build(
         stall_timeout=settings.stall_timeout,
         follow_generations=settings.follow_generations,
     )
-    for processor in (dead_letters, tracking, ingest, sweeper, lifecycle):
+    for processor in (dead_letters, tracking, ingest, feed, sweeper, lifecycle):
         processor.init(context)
     status = WorkerStatus(context, indexes, sweeper, progress, str(app.conf.canonical_url))
     tracker = TrackerApp(
@@ -219,6 +231,7 @@ def build(
         checkpoint,
         state,
         ingest,
+        feed,
         tracking,
         sweeper,
         progress,
@@ -264,7 +277,22 @@ def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
 
 
 def _agents(t: TrackerApp) -> None:
-    """One faust agent per source processor; each record's offset is reported to catch-up."""
+    """The feed reads the services' topics (and decisions); one faust agent reads the saga log.
+    Each record's offset is reported to catch-up."""
+
+    @t.app.task
+    async def feed() -> None:
+        consumer = clients.consumer(
+            t.progress.bootstrap,
+            purpose="feed",
+            fetch_max_bytes=t.settings.fetch_max_bytes,
+            max_partition_fetch_bytes=t.settings.fetch_max_bytes,
+        )
+        await consumer.start()
+        try:
+            await t.feed.run(consumer)
+        finally:
+            await consumer.stop()
 
     def agent(topic: faust.TopicT, name: str, process: Callable[[Record], Awaitable[Any]]) -> None:
         async def consume(stream: Any) -> None:
@@ -282,5 +310,8 @@ def _agents(t: TrackerApp) -> None:
         # Concurrency 1: faust may commit past an in-flight message otherwise (#606).
         t.app.agent(topic, name=f"{t.settings.group_id}-{name}", concurrency=1)(consume)
 
+    # faust still subscribes the sources (its assignor places their partitions with the saga
+    # state's, its member commits them) but never fetches them (``internals.keep_paused``): no
+    # record reaches this agent.
     agent(t.topics.sources, "ingest", t.ingest.process)
     agent(t.topics.saga_log, "track", t.tracking.process)

@@ -90,3 +90,65 @@ async def test_a_commit_adds_the_tallied_counts_to_their_counters() -> None:
 
     await checkpoint.commit(flush_producer)
     assert counter._value.get() == 2
+
+
+class Applied:
+    """Input offsets as the feed keeps them: advanced as records are applied."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, int] = {"orders/0": 10}
+        self.committed: list[dict[str, int]] = []
+
+    def uncommitted(self) -> dict[str, int]:
+        return dict(self.positions)
+
+    async def commit(self, offsets: dict[str, int]) -> None:
+        self.committed.append(offsets)
+
+
+async def test_the_feed_s_offsets_are_taken_before_the_flush_and_committed_after_it() -> None:
+    """Records applied while the checkpoint flushes may have rows still cached after it: their
+    offsets wait for the next checkpoint. Committed only once the producer flushed."""
+    cache, store, _ = cached_changelog()
+    inputs = Applied()
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()), inputs=[inputs])
+    order: list[str] = []
+    await cache.put(0, b"saga-1", b"v1")
+
+    async def flush_producer() -> None:
+        inputs.positions["orders/0"] = 12  # two more records applied meanwhile
+        await cache.put(0, b"saga-2", b"v2")
+        order.append(f"producer flushed, committed so far {inputs.committed}")
+
+    await checkpoint.commit(flush_producer)
+    assert order == ["producer flushed, committed so far []"]
+    assert inputs.committed == [{"orders/0": 10}]
+    assert store._dbs[0] == {b"saga-1": b"v1"}  # saga-2's row is still cached: its offset was not committed
+    await checkpoint.commit(flush_producer)
+    assert inputs.committed[-1] == {"orders/0": 12} and store._dbs[0][b"saga-2"] == b"v2"
+
+
+async def test_checkpoints_run_one_at_a_time() -> None:
+    """faust's commit, the feed's timer and a revocation may ask at once: an older checkpoint
+    finishing last would commit offsets behind a newer one's."""
+    cache, _, _ = cached_changelog()
+    inputs = Applied()
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()), inputs=[inputs])
+    first_in, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_flush() -> None:
+        first_in.set()
+        await release.wait()
+
+    async def flush() -> None:
+        return None
+
+    first = asyncio.ensure_future(checkpoint.commit(slow_flush))
+    await first_in.wait()
+    inputs.positions["orders/0"] = 20
+    second = asyncio.ensure_future(checkpoint.commit(flush))
+    await asyncio.sleep(0.01)
+    assert inputs.committed == [] and not second.done()  # waits for the first, then takes its own offsets
+    release.set()
+    await asyncio.gather(first, second)
+    assert inputs.committed == [{"orders/0": 10}, {"orders/0": 20}]

@@ -30,6 +30,11 @@ Each reach, why, and the test that fails without it:
   request to it. ``tests/integration/test_api.py`` (reads from every worker).
 - ``consumer._client.force_metadata_update``: replay sees a topic created after its consumer
   started. ``tests/integration/test_replay.py``.
+- ``consumer.pause_partitions``/``resume_partitions`` (this app's instance) and aiokafka's
+  ``pause`` on faust's consumer: faust never fetches the partitions the feed reads.
+  ``tests/integration/test_feed.py::test_faust_never_fetches_the_feed_s_partitions``.
+- ``consumer._commit``: the feed's offsets are committed through faust's group member, fenced
+  by its generation. ``tests/integration/test_feed.py::test_a_member_whose_generation_is_over_commits_nothing``.
 - ``Worker._schedule_shutdown`` (mode's): a stop on SIGTERM/SIGINT is bounded by a timer.
   ``tests/integration/test_processes.py::test_a_worker_whose_broker_is_gone_stops_within_its_bound``.
 """
@@ -220,11 +225,65 @@ def guard_livelock_check() -> None:
 
 
 def positioned(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
-    """The consumer has ``tp`` assigned and knows where it reads next."""
+    """The consumer has ``tp`` assigned, fetches it (the feed's partitions are paused: nothing to
+    verify there) and knows where it reads next."""
     subscription = consumer._fetcher._subscriptions.subscription
     assignment = subscription.assignment if subscription is not None else None
     state = assignment.state_value(tp) if assignment is not None else None
-    return state is not None and bool(state.has_valid_position)
+    return state is not None and not state.paused and bool(state.has_valid_position)
+
+
+# --- the feed's partitions: never fetched by faust, committed through its group member ----------
+
+
+def keep_paused(app: AppT, topics: Collection[str]) -> None:
+    """Keep faust's consumer from ever fetching the partitions of ``topics`` (``tracker.stream.feed``
+    reads them).
+
+    faust pauses every partition of a new assignment and resumes the active ones once their
+    tables are recovered; it cannot leave some of them to another reader. On this app's consumer
+    instance: its pause also pauses these in aiokafka, whose fetcher would otherwise prefetch a
+    batch of each and hold it (faust's own pause only stops handing records out), and its resume
+    leaves them out. Still subscribed, so faust's assignor assigns them with the saga state's
+    partitions and its group member can commit them.
+    """
+    consumer: Any = app.consumer
+    if not hasattr(consumer, "_thread"):  # not the aiokafka driver (agent tests' memory transport)
+        return
+    pause, resume, mine = consumer.pause_partitions, consumer.resume_partitions, frozenset(topics)
+
+    def pausing(tps: Iterable[TP]) -> None:
+        tps = set(tps)
+        pause(tps)
+        client = consumer._thread._consumer
+        for tp in tps:
+            if tp.topic in mine and client is not None:
+                # From faust's rebalance, while its consumer thread waits on it. A partition the
+                # new assignment no longer has is not this one's to pause.
+                with contextlib.suppress(Exception):
+                    client.pause(TopicPartition(tp.topic, tp.partition))
+
+    def resuming(tps: Iterable[TP]) -> None:
+        resume({tp for tp in tps if tp.topic not in mine})
+
+    consumer.pause_partitions, consumer.resume_partitions = pausing, resuming
+
+
+def fetching(app: AppT, tp: TP) -> bool:
+    """faust's consumer fetches ``tp`` (assigned, not paused in aiokafka)."""
+    client = app.consumer._thread._consumer  # type: ignore[attr-defined]
+    subscription = client._fetcher._subscriptions.subscription if client is not None else None
+    assignment = subscription.assignment if subscription is not None else None
+    state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+    return state is not None and not state.paused
+
+
+async def commit_offsets(app: AppT, offsets: Mapping[TP, int]) -> bool:
+    """Commit ``offsets`` through faust's group member: fenced by its generation, so after a
+    rebalance took the partitions away the broker refuses (False). faust's public commit only
+    commits what its own streams acknowledged; this is the call it makes with those."""
+    consumer: Any = app.consumer
+    return bool(await consumer._commit(dict(offsets)))
 
 
 # --- the producer buffer, for the watchdog and the checkpoint ----------------------------------

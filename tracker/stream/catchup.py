@@ -157,20 +157,25 @@ class Progress:
         """The partition count of a source topic as of this rebalance; None until measured."""
         return None if self.counts is None else self.counts.get(topic)
 
-    async def group_positions(self, tps: list[TP]) -> dict[TP, int]:
-        """Next offset the group will process, per partition (local progress wins)."""
+    async def committed(self, tps: list[TP]) -> dict[TP, int | None]:
+        """The group's committed offset per partition; None where it never committed one."""
+        if not tps:
+            return {}
         admin = await self.admin()
-        committed = await admin.list_consumer_group_offsets(
+        found = await admin.list_consumer_group_offsets(
             self.app.conf.id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
         )
-        out: dict[TP, int] = {}
-        unknown = []
+        out: dict[TP, int | None] = {}
         for tp in tps:
-            meta = committed.get(TopicPartition(tp.topic, tp.partition))
-            offset = meta.offset if meta is not None else -1
-            if offset < 0:
-                unknown.append(tp)
-            out[tp] = offset
+            meta = found.get(TopicPartition(tp.topic, tp.partition))
+            out[tp] = meta.offset if meta is not None and meta.offset >= 0 else None
+        return out
+
+    async def group_positions(self, tps: list[TP]) -> dict[TP, int]:
+        """Next offset the group will process, per partition (local progress wins)."""
+        committed = await self.committed(tps)
+        out = {tp: offset for tp, offset in committed.items() if offset is not None}
+        unknown = [tp for tp, offset in committed.items() if offset is None]
         if unknown:  # nothing committed yet: the group starts from the earliest offset
             earliest = await self.earliest_offsets(unknown)
             out.update({tp: earliest.get(tp, 0) for tp in unknown})

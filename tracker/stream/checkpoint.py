@@ -15,8 +15,11 @@ Before any input offset is committed, in this order:
    restarted (``exit_to_restart``) before the offset that caused it is committed; the record is
    read again and re-sends the same id. A changelog record the broker refused exits at once,
    when its delivery fails (``StateCache``).
-5. **Commit the input offsets**: faust, once this returns (``Consumer._commit_offsets``); revoked
-   partitions' offsets are never committed (faust drops them).
+5. **Commit the input offsets**: the feed's (the services' topics, ``tracker.stream.feed``)
+   here, through faust's group member, as far as was applied *before* step 1 began, so every
+   record they cover has its rows flushed and its outputs delivered; faust's own (the saga
+   log's) once this returns (``Consumer._commit_offsets``). Revoked partitions' offsets are never
+   committed: the broker refuses a member whose generation is over, and faust drops them.
 6. **Record the stores' offsets**: each changelog delivery records its offset in its store as it
    is acknowledged, only when it directly follows what the store has (``StateCache``); faust's
    ``tables.on_commit`` runs after its commit.
@@ -30,8 +33,9 @@ commit (and its revocation) flushes the producer, before the offsets are written
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from tracker.stream.restart import exit_to_restart
@@ -47,9 +51,21 @@ class Tallies(Protocol):
     def flush(self) -> None: ...
 
 
+class Inputs(Protocol):
+    """Input offsets committed here (the feed): taken before the flush, committed after it."""
+
+    def uncommitted(self) -> dict[Any, int]: ...
+
+    async def commit(self, offsets: dict[Any, int]) -> None: ...
+
+
 class Checkpoint:
-    def __init__(self, cache: Cache, tallies: Tallies) -> None:
-        self.cache, self.tallies = cache, tallies
+    def __init__(self, cache: Cache, tallies: Tallies, inputs: Sequence[Inputs] = ()) -> None:
+        """``inputs``: whose offsets this checkpoint commits (step 5: the feed)."""
+        self.cache, self.tallies, self.inputs = cache, tallies, tuple(inputs)
+        # One checkpoint at a time (faust's commit timer, the feed's, a revocation, catch-up):
+        # an older one finishing last would commit offsets behind a newer one's.
+        self.running = asyncio.Lock()
         self.pending = 0  # outputs handed to the producer and not yet answered
         self.undelivered: list[str] = []  # outputs the broker refused since the last checkpoint
         self.commits = 0
@@ -70,14 +86,19 @@ class Checkpoint:
             self.undelivered.append(f"{what} ({delivery.exception()!r})")
 
     async def commit(self, flush_producer: Callable[[], Awaitable[None]]) -> None:
-        """Steps 1 to 4; faust commits the offsets (5) and the stores record theirs (6)."""
-        self.tallies.flush()
-        await self.cache.flush()  # 1. rows to stores, changelog records to the producer
-        # 2. outputs: with the producer since they were decided
-        await flush_producer()  # 3. buffer drained, every record answered
-        if self.undelivered:  # 4. never commit past an output the broker did not take
-            exit_to_restart(
-                f"{len(self.undelivered)} output record(s) not delivered, first: {self.undelivered[0]}; "
-                "their input is read again after the restart and re-sends the same ids"
-            )
-        self.commits += 1
+        """Steps 1 to 5 for the feed's offsets; faust commits its own (5) and the stores record
+        theirs (6)."""
+        async with self.running:
+            self.tallies.flush()
+            applied = [(inputs, inputs.uncommitted()) for inputs in self.inputs]  # before anything is flushed
+            await self.cache.flush()  # 1. rows to stores, changelog records to the producer
+            # 2. outputs: with the producer since they were decided
+            await flush_producer()  # 3. buffer drained, every record answered
+            if self.undelivered:  # 4. never commit past an output the broker did not take
+                exit_to_restart(
+                    f"{len(self.undelivered)} output record(s) not delivered, first: {self.undelivered[0]}; "
+                    "their input is read again after the restart and re-sends the same ids"
+                )
+            for inputs, offsets in applied:  # 5. the feed's input offsets
+                await inputs.commit(offsets)
+            self.commits += 1

@@ -1,0 +1,229 @@
+"""The feed: the services' topics read in fetched batches, straight into the ingest processor.
+
+faust hands its agents one record at a time through its consumer thread, conductor, channel
+queue, stream and acknowledgements: ~65 µs of CPU per record before any work (``make
+bench-floor``), more than a fair peer spends on the whole of the tracker's work. The feed reads
+the same partitions with a plain aiokafka consumer of its own (no group) and gives each fetched
+record to ``Ingest.process`` directly; faust keeps everything else: group membership, the
+assignment (which worker reads which source partition: co-partitioned with the saga state, as
+before), table recovery, standbys, timers, the web server and the saga log's agent.
+
+What keeps each guarantee (``docs/architecture.md``, *The feed*):
+
+* **Which partitions, from where.** The feed reads exactly the source partitions faust assigned
+  to this worker as active (``Group.assigned``), only while the group is not rebalancing or
+  recovering (``Group.ready``). After every rebalance, even one that gives back the same
+  partitions, it starts again from the group's committed offsets (``Group.committed``): what it
+  had read past them is read again. faust's own consumer never fetches these partitions
+  (``tracker.kafka.internals.keep_paused``).
+* **Offsets: the group's, fenced.** ``positions`` are the next offsets after records applied in
+  full. The checkpoint takes them *before* it flushes the state cache and the producer, so every
+  record they cover has its rows flushed and its outputs delivered, and only then commits them
+  through faust's group member (``Group.commit``): a member whose generation is over (its
+  partitions moved while it was frozen) is refused by the broker. Catch-up and the lag gauges
+  read the same committed offsets as before.
+* **Revocation.** faust suspends its flow before it revokes; the feed stops at the next record
+  (each record checks), ``revoked`` waits for the record in hand, then runs the checkpoint once
+  more while the generation is still this worker's. A record fetched and not applied is never
+  committed: the next owner reads it again.
+* **One writer per saga, decisions without awaits.** Records reach the same ``Ingest.process`` as
+  the agent gave them, one at a time in the event loop, in partition order.
+* **Failures.** ``Ingest.process`` never raises (bad input is dead-lettered inside); if it does,
+  that is a bug and the worker exits to be restarted with the record unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from aiokafka.structs import TopicPartition
+from faust.types import TP
+
+from tracker.core.correlation import Record
+from tracker.kafka import records
+from tracker.stream.context import Context
+from tracker.stream.restart import exit_to_restart
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT = 0.1  # seconds between looks at the group while it rebalances or nothing is assigned
+
+
+class Group(Protocol):
+    """What the feed needs of the group member (faust's, ``tracker.stream.group``)."""
+
+    def ready(self) -> bool:
+        """Not rebalancing, not recovering, flow not suspended: records may be applied."""
+        ...
+
+    def assigned(self) -> frozenset[TP]:
+        """The source partitions assigned to this worker as active."""
+        ...
+
+    async def committed(self, tps: list[TP]) -> dict[TP, int | None]:
+        """The group's committed offset per partition; None where nothing was ever committed."""
+        ...
+
+    async def commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Commit through the group member; False when the broker refused (generation over)."""
+        ...
+
+    async def checkpoint(self) -> None:
+        """Run the checkpoint now (``tracker.stream.checkpoint``)."""
+        ...
+
+
+class Source(Protocol):
+    async def process(self, record: Record) -> None: ...
+
+
+class Processed(Protocol):
+    def processed(self, tp: TP, offset: int) -> None: ...
+
+
+class Consumer(Protocol):
+    """The slice of ``AIOKafkaConsumer`` the feed uses."""
+
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> Any: ...
+
+    async def seek_to_end(self, *partitions: TopicPartition) -> Any: ...
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> Any: ...
+
+
+class Feed:
+    def __init__(
+        self,
+        source: Source,
+        progress: Processed,
+        group: Group,
+        *,
+        commit_interval: float,
+        finish_within: float,
+        reset: str = "earliest",
+        max_records: int = 2000,
+    ) -> None:
+        """``commit_interval``: seconds between checkpoints run for the feed (faust's own commit
+        runs one only when its agents acknowledged something). ``finish_within``: seconds a
+        revocation waits for the record in hand. ``reset``: where a partition the group never
+        committed starts (faust's ``consumer_auto_offset_reset``)."""
+        self.source, self.progress, self.group = source, progress, group
+        self.commit_interval, self.finish_within = commit_interval, finish_within
+        self.reset, self.max_records = reset, max_records
+        self.epoch = 0  # bumped by every revocation: a batch begun under an older one stops
+        self.reading: frozenset[TP] = frozenset()  # assigned to the consumer, for ``read_epoch``
+        self.read_epoch = -1
+        self.positions: dict[TP, int] = {}  # next offset after the records applied, this epoch
+        self.committed: dict[TP, int] = {}  # what the group has, as far as this feed knows
+        self.idle = asyncio.Event()  # no record in hand
+        self.idle.set()
+        self.applied = 0
+        self.stopping = False
+
+    def init(self, context: Context) -> None:
+        context.schedule("commit", self.commit_interval, self.punctuate)
+
+    async def punctuate(self) -> None:
+        """The checkpoint, on the commit interval, when records were applied since the last."""
+        if self.uncommitted():
+            await self.group.checkpoint()
+
+    async def run(self, consumer: Consumer) -> None:
+        """Read and apply until cancelled (the worker's stop)."""
+        while True:
+            if not await self.step(consumer):
+                await asyncio.sleep(IDLE_WAIT)
+
+    async def step(self, consumer: Consumer) -> bool:
+        """One fetch, applied. False when there was nothing to read (rebalancing, nothing
+        assigned): the caller waits a little."""
+        if self.stopping or not self.group.ready():
+            return False
+        epoch = self.epoch
+        if self.read_epoch != epoch or self.group.assigned() != self.reading:
+            await self.assign(consumer, self.group.assigned(), epoch)
+            if self.read_epoch != epoch:
+                return False
+        if not self.reading:
+            return False
+        batches = await consumer.getmany(timeout_ms=int(IDLE_WAIT * 1000), max_records=self.max_records)
+        for tp, messages in batches.items():
+            faust_tp = TP(tp.topic, tp.partition)
+            for m in messages:
+                # Checked per record: once a revocation begins (``revoked``), what this batch
+                # holds past that point belongs to whoever owns the partition next.
+                if self.epoch != epoch:
+                    return True
+                self.idle.clear()
+                try:
+                    await self.source.process(records.from_consumer_record(m))
+                except Exception as exc:  # ingest dead-letters what it cannot use: this is a bug
+                    exit_to_restart(f"ingest failed on {m.topic}/{m.partition}/{m.offset}: {exc!r}")
+                finally:
+                    self.idle.set()
+                self.positions[faust_tp] = m.offset + 1
+                self.progress.processed(faust_tp, m.offset)
+                self.applied += 1
+        return True
+
+    async def assign(self, consumer: Consumer, wanted: frozenset[TP], epoch: int) -> None:
+        """Read ``wanted`` from the group's committed offsets (those never committed: ``reset``)."""
+        committed = await self.group.committed(sorted(wanted))
+        if self.epoch != epoch or not self.group.ready():
+            return  # a rebalance began meanwhile: its assignment is read next time
+        parts = {tp: TopicPartition(tp.topic, tp.partition) for tp in wanted}
+        consumer.assign(list(parts.values()))
+        never = []
+        for tp, offset in committed.items():
+            if offset is None or offset < 0:
+                never.append(parts[tp])
+            else:
+                consumer.seek(parts[tp], offset)
+        if never:
+            await (consumer.seek_to_end(*never) if self.reset == "latest" else consumer.seek_to_beginning(*never))
+        self.positions = {}
+        self.committed = {tp: offset for tp, offset in committed.items() if offset is not None and offset >= 0}
+        self.reading, self.read_epoch = wanted, epoch
+        log.info("feed reads %d source partitions", len(wanted))
+
+    # --- the checkpoint's input offsets ----------------------------------------------------------
+
+    def uncommitted(self) -> dict[TP, int]:
+        """Positions applied and not yet committed: taken before the checkpoint flushes."""
+        return {tp: offset for tp, offset in self.positions.items() if self.committed.get(tp) != offset}
+
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        """The checkpoint's step 5 for the feed's partitions, after everything was flushed."""
+        if not offsets:
+            return
+        if await self.group.commit(offsets):
+            self.committed.update(offsets)
+        else:  # the group rebalanced: the next owner reads these records again
+            log.info("input offsets of %d partitions not committed: the group has rebalanced", len(offsets))
+
+    async def revoked(self) -> None:
+        """A revocation (faust's signal, in its rebalance): stop, finish the record in hand,
+        and commit what was applied while this generation is still this worker's."""
+        await self._finish("a revocation")
+        self.positions, self.reading = {}, frozenset()
+
+    async def stop(self) -> None:
+        """The worker stops (before faust's consumer and producer do): the same, for good."""
+        self.stopping = True
+        await self._finish("the worker's stop")
+
+    async def _finish(self, why: str) -> None:
+        self.epoch += 1  # the batch in hand stops at its next record
+        try:
+            await asyncio.wait_for(self.idle.wait(), self.finish_within)
+        except TimeoutError:
+            # Its writes could land after the partition moved: never let them.
+            exit_to_restart(f"a record in hand did not finish within {self.finish_within:.0f}s of {why}")
+        await self.group.checkpoint()
