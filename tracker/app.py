@@ -80,6 +80,7 @@ def faust_app(settings: Settings, broker_url: str) -> faust.App:
         datadir=settings.data_dir,
         autodiscover=False,
         processing_guarantee="at_least_once",
+        stream_wait_empty=True,  # faust's default, relied on: the feed finishes there (``internals.after_wait_empty``)
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         table_standby_replicas=settings.standby_replicas,
@@ -190,6 +191,7 @@ def build(
     )
     checkpoint = Checkpoint(state, metrics, inputs=[feed])
     internals.before_commit(app, checkpoint.commit)
+    internals.after_wait_empty(app, feed.finish)  # a revocation or stop: the feed's record in hand, then the checkpoint
     context = FaustContext(
         app,
         {

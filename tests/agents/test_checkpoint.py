@@ -105,6 +105,9 @@ class Applied:
     async def commit(self, offsets: dict[str, int]) -> None:
         self.committed.append(offsets)
 
+    def discard(self) -> None:
+        self.positions = {}
+
 
 async def test_the_feed_s_offsets_are_taken_before_the_flush_and_committed_after_it() -> None:
     """Records applied while the checkpoint flushes may have rows still cached after it: their
@@ -152,3 +155,19 @@ async def test_checkpoints_run_one_at_a_time() -> None:
     release.set()
     await asyncio.gather(first, second)
     assert inputs.committed == [{"orders/0": 10}, {"orders/0": 20}]
+
+
+async def test_no_input_offset_is_committed_after_rows_were_dropped() -> None:
+    """A row whose store closed before the flush (the partition left, the worker stops) never
+    reaches the changelog: the feed commits none of the offsets it took, and reads them again."""
+    cache, store, _ = cached_changelog()
+    inputs = Applied()
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()), inputs=[inputs])
+    await cache.put(0, b"saga-1", b"v1")
+    del store._dbs[0]  # the partition's store closed
+
+    async def flush_producer() -> None:
+        return None
+
+    await checkpoint.commit(flush_producer)
+    assert inputs.committed == [] and inputs.positions == {}

@@ -3,6 +3,9 @@ rows are named without building them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as hs
 
@@ -49,3 +52,40 @@ def test_keys_of_names_every_row_rows_of_writes() -> None:
         assert keys == list(rows_of(state, summary(d, state)))
         prefixes.update(key[:1] for key in keys)
     assert prefixes == {SUMMARY, PENDING, DEADLINE}
+
+
+def test_held_rows_are_read_as_written_and_written_in_one_batch(tmp_path: Path) -> None:
+    """A saga's changes are held and written a few hundred at a time; every read sees them, in
+    order, deletes included."""
+    import rocksdict
+
+    from tracker.stream.indexes import Index, options
+
+    definition = order_saga()
+    states = _states()
+    waiting = next(s for s in states if s.deadline is not None)  # a step pending, its deadline set
+    done = next(s for s in states if s.deadline is None)  # the same saga once nothing is pending
+    other = replace(waiting, saga_id=waiting.saga_id + "-other")
+    assert waiting.deadline is not None and other.deadline is not None
+    every = due_bound(4e9)
+    index = Index(rocksdict.Rdict(str(tmp_path / "0"), options(rocksdict.Cache(1 << 20))))
+    try:
+        index.change((), rows_of(waiting, summary(definition, waiting)))
+        assert index.db.get(SUMMARY + waiting.saga_id.encode()) is None  # held, not written
+        assert index.summary(waiting.saga_id) == summary(definition, waiting)
+        assert [key for key, _ in index.due(every)] == [deadline_key(waiting.deadline.due, waiting.saga_id)]
+        assert index.pending == {} and index.db.get(SUMMARY + waiting.saga_id.encode()) is not None  # the read wrote it
+
+        index.change(keys_of(waiting, placement(definition, waiting)), rows_of(done, summary(definition, done)))
+        assert index.summary(waiting.saga_id) == summary(definition, done)
+        assert list(index.due(every)) == []  # its deadline row deleted, held until this read
+
+        index.change((), rows_of(other, summary(definition, other)))
+        index.drop_deadline(deadline_key(other.deadline.due, other.saga_id))
+        assert list(index.due(every)) == []
+
+        for n in range(Index.PENDING_ROWS):  # enough changes: written without a read
+            index.change((), {SUMMARY + f"s-{n}".encode(): b"{}"})
+        assert index.pending == {} and index.db.get(SUMMARY + b"s-0") == b"{}"
+    finally:
+        index.db.close()

@@ -162,10 +162,14 @@ def test_a_revocation_stops_the_batch_and_the_next_assignment_starts_at_the_comm
     revoking: list[asyncio.Future[None]] = []
     feeds: list[Feed] = []
 
+    async def revocation() -> None:  # faust's: wait for empty streams (the feed finishes), the signal
+        await feeds[0].finish()
+        await feeds[0].revoked()
+
     def third(applied: int) -> None:
         if applied == 3 and not revoking:  # the rebalance starts while the third record is in hand
             group.is_ready = False
-            revoking.append(asyncio.ensure_future(feeds[0].revoked()))
+            revoking.append(asyncio.ensure_future(revocation()))
 
     source.on_apply = third
 
@@ -187,20 +191,41 @@ def test_a_revocation_stops_the_batch_and_the_next_assignment_starts_at_the_comm
     run(go())
 
 
-def test_a_stopping_worker_commits_what_its_feed_applied_and_reads_no_more(kafka: Kafka) -> None:
-    topic = topic_with(kafka, 3, partitions=1)
+def test_faust_s_wait_for_empty_streams_finishes_the_feed(kafka: Kafka) -> None:
+    """faust waits for its streams to be empty as a revocation begins and as the worker stops,
+    stores still open, before its checkpoint and commit: the feed's record in hand finishes there,
+    nothing more of its batch is applied, and what it applied is committed."""
+    topic = topic_with(kafka, 5, partitions=1)
     tp = TP(topic, 0)
     group, source = Group({tp}, {}), Source()
+    order: list[str] = []
+
+    class FaustConsumer:
+        async def wait_empty(self) -> None:  # faust's: its own streams' records acknowledged
+            order.append("faust's streams empty")
+
+    app: Any = type("App", (), {"consumer": FaustConsumer()})()
+    waiting: list[asyncio.Future[None]] = []
 
     async def go() -> None:
         feed, consumer = await feed_with(kafka, group, source)
+        internals.after_wait_empty(app, feed.finish)
+
+        def second(applied: int) -> None:
+            if applied == 2 and not waiting:  # faust stops while the second record is in hand
+                group.is_ready = False
+                waiting.append(asyncio.ensure_future(app.consumer.wait_empty()))
+
+        source.on_apply = second
         try:
-            await until(feed, consumer, lambda: len(source.applied) >= 3)
-            await feed.stop()
-            assert group.commits == [{tp: 3}]
+            await until(feed, consumer, lambda: bool(waiting))
+            await asyncio.wait_for(waiting[0], 5)
+            order.append(f"committed {group.commits}")
             assert not await feed.step(consumer)
         finally:
             await consumer.stop()
+        assert source.applied == [(0, 0), (0, 1)]
+        assert order == ["faust's streams empty", f"committed {[{tp: 2}]}"]
 
     run(go())
 

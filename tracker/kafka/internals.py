@@ -33,6 +33,9 @@ Each reach, why, and the test that fails without it:
 - ``consumer.pause_partitions``/``resume_partitions`` (this app's instance) and aiokafka's
   ``pause`` on faust's consumer: faust never fetches the partitions the feed reads.
   ``tests/integration/test_feed.py::test_faust_never_fetches_the_feed_s_partitions``.
+- ``consumer.wait_empty`` (this app's instance): the feed finishes its record in hand and runs the
+  checkpoint where faust waits for its streams, before it commits and closes the stores.
+  ``tests/integration/test_feed.py::test_faust_s_wait_for_empty_streams_finishes_the_feed``.
 - ``consumer._commit``: the feed's offsets are committed through faust's group member, fenced
   by its generation. ``tests/integration/test_feed.py::test_a_member_whose_generation_is_over_commits_nothing``.
 - ``Worker._schedule_shutdown`` (mode's): a stop on SIGTERM/SIGINT is bounded by a timer.
@@ -276,6 +279,24 @@ def fetching(app: AppT, tp: TP) -> bool:
     assignment = subscription.assignment if subscription is not None else None
     state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
     return state is not None and not state.paused
+
+
+def after_wait_empty(app: AppT, finish: Callable[[], Awaitable[None]]) -> None:
+    """Run ``finish`` (the feed's) where faust waits for its streams to be empty.
+
+    faust calls ``consumer.wait_empty`` when a revocation begins and when the worker stops, after
+    suspending its flow and before it flushes the producer (the checkpoint), commits, and (on a
+    stop) closes the tables' stores: the one point where every in-flight record must be done and
+    the stores are still open. faust counts only its own streams' records there. On this app's
+    consumer instance."""
+    consumer: Any = app.consumer
+    wait_empty = consumer.wait_empty
+
+    async def waiting() -> None:
+        await wait_empty()
+        await finish()
+
+    consumer.wait_empty = waiting
 
 
 async def commit_offsets(app: AppT, offsets: Mapping[TP, int]) -> bool:

@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 
 class Cache(Protocol):
-    async def flush(self) -> None: ...
+    async def flush(self) -> set[int]:
+        """Write the cached rows; the partitions whose rows were dropped (store closed)."""
+        ...
 
 
 class Tallies(Protocol):
@@ -57,6 +59,10 @@ class Inputs(Protocol):
     def uncommitted(self) -> dict[Any, int]: ...
 
     async def commit(self, offsets: dict[Any, int]) -> None: ...
+
+    def discard(self) -> None:
+        """Rows of applied records were dropped: commit none of them, read them again."""
+        ...
 
 
 class Checkpoint:
@@ -91,7 +97,7 @@ class Checkpoint:
         async with self.running:
             self.tallies.flush()
             applied = [(inputs, inputs.uncommitted()) for inputs in self.inputs]  # before anything is flushed
-            await self.cache.flush()  # 1. rows to stores, changelog records to the producer
+            dropped = await self.cache.flush()  # 1. rows to stores, changelog records to the producer
             # 2. outputs: with the producer since they were decided
             await flush_producer()  # 3. buffer drained, every record answered
             if self.undelivered:  # 4. never commit past an output the broker did not take
@@ -99,6 +105,11 @@ class Checkpoint:
                     f"{len(self.undelivered)} output record(s) not delivered, first: {self.undelivered[0]}; "
                     "their input is read again after the restart and re-sends the same ids"
                 )
-            for inputs, offsets in applied:  # 5. the feed's input offsets
-                await inputs.commit(offsets)
+            if dropped:  # rows of applied records never reached a store: their input is read again
+                log.warning("rows of partitions %s dropped: the feed's input offsets are not committed", sorted(dropped))
+                for inputs, _ in applied:
+                    inputs.discard()
+            else:
+                for inputs, offsets in applied:  # 5. the feed's input offsets
+                    await inputs.commit(offsets)
             self.commits += 1

@@ -22,10 +22,13 @@ What keeps each guarantee (``docs/architecture.md``, *The feed*):
   through faust's group member (``Group.commit``): a member whose generation is over (its
   partitions moved while it was frozen) is refused by the broker. Catch-up and the lag gauges
   read the same committed offsets as before.
-* **Revocation.** faust suspends its flow before it revokes; the feed stops at the next record
-  (each record checks), ``revoked`` waits for the record in hand, then runs the checkpoint once
-  more while the generation is still this worker's. A record fetched and not applied is never
-  committed: the next owner reads it again.
+* **Revocation and stop.** Where faust waits for its streams to be empty (``wait_empty``: a
+  revocation begins, or the worker stops, while the partitions' stores are still open), the
+  feed stops at the next record, waits for the one in hand and runs the checkpoint
+  (``finish``, ``tracker.kafka.internals.after_wait_empty``), then faust's own checkpoint and
+  commit follow. A record fetched and not applied is never committed: the next owner reads it
+  again. Should rows of applied records be dropped anyway (a store closed first), the
+  checkpoint commits none of the feed's offsets and the feed reads again from the group's.
 * **One writer per saga, decisions without awaits.** Records reach the same ``Ingest.process`` as
   the agent gave them, one at a time in the event loop, in partition order.
 * **Failures.** ``Ingest.process`` never raises (bad input is dead-lettered inside); if it does,
@@ -125,7 +128,6 @@ class Feed:
         self.idle = asyncio.Event()  # no record in hand
         self.idle.set()
         self.applied = 0
-        self.stopping = False
 
     def init(self, context: Context) -> None:
         context.schedule("commit", self.commit_interval, self.punctuate)
@@ -144,7 +146,7 @@ class Feed:
     async def step(self, consumer: Consumer) -> bool:
         """One fetch, applied. False when there was nothing to read (rebalancing, nothing
         assigned): the caller waits a little."""
-        if self.stopping or not self.group.ready():
+        if not self.group.ready():
             return False
         epoch = self.epoch
         if self.read_epoch != epoch or self.group.assigned() != self.reading:
@@ -208,22 +210,26 @@ class Feed:
         else:  # the group rebalanced: the next owner reads these records again
             log.info("input offsets of %d partitions not committed: the group has rebalanced", len(offsets))
 
-    async def revoked(self) -> None:
-        """A revocation (faust's signal, in its rebalance): stop, finish the record in hand,
-        and commit what was applied while this generation is still this worker's."""
-        await self._finish("a revocation")
-        self.positions, self.reading = {}, frozenset()
+    def discard(self) -> None:
+        """Rows of applied records were lost (their store closed before the checkpoint wrote
+        them): commit nothing of what was applied, and read again from the group's offsets."""
+        self.epoch += 1
+        self.positions = {}
 
-    async def stop(self) -> None:
-        """The worker stops (before faust's consumer and producer do): the same, for good."""
-        self.stopping = True
-        await self._finish("the worker's stop")
-
-    async def _finish(self, why: str) -> None:
+    async def finish(self) -> None:
+        """faust waits for its streams to be empty (a revocation begins, or the worker stops),
+        its tables still open: stop at the next record, finish the one in hand, and run the
+        checkpoint while the generation is still this worker's."""
         self.epoch += 1  # the batch in hand stops at its next record
         try:
             await asyncio.wait_for(self.idle.wait(), self.finish_within)
         except TimeoutError:
             # Its writes could land after the partition moved: never let them.
-            exit_to_restart(f"a record in hand did not finish within {self.finish_within:.0f}s of {why}")
+            exit_to_restart(f"a record in hand did not finish within {self.finish_within:.0f}s of a revocation or stop")
         await self.group.checkpoint()
+
+    async def revoked(self) -> None:
+        """A revocation (faust's signal, after its checkpoint): what is assigned next is read
+        from the group's offsets."""
+        self.epoch += 1
+        self.positions, self.reading = {}, frozenset()

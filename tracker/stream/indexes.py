@@ -122,14 +122,24 @@ def options(cache: rocksdict.Cache) -> rocksdict.Options:
 
 
 class Index:
-    """One partition's indexes."""
+    """One partition's indexes.
+
+    A saga's changed rows are held (``pending``, newest per key) and written to RocksDB as one
+    batch when ``PENDING_ROWS`` have gathered or before anything reads the index: one write per
+    few hundred events instead of one per event, and every read still sees every change. Held
+    rows are lost with the process, as unflushed RocksDB writes without a WAL would be: an index
+    is rebuilt from the saga rows whenever a worker starts."""
+
+    PENDING_ROWS = 512
 
     def __init__(self, db: rocksdict.Rdict) -> None:
         self.db = db
         self.unwritten = rocksdict.WriteOptions()
         self.unwritten.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
+        self.pending: dict[bytes, bytes | None] = {}  # key -> row, or None: deleted
 
     def write(self, puts: dict[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
+        self.flush()
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key in deletes:
             if key not in puts:
@@ -140,13 +150,33 @@ class Index:
 
     def change(self, old: Iterable[bytes], new: dict[bytes, bytes]) -> None:
         """Replace a saga's rows: ``old`` their keys before (``keys_of``), ``new`` the rows after (``rows_of``)."""
-        self.write(new, old)
+        pending = self.pending
+        for key in old:
+            if key not in new:
+                pending[key] = None
+        pending.update(new)
+        if len(pending) >= self.PENDING_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held rows, one batch."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, {}
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in pending.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self.db.write(batch, self.unwritten)
 
     def drop_deadline(self, key: bytes) -> None:
-        self.db.delete(DEADLINE + key, self.unwritten)
+        self.pending[DEADLINE + key] = None
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Rows under ``prefix`` in key order (keys without the prefix)."""
+        self.flush()
         key: Any
         for key, value in self.db.items(from_key=prefix):
             if not key.startswith(prefix):
@@ -158,7 +188,8 @@ class Index:
             yield orjson.loads(value)
 
     def summary(self, saga_id: str) -> dict[str, Any] | None:
-        raw = self.db.get(SUMMARY + saga_id.encode())
+        key = SUMMARY + saga_id.encode()
+        raw = self.pending[key] if key in self.pending else self.db.get(key)
         return None if raw is None else orjson.loads(raw)
 
     def due(self, bound: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:

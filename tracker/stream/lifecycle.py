@@ -10,7 +10,7 @@ Each watchdog turns a silent hang into the one exit for a restart (``restart.exi
   for good, so exit;
 * the deadline punctuator exits when a partition of this worker's is wedged (``sweeper``).
 
-Rebalances: on revocation the feed stops and commits what it applied (``feed``); on revocation
+Rebalances: on revocation the feed reads nothing more of what it had (``feed``); on revocation
 and on assignment a worker starts a new catch-up (it fires no
 timeout until it is done, ``catchup``) and its local indexes are checked against the partitions
 it now owns.
@@ -37,7 +37,6 @@ from tracker.stream.state_cache import StateCache
 from tracker.stream.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
-FLUSH_WAIT = 15.0  # seconds the last checkpoint may take (faust's producer flush is bounded at 10)
 
 
 class Lifecycle:
@@ -77,12 +76,6 @@ class Lifecycle:
                 await lifecycle.generations.start(follow=lifecycle.follow_generations)
 
             async def on_stop(self) -> None:
-                # Before faust's consumer and producer stop (mode stops services added later
-                # first): what the feed applied is committed, not applied again after a restart.
-                try:
-                    await asyncio.wait_for(lifecycle.feed.stop(), lifecycle.feed.finish_within + FLUSH_WAIT)
-                except Exception as exc:
-                    log.warning("the feed's last checkpoint did not finish (%r): its records are read again", exc)
                 await lifecycle.generations.stop()
                 await lifecycle.progress.close()
                 lifecycle.indexes.close()
@@ -117,7 +110,7 @@ class Lifecycle:
             log.info("committed saga-log offsets not read (%r): live events wait behind the saga log until applied", exc)
 
     async def on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        await self.feed.revoked()  # first: its record in hand finished and its offsets committed
+        await self.feed.revoked()  # it finished and committed in faust's wait for empty streams
         self.progress.revoked(args[0] if args else kwargs.get("revoked", ()))
         self.indexes.moved()
         self.sweeper.set_behind(True)  # timeout records wait until the new catch-up is done

@@ -154,14 +154,15 @@ class StateCache:
         async with self.sending:  # after the records of a flush that stored its rows earlier
             await self._send(partition, key, value)
 
-    async def flush(self) -> None:
+    async def flush(self) -> set[int]:
         """Write every cached row: all to their stores first (no await in between, so a read
         finds each row in the cache or the store), then their changelog records.
 
         A row of a partition whose store is no longer open here is dropped: its input was not
-        committed (every commit flushes first), so the partition's owner reads it again."""
+        committed (every commit flushes first, and commits nothing of the feed's after a drop),
+        so the partition's owner reads it again. Returns those partitions."""
         if not self.rows:
-            return
+            return set()
         self.alive()
         cached_rows, self.rows = self.rows, {}
         sends: list[tuple[int, bytes, bytes]] = []
@@ -186,6 +187,7 @@ class StateCache:
         async with self.sending:
             for partition, key, value in sends:
                 await self._send(partition, key, value)
+        return set(dropped)
 
     async def _send(self, partition: int, key: bytes, value: bytes) -> None:
         app: Any = self.table.app
