@@ -287,6 +287,9 @@ def _agents(t: TrackerApp) -> None:
         consumer = clients.consumer(
             t.progress.bootstrap,
             purpose="feed",
+            # An offset the broker no longer has (retention) resets as faust's consumer would:
+            # aiokafka's own default ("latest") would skip every record still there.
+            auto_offset_reset=str(t.app.conf.consumer_auto_offset_reset),
             fetch_max_bytes=t.settings.fetch_max_bytes,
             max_partition_fetch_bytes=t.settings.fetch_max_bytes,
         )

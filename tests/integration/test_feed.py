@@ -329,3 +329,46 @@ def test_a_worker_commits_what_its_feed_applied(scenario: Scenario) -> None:
             break
         time.sleep(0.5)
     assert ends and committed == ends, (committed, ends, w.tail())
+
+
+def test_a_broker_error_is_retried_from_the_group_s_offsets(kafka: Kafka, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch that fails (the broker away for a moment) neither ends the feed nor skips a
+    record: it reads again from the group's offsets."""
+    from tracker.stream import feed as feed_module
+
+    monkeypatch.setattr(feed_module, "RETRY_WAIT", 0.01)
+    topic = topic_with(kafka, 4, partitions=1)
+    tp = TP(topic, 0)
+    group, source = Group({tp}, {tp: 1}), Source()
+
+    class Flaky:
+        def __init__(self, consumer: AIOKafkaConsumer) -> None:
+            self.consumer, self.failed = consumer, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.consumer, name)
+
+        async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> Any:
+            if len(source.applied) == 2 and not self.failed:
+                self.failed = True
+                raise ConnectionError("the broker went away")
+            return await self.consumer.getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+    async def go() -> None:
+        feed, consumer = await feed_with(kafka, group, source)
+        feed.max_records = 2
+        flaky = Flaky(consumer)
+        running = asyncio.ensure_future(feed.run(flaky))
+        try:
+            for _ in range(200):
+                if len(source.applied) >= 5:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await consumer.stop()
+        assert flaky.failed
+        assert source.applied == [(0, 1), (0, 2), (0, 1), (0, 2), (0, 3)]
+
+    run(go())

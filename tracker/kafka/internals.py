@@ -37,7 +37,8 @@ Each reach, why, and the test that fails without it:
   checkpoint where faust waits for its streams, before it commits and closes the stores.
   ``tests/integration/test_feed.py::test_faust_s_wait_for_empty_streams_finishes_the_feed``.
 - ``consumer._commit``: the feed's offsets are committed through faust's group member, fenced
-  by its generation. ``tests/integration/test_feed.py::test_a_member_whose_generation_is_over_commits_nothing``.
+  by its generation (the fault harness's SIGSTOP scenario wakes a member whose generation is
+  over). ``tests/integration/test_feed.py::test_a_worker_commits_what_its_feed_applied``.
 - ``Worker._schedule_shutdown`` (mode's): a stop on SIGTERM/SIGINT is bounded by a timer.
   ``tests/integration/test_processes.py::test_a_worker_whose_broker_is_gone_stops_within_its_bound``.
 """

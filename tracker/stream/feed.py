@@ -53,6 +53,7 @@ from tracker.stream.restart import exit_to_restart
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 0.1  # seconds between looks at the group while it rebalances or nothing is assigned
+RETRY_WAIT = 1.0  # seconds before reading again after a broker error
 
 
 class Group(Protocol):
@@ -138,9 +139,19 @@ class Feed:
             await self.group.checkpoint()
 
     async def run(self, consumer: Consumer) -> None:
-        """Read and apply until cancelled (the worker's stop)."""
+        """Read and apply until cancelled (the worker's stop). A broker error (a fetch, the
+        group's offsets) is retried: what was applied stays applied, what was not is read
+        again; one that lasts leaves records waiting, and the stall watch exits the worker
+        (``catchup``, ``sweeper``)."""
         while True:
-            if not await self.step(consumer):
+            try:
+                progressed = await self.step(consumer)
+            except Exception as exc:
+                log.warning("feed: %r; trying again in %gs", exc, RETRY_WAIT)
+                self.read_epoch = -1  # from the group's offsets again, as after a rebalance
+                await asyncio.sleep(RETRY_WAIT)
+                continue
+            if not progressed:
                 await asyncio.sleep(IDLE_WAIT)
 
     async def step(self, consumer: Consumer) -> bool:
