@@ -55,7 +55,7 @@ def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
                 bootstrap_of(url),
                 settings.producer_max_batch_size,
             )
-        # Read by the ingest agent of every generation: it must exist with the saga log's partitions.
+        # Read by the feed of every generation: it must exist with the saga log's partitions.
         ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
         tracker = build(settings, catalog, broker_url=url, hooks=hooks)
         remove_retired_stores(Path(tracker.app.conf.tabledir))

@@ -1,9 +1,10 @@
-"""Ingest: read the services' topics, correlate each record, route it to its saga's writer.
+"""Ingest: correlate each record of the services' topics (the feed reads them, ``feed``) and
+route it to its saga's writer.
 
 Every event must reach the one writer of its saga: the worker that owns the saga's
 partition of the state (murmur2 of the saga id, as the producer partitions the saga log).
 When that worker is this one (the partition is active here), the event is applied on the
-spot, in this agent: one hop instead of two. That is every event of a topic keyed by saga id
+spot, as the feed hands it over: one hop instead of two. That is every event of a topic keyed by saga id
 with the tracker's partition count (faust assigns partition ``p`` of all such topics with
 the state's ``p``), and, for a topic keyed by anything else, the share of events whose saga
 lives here (all of them with one worker). Any other is re-keyed by saga id onto the tracker's
@@ -13,11 +14,11 @@ follows them instead of deciding again.
 
 Applying an event read from another partition than its saga's keeps every guarantee of the
 saga log route: one process writes a saga, and a decision is load, apply and write with no
-await between (the track agent interleaves with this one only at awaits); its state row is
+await between (the track agent interleaves with the feed only at awaits); its state row is
 flushed before the input offset is committed (``checkpoint``); on a rebalance faust revokes
-every partition at once (eager protocol) and never commits the revoked partitions'
-uncommitted offsets, so a row dropped with its closed store has its input read again; and
-streams are paused while the state recovers. Its events may then reach the machine in
+every partition at once (eager protocol), the feed finishes and commits while the stores are
+open, and a checkpoint that dropped rows of a closed store commits none of the feed's offsets,
+so their input is read again; and the feed reads nothing while the state recovers. Its events may then reach the machine in
 another order than through the log, which it handles as any reordering (event times decide).
 """
 

@@ -162,7 +162,7 @@ class Tracking:
 
     async def apply_here(self, event: Event, record: Record, partition: int) -> bool:
         """Apply a service event whose saga's state ``partition`` is active here, in the
-        ingest agent that read it (see ``ingest``); never raises. False when that partition's
+        feed or agent that read it (see ``ingest``); never raises. False when that partition's
         saga state is not open here (partitions moving): the caller forwards the event."""
         if self.indexes.cached(partition) is None and await self.indexes.ready(partition) is None:
             return False
