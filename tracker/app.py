@@ -293,7 +293,10 @@ def _agents(t: TrackerApp) -> None:
             fetch_max_bytes=t.settings.fetch_max_bytes,
             max_partition_fetch_bytes=t.settings.fetch_max_bytes,
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except Exception as exc:  # as faust's own consumer failing to start: nothing would read the input
+            exit_to_restart(f"the feed's consumer did not start: {exc!r}")
         try:
             await t.feed.run(consumer)
         finally:

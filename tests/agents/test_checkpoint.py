@@ -171,3 +171,24 @@ async def test_no_input_offset_is_committed_after_rows_were_dropped() -> None:
 
     await checkpoint.commit(flush_producer)
     assert inputs.committed == [] and inputs.positions == {}
+
+
+async def test_rows_a_full_cache_dropped_keep_the_next_checkpoint_from_committing() -> None:
+    """The cache flushes itself when full; rows it dropped then (their store closed) are told to
+    the next checkpoint, which commits none of the feed's offsets."""
+    cache, store, _ = cached_changelog(rows=2)
+    inputs = Applied()
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()), inputs=[inputs])
+    await cache.put(0, b"saga-1", b"v1")
+    del store._dbs[0]  # partition 0's store closed
+    await cache.put(1, b"saga-2", b"w1")  # full: flushed here, saga-1's row dropped
+    assert cache.rows == {} and store._dbs[1] == {b"saga-2": b"w1"}
+
+    async def flush_producer() -> None:
+        return None
+
+    await checkpoint.commit(flush_producer)
+    assert inputs.committed == [] and inputs.positions == {}
+    inputs.positions = {"orders/0": 11}
+    await checkpoint.commit(flush_producer)  # told once: the next checkpoint commits again
+    assert inputs.committed == [{"orders/0": 11}]

@@ -8,7 +8,8 @@ record to ``Ingest.process`` directly; faust keeps everything else: group member
 assignment (which worker reads which source partition: co-partitioned with the saga state, as
 before), table recovery, standbys, timers, the web server and the saga log's agent.
 
-What keeps each guarantee (``docs/architecture.md``, *The feed*):
+What keeps each guarantee (also in ``docs/architecture.md``: the path of a service event, the
+checkpoint, one writer per saga):
 
 * **Which partitions, from where.** The feed reads exactly the source partitions faust assigned
   to this worker as active (``Group.assigned``), only while the group is not rebalancing or
@@ -32,7 +33,8 @@ What keeps each guarantee (``docs/architecture.md``, *The feed*):
 * **One writer per saga, decisions without awaits.** Records reach the same ``Ingest.process`` as
   the agent gave them, one at a time in the event loop, in partition order.
 * **Failures.** ``Ingest.process`` never raises (bad input is dead-lettered inside); if it does,
-  that is a bug and the worker exits to be restarted with the record unacknowledged.
+  that is a bug and the worker exits to be restarted with the record uncommitted. A broker error
+  (a fetch, the group's offsets) is retried from the group's offsets (``run``).
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class Feed:
         for tp, messages in batches.items():
             faust_tp = TP(tp.topic, tp.partition)
             for m in messages:
-                # Checked per record: once a revocation begins (``revoked``), what this batch
+                # Checked per record: once a revocation or stop begins (``finish``), what this batch
                 # holds past that point belongs to whoever owns the partition next.
                 if self.epoch != epoch:
                     return True

@@ -109,6 +109,7 @@ class StateCache:
         self.in_flight = 0
         self.moved = time.monotonic()
         self.gaps: set[int] = set()  # partitions whose changelog has records this store lacks
+        self.lost: set[int] = set()  # partitions whose cached rows a flush dropped, for the next checkpoint
 
     def alive(self) -> None:
         """The event loop runs (a timer calls this every second, and so does every write). A gap
@@ -144,7 +145,7 @@ class StateCache:
         if self.cache_rows and not through:
             self.rows[key] = (partition, value)
             if len(self.rows) >= self.cache_rows:
-                await self.flush()
+                self.lost |= await self.flush()  # told to the next checkpoint's flush
             return
         self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
         value = _encoded(value)
@@ -160,9 +161,11 @@ class StateCache:
 
         A row of a partition whose store is no longer open here is dropped: its input was not
         committed (every commit flushes first, and commits nothing of the feed's after a drop),
-        so the partition's owner reads it again. Returns those partitions."""
+        so the partition's owner reads it again. Returns those partitions, and those of drops
+        since the last call (a flush the full cache ran itself)."""
+        lost, self.lost = self.lost, set()
         if not self.rows:
-            return set()
+            return lost
         self.alive()
         cached_rows, self.rows = self.rows, {}
         sends: list[tuple[int, bytes, bytes]] = []
@@ -187,7 +190,7 @@ class StateCache:
         async with self.sending:
             for partition, key, value in sends:
                 await self._send(partition, key, value)
-        return set(dropped)
+        return lost | set(dropped)
 
     async def _send(self, partition: int, key: bytes, value: bytes) -> None:
         app: Any = self.table.app
