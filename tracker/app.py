@@ -132,7 +132,8 @@ def build(
         metrics=metrics,
         derived=indexes,
     )
-    progress = Progress(app, [*catalog.topics, settings.decisions], settings.saga_log, bootstrap, settings.lag_threshold)
+    sources = [*catalog.topics, settings.decisions]  # the feed's topics, and catch-up's
+    progress = Progress(app, sources, settings.saga_log, bootstrap, settings.lag_threshold)
     progress.wedged_after = settings.stall_timeout
     generations = Generations(bootstrap, settings.generations, settings.generation, settings.shadow, str(app.conf.canonical_url))
     internals.on_changelog_applied(tables.sagas, indexes.invalidate)
@@ -184,7 +185,7 @@ def build(
     feed = Feed(
         ingest,
         progress,
-        FaustGroup(app, [*catalog.topics, settings.decisions], progress),
+        FaustGroup(app, sources, progress),
         commit_interval=float(app.conf.broker_commit_interval),
         finish_within=0.5 * settings.session_timeout,
         reset=str(app.conf.consumer_auto_offset_reset),

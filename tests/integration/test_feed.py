@@ -123,7 +123,7 @@ async def until(feed: Feed, consumer: AIOKafkaConsumer, done: Any, timeout: floa
     try:
         await asyncio.wait_for(go(), timeout)
     except TimeoutError:
-        raise AssertionError(f"applied {feed.applied}, reading {sorted(feed.reading)} from {feed.committed}") from None
+        raise AssertionError(f"positions {feed.positions}, reading {sorted(feed.reading)} from {feed.committed}") from None
 
 
 def test_the_feed_reads_its_partitions_from_the_committed_offsets(kafka: Kafka) -> None:

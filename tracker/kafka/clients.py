@@ -8,10 +8,12 @@ what it processed, or nothing), and a request timeout bounded for the caller.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
 
 CLIENT_ID = "saga-tracker"
 
@@ -20,6 +22,14 @@ def consumer(bootstrap: str, *topics: str, purpose: str, **options: Any) -> AIOK
     """A consumer; ``topics`` subscribes it (with ``group_id`` in ``options``), none: assign by hand."""
     options.setdefault("enable_auto_commit", False)
     return AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, client_id=f"{CLIENT_ID}-{purpose}", **options)
+
+
+async def seek_to_reset(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], reset: str) -> None:
+    """Seek partitions with no committed offset where the reset policy says: the end for
+    ``latest``, else the beginning."""
+    parts = list(partitions)
+    if parts:
+        await (consumer.seek_to_end(*parts) if reset == "latest" else consumer.seek_to_beginning(*parts))
 
 
 def producer(bootstrap: str, *, purpose: str, **options: Any) -> AIOKafkaProducer:

@@ -65,6 +65,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, AppT, TableT
 
+from tracker.kafka import clients
+
 log = logging.getLogger(__name__)
 FLUSH_BOUND = 10.0  # seconds a commit waits for faust's producer buffer to drain
 
@@ -204,8 +206,7 @@ async def seek_all_to_committed(
             consumer.seek(tp, 0)
         elif offset is None or offset < 0:
             never.append(tp)
-    if never:
-        await (consumer.seek_to_end(*never) if reset == "latest" else consumer.seek_to_beginning(*never))
+    await clients.seek_to_reset(consumer, never, reset)
     return committed
 
 
@@ -228,12 +229,17 @@ def guard_livelock_check() -> None:
     AIOKafkaConsumerThread.verify_event_path = verify_event_path  # type: ignore[method-assign]
 
 
+def _partition_state(consumer: AIOKafkaConsumer | None, tp: TopicPartition) -> Any | None:
+    """aiokafka's state of ``tp`` in ``consumer``'s assignment; None if not assigned there."""
+    subscription = consumer._fetcher._subscriptions.subscription if consumer is not None else None
+    assignment = subscription.assignment if subscription is not None else None
+    return assignment.state_value(tp) if assignment is not None else None
+
+
 def positioned(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     """The consumer has ``tp`` assigned, fetches it (the feed's partitions are paused: nothing to
     verify there) and knows where it reads next."""
-    subscription = consumer._fetcher._subscriptions.subscription
-    assignment = subscription.assignment if subscription is not None else None
-    state = assignment.state_value(tp) if assignment is not None else None
+    state = _partition_state(consumer, tp)
     return state is not None and not state.paused and bool(state.has_valid_position)
 
 
@@ -275,10 +281,7 @@ def keep_paused(app: AppT, topics: Collection[str]) -> None:
 
 def fetching(app: AppT, tp: TP) -> bool:
     """faust's consumer fetches ``tp`` (assigned, not paused in aiokafka)."""
-    client = app.consumer._thread._consumer  # type: ignore[attr-defined]
-    subscription = client._fetcher._subscriptions.subscription if client is not None else None
-    assignment = subscription.assignment if subscription is not None else None
-    state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+    state = _partition_state(app.consumer._thread._consumer, TopicPartition(tp.topic, tp.partition))  # type: ignore[attr-defined]
     return state is not None and not state.paused
 
 

@@ -48,7 +48,7 @@ from aiokafka.structs import TopicPartition
 from faust.types import TP
 
 from tracker.core.correlation import Record
-from tracker.kafka import records
+from tracker.kafka import clients, records
 from tracker.stream.context import Context
 from tracker.stream.restart import exit_to_restart
 
@@ -130,7 +130,6 @@ class Feed:
         self.committed: dict[TP, int] = {}  # what the group has, as far as this feed knows
         self.idle = asyncio.Event()  # no record in hand
         self.idle.set()
-        self.applied = 0
 
     def init(self, context: Context) -> None:
         context.schedule("commit", self.commit_interval, self.punctuate)
@@ -161,9 +160,9 @@ class Feed:
         assigned): the caller waits a little."""
         if not self.group.ready():
             return False
-        epoch = self.epoch
-        if self.read_epoch != epoch or self.group.assigned() != self.reading:
-            await self.assign(consumer, self.group.assigned(), epoch)
+        epoch, wanted = self.epoch, self.group.assigned()
+        if self.read_epoch != epoch or wanted != self.reading:
+            await self.assign(consumer, wanted, epoch)
             if self.read_epoch != epoch:
                 return False
         if not self.reading:
@@ -185,7 +184,6 @@ class Feed:
                     self.idle.set()
                 self.positions[faust_tp] = m.offset + 1
                 self.progress.processed(faust_tp, m.offset)
-                self.applied += 1
         return True
 
     async def assign(self, consumer: Consumer, wanted: frozenset[TP], epoch: int) -> None:
@@ -195,16 +193,12 @@ class Feed:
             return  # a rebalance began meanwhile: its assignment is read next time
         parts = {tp: TopicPartition(tp.topic, tp.partition) for tp in wanted}
         consumer.assign(list(parts.values()))
-        never = []
+        self.positions, self.committed = {}, {}
         for tp, offset in committed.items():
-            if offset is None or offset < 0:
-                never.append(parts[tp])
-            else:
+            if offset is not None:
                 consumer.seek(parts[tp], offset)
-        if never:
-            await (consumer.seek_to_end(*never) if self.reset == "latest" else consumer.seek_to_beginning(*never))
-        self.positions = {}
-        self.committed = {tp: offset for tp, offset in committed.items() if offset is not None and offset >= 0}
+                self.committed[tp] = offset
+        await clients.seek_to_reset(consumer, (parts[tp] for tp, offset in committed.items() if offset is None), self.reset)
         self.reading, self.read_epoch = wanted, epoch
         log.info("feed reads %d source partitions", len(wanted))
 
@@ -243,6 +237,5 @@ class Feed:
 
     async def revoked(self) -> None:
         """A revocation (faust's signal, after its checkpoint): what is assigned next is read
-        from the group's offsets."""
-        self.epoch += 1
-        self.positions, self.reading = {}, frozenset()
+        from the group's offsets, as after ``discard``."""
+        self.discard()

@@ -139,14 +139,9 @@ class Index:
         self.pending: dict[bytes, bytes | None] = {}  # key -> row, or None: deleted
 
     def write(self, puts: dict[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
+        """Write now, with whatever is held: one batch."""
+        self.change(deletes, puts)
         self.flush()
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for key in deletes:
-            if key not in puts:
-                batch.delete(key)
-        for key, value in puts.items():
-            batch.put(key, value)
-        self.db.write(batch, self.unwritten)
 
     def change(self, old: Iterable[bytes], new: dict[bytes, bytes]) -> None:
         """Replace a saga's rows: ``old`` their keys before (``keys_of``), ``new`` the rows after (``rows_of``)."""
