@@ -198,6 +198,25 @@ async def test_a_write_through_during_a_flush_is_sent_after_the_flushed_row_of_t
     assert producer.sent == [(0, b"saga-1", b"v1"), (0, b"saga-1", b"v2")]  # the changelog ends at v2
 
 
+async def test_a_flush_with_nothing_cached_waits_for_another_flush_still_sending() -> None:
+    """The checkpoint's flush, while the full cache's own flush (inside a write) still hands its
+    records over: returning at once, the checkpoint would commit input whose rows are stored
+    here and not yet in the changelog, lost with this worker."""
+    changelog, store, producer = cached_changelog(rows=2)
+    await changelog.put(0, b"saga-1", b"v")
+    producer.gate = asyncio.Event()  # the producer's buffer is full
+    filling = asyncio.ensure_future(changelog.put(0, b"saga-2", b"v"))  # fills the cache: flushes
+    await asyncio.sleep(0)
+    assert not changelog.rows and len(store._dbs[0]) == 2 and producer.sent == []
+    checkpoint = asyncio.ensure_future(changelog.flush())
+    for _ in range(5):  # loop turns enough for a flush that returns at once
+        await asyncio.sleep(0)
+    assert not checkpoint.done()  # waits for the records of the rows stored
+    producer.gate.set()
+    await asyncio.gather(filling, checkpoint)
+    assert len(producer.sent) == 2
+
+
 async def test_a_full_cache_is_flushed_by_the_write_that_fills_it() -> None:
     changelog, store, producer = cached_changelog(rows=3)
     for n in range(3):

@@ -200,7 +200,9 @@ class Feed:
                 self.committed[tp] = offset
         await clients.seek_to_reset(consumer, (parts[tp] for tp, offset in committed.items() if offset is None), self.reset)
         self.reading, self.read_epoch = wanted, epoch
-        log.info("feed reads %d source partitions", len(wanted))
+        # Where each partition starts, for the post-mortem of a record applied twice or never.
+        starts = ", ".join(f"{tp.topic}/{tp.partition}@{self.reset if o is None else o}" for tp, o in sorted(committed.items()))
+        log.info("feed reads %d source partitions: %s", len(wanted), starts or "none")
 
     # --- the checkpoint's input offsets ----------------------------------------------------------
 

@@ -157,7 +157,8 @@ class StateCache:
 
     async def flush(self) -> set[int]:
         """Write every cached row: all to their stores first (no await in between, so a read
-        finds each row in the cache or the store), then their changelog records.
+        finds each row in the cache or the store), then their changelog records. Returns once
+        every row stored so far has its record with the producer, this flush's or another's.
 
         A row of a partition whose store is no longer open here is dropped: its input was not
         committed (every commit flushes first, and commits nothing of the feed's after a drop),
@@ -165,7 +166,11 @@ class StateCache:
         since the last call (a flush the full cache ran itself)."""
         lost, self.lost = self.lost, set()
         if not self.rows:
-            return lost
+            # Another flush (the full cache's own, inside a write) may have stored its rows and
+            # still be handing their changelog records over: wait for it, or the checkpoint
+            # would flush the producer and commit input whose records never left.
+            async with self.sending:
+                return lost
         self.alive()
         cached_rows, self.rows = self.rows, {}
         sends: list[tuple[int, bytes, bytes]] = []
