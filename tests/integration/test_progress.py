@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka.consumer.fetcher import PartitionRecords
 from faust.types import TP
 
 from tests.integration.harness import Kafka, run
@@ -59,3 +61,29 @@ def test_catch_up_counts_source_partitions_with_the_broker_not_the_consumers_sna
     assert (p.partitions(topic), p.partitions(missing)) == (3, 0)
     p.restart()  # a rebalance: partitions may have been added, counted again
     assert p.partitions(topic) is None
+
+
+def test_a_peek_decodes_one_record_per_partition_not_the_whole_fetch(kafka: Kafka, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy worker's sweep peeks at every lagging partition: decoding each 64 KiB fetch whole
+    cost a tenth of its CPU while it caught up (bench/README.md)."""
+    topic = f"peek-{uuid.uuid4().hex[:8]}"
+    kafka.create([topic], partitions=1)
+    kafka.produce([(topic, b"k", b"v%d" % n, []) for n in range(50)])
+    decoded: list[int] = []
+    make = PartitionRecords._consumer_record
+
+    def counted(self: Any, tp: Any, record: Any) -> Any:
+        decoded.append(record.offset)
+        return make(self, tp, record)
+
+    monkeypatch.setattr(PartitionRecords, "_consumer_record", counted)
+    p = Progress(SimpleNamespace(conf=SimpleNamespace()), [topic], "log", kafka.bootstrap, lag_threshold=0)
+
+    async def go() -> dict[TP, float | None]:
+        try:
+            return await p.first_timestamps({TP(topic, 0): 10})
+        finally:
+            await p.close()
+
+    assert run(go())[TP(topic, 0)] is not None
+    assert decoded == [10]

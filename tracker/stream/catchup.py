@@ -274,7 +274,10 @@ class Progress:
             self._peek.seek(part, offset)
         deadline = time.monotonic() + PEEK_BUDGET
         while todo and time.monotonic() < deadline:
-            batch = await self._peek.getmany(*todo, timeout_ms=200)
+            # One record: aiokafka decodes a fetched partition's records as they are taken, and
+            # a busy worker's sweep would otherwise decode every record of each 64 KiB fetch
+            # (a tenth of the worker's CPU while it catches up, py-spy in bench/README.md).
+            batch = await self._peek.getmany(*todo, timeout_ms=200, max_records=1)
             for part, records in batch.items():
                 if part in todo and records:
                     tp, offset = todo.pop(part)
