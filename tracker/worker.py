@@ -15,6 +15,7 @@ from tracker.kafka.broker import EmbeddedBroker
 from tracker.kafka.internals import BoundedStopWorker
 from tracker.loader import load_catalog
 from tracker.ops.settings import Settings
+from tracker.stream.clean_stop import CleanStop
 from tracker.stream.tracking import SendHooks
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
         ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
         tracker = build(settings, catalog, broker_url=url, hooks=hooks)
         remove_retired_stores(Path(tracker.app.conf.tabledir))
+        clean = CleanStop(Path(tracker.app.conf.tabledir), tracker.tables.sagas.name)
+        tracker.metrics.store_resets.inc(len(clean.begin()))  # before faust opens a store
         log.info("tracking %s on %s", ", ".join(d.key for d in catalog.definitions), bootstrap_of(url))
         # aiokafka logs every (re)assignment at INFO: the generations registry is read by a
         # short-lived consumer every few seconds, which would fill the log with tables.
@@ -68,4 +71,9 @@ def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
         # on every record: each debug call in faust and aiokafka (one per send) then built a
         # record nobody shows, a tenth of the worker's CPU under load. Workers have no terminal.
         worker.spinner = None
-        worker.execute_from_commandline()
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:  # mode's worker always leaves through sys.exit: 0 when its stop finished
+            if exc.code in (0, None):
+                clean.end(tracker.state.unconfirmed)
+            raise

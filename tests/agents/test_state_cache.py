@@ -153,6 +153,7 @@ async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_
     await asyncio.sleep(0)  # delivery callbacks
     assert not changelog.rows and changelog.get(b"saga-1", 0) == b"v3" and changelog.in_flight == 0
     assert store.offsets == {TP(TOPIC, 0): 0, TP(TOPIC, 1): 0}
+    assert changelog.unconfirmed == 0  # every stored row's record answered: a stop now is clean
 
 
 async def test_a_cached_state_is_encoded_when_it_is_written_not_when_it_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,6 +191,7 @@ async def test_a_write_through_during_a_flush_is_sent_after_the_flushed_row_of_t
     flushing = asyncio.ensure_future(changelog.flush())
     await asyncio.sleep(0)
     assert store._dbs[0] == {b"saga-1": b"v1"}  # stored before the flush's first await
+    assert changelog.unconfirmed == 1  # stored, its record not answered: a stop now is not clean
     through = asyncio.ensure_future(changelog.put(0, b"saga-1", b"v2", through=True))
     await asyncio.sleep(0)
     assert store._dbs[0] == {b"saga-1": b"v2"}

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.integration.harness import Scenario
+from topics.names import changelog
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +81,29 @@ def test_crash_around_the_send_never_mints_a_new_compensation_id(
     s.send(s.event("PaymentRefunded", "k-1"), s.event("OrderCancelled", "k-1"))
     w.wait_saga("k-1", lambda b: b["status"] == "compensated")
     assert set(ids(s.kafka.read(s.topic("compensations"), timeout=2))) == set(counts)
+
+
+def test_a_row_stored_before_a_crash_reaches_the_changelog_after_the_restart(
+    make_scenario: Callable[..., Scenario], tmp_path: Path
+) -> None:
+    """A crash between storing a decision and its changelog record's delivery left the row in the
+    local store only. The restarted worker trusted its store, took the re-read input for a
+    duplicate and wrote nothing: the changelog never got the decision, and a worker that took the
+    partition over later (restoring from the changelog) had lost it (issue #20: a saga lost under
+    SIGKILL). After a stop that was not clean, the local store is restored from the changelog."""
+    s = make_scenario(timeout="3s", confirm="600s")  # no second attempt: nothing else writes the saga
+    marker = tmp_path / "crashed"
+    w = s.worker(CRASH_POINT="before_send", CRASH_MARKER=str(marker)).start()
+    s.send(s.event("OrderCreated", "p-1"), s.event("PaymentAuthorized", "p-1"))
+    assert w.wait_exit(timeout=30) == 137  # the decision stored, its changelog record with the producer
+    w.start()
+    assert set(ids(compensations(s, 2, timeout=30))) == {"p-1:payment:compensate:1", "p-1:order:compensate:1"}
+
+    def decided() -> bool:
+        rows = s.kafka.read(changelog(s.app_id, "sagas"), timeout=2)
+        return any(r["key"] == b"p-1" and orjson.loads(r["value"])["status"] == "compensating" for r in rows)
+
+    wait_until(decided)
 
 
 def test_unconfirmed_compensation_is_retried_with_growing_delays_then_needs_manual(scenario: Scenario) -> None:

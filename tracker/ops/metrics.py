@@ -207,8 +207,8 @@ class Metrics:
         )
         self.store_resets = Counter(
             "saga_tracker_store_resets_total",
-            "Partition stores found ahead of their changelog (the topic was deleted or recreated under a "
-            "kept volume), wiped and restored from the changelog as it is.",
+            "Partition stores removed and restored from their changelog: found ahead of it (the topic was "
+            "deleted or recreated under a kept volume), or left by a stop that was not clean (a crash, a kill).",
             registry=r,
         )
         self.processing_errors = Counter(

@@ -108,6 +108,9 @@ class StateCache:
         # and when the last answer came.
         self.in_flight = 0
         self.moved = time.monotonic()
+        # Rows stored whose changelog records the broker has not answered yet: a stop with any
+        # is not clean (``clean_stop``), the store may then have rows the changelog lacks.
+        self.unconfirmed = 0
         self.gaps: set[int] = set()  # partitions whose changelog has records this store lacks
         self.lost: set[int] = set()  # partitions whose cached rows a flush dropped, for the next checkpoint
 
@@ -150,6 +153,7 @@ class StateCache:
         self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
         value = _encoded(value)
         db.put(key, value)
+        self.unconfirmed += 1
         if self.through_rows is not None:
             self.through_rows.inc()
         async with self.sending:  # after the records of a flush that stored its rows earlier
@@ -183,6 +187,7 @@ class StateCache:
             value = _encoded(cached)
             db.put(key, value)
             sends.append((partition, key, value))
+        self.unconfirmed += len(sends)
         for partition, n in dropped.items():
             log.warning("%d cached rows of partition %d dropped: it is no longer open here", n, partition)
         if dropped and self.derived is not None:
@@ -219,6 +224,7 @@ class StateCache:
             # the state on the next recovery. Exit; a restart reprocesses from the last commit.
             error = "cancelled" if delivery.cancelled() else repr(delivery.exception())
             exit_to_restart(f"changelog record for partition {partition} not delivered ({error})")
+        self.unconfirmed -= 1
         meta = delivery.result()
         if partition_store(self.table, partition) is None:  # the partition moved away meanwhile
             return
