@@ -141,3 +141,22 @@ def recreate(kafka: Kafka, topic: str) -> None:
 
     run(go())
     kafka.create([topic])
+
+
+def test_a_worker_stopped_cleanly_starts_on_its_stores_and_one_killed_restores_them(scenario: Scenario) -> None:
+    """The clean stop (``tracker/stream/clean_stop.py``): after SIGTERM the stores are kept, after a
+    kill they may hold rows the changelog lacks, so they are restored from it."""
+    s = scenario
+    w = s.worker().start()
+    s.send(s.event("OrderCreated", "c-1"), s.event("PaymentAuthorized", "c-1"))
+    w.wait_saga("c-1", lambda b: b["visible_status"] == "PENDING_INVENTORY")
+    w.stop()
+    w.start()
+    assert w.wait_saga("c-1", lambda b: True)["visible_status"] == "PENDING_INVENTORY"
+    assert w.metric("saga_tracker_store_resets_total") == 0
+    assert w.metric("saga_tracker_changelog_restored_records_total") == 0  # nothing read back
+    w.kill()
+    w.start()
+    assert w.wait_saga("c-1", lambda b: True)["visible_status"] == "PENDING_INVENTORY"
+    assert w.metric("saga_tracker_store_resets_total") >= 1
+    assert w.metric("saga_tracker_changelog_restored_records_total") >= 1  # the changelog's rows, again
