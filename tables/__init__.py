@@ -9,6 +9,7 @@ it through ``tracker.stream.state_cache`` (row, changelog record, offset), not f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -24,6 +25,11 @@ STORE_OPTIONS: dict[str, Any] = {
     "max_write_buffer_number": 2,
     "block_cache_size": 16 << 20,
 }
+
+
+def partition_stores(tabledir: Path, table: str) -> list[Path]:
+    """A table's RocksDB stores in faust's table directory: ``<table>-<partition>.db``."""
+    return sorted(p for p in tabledir.glob(f"{table}-*.db") if p.name[len(table) + 1 : -3].isdigit())
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
+from tables import partition_stores
 from tracker.kafka import clients
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def retired_stores(tabledir: Path) -> list[Path]:
     """The retired tables' RocksDB stores (``<table>-<partition>.db``) and backups in faust's table directory."""
     found: list[Path] = []
     for table in RETIRED_TABLES:
-        found.extend(p for p in tabledir.glob(f"{table}-*.db") if p.name[len(table) + 1 : -3].isdigit())
+        found.extend(partition_stores(tabledir, table))
         found.extend(p for p in [tabledir / f"{table}-backups"] if p.exists())
     return sorted(found)
 

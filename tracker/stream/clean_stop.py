@@ -22,25 +22,23 @@ import logging
 import shutil
 from pathlib import Path
 
+from tables import partition_stores
+
 log = logging.getLogger(__name__)
 
 
 class CleanStop:
     def __init__(self, tabledir: Path, table: str) -> None:
         """``tabledir``: faust's table directory; ``table``: the table whose stores are judged."""
-        self.stores_glob = f"{table}-*.db"  # faust's store of partition p: ``<table>-<p>.db``
         self.marker = tabledir / f".{table}.clean-stop"
         self.tabledir, self.table = tabledir, table
-
-    def stores(self) -> list[Path]:
-        return sorted(p for p in self.tabledir.glob(self.stores_glob) if p.name[len(self.table) + 1 : -3].isdigit())
 
     def begin(self) -> list[Path]:
         """At start, before faust opens a store: remove the stores unless the last stop was clean
         (and the marker either way: this run's stop decides again). Returns what it removed."""
         clean = self.marker.exists()
         self.marker.unlink(missing_ok=True)
-        stores = self.stores()
+        stores = partition_stores(self.tabledir, self.table)
         if clean or not stores:
             return []
         for path in stores:
