@@ -59,9 +59,9 @@ def changelog() -> StateCache:
 
 async def test_the_store_records_each_delivered_offset_that_follows_what_it_has(changelog: StateCache) -> None:
     for offset in (0, 1, 2):
-        changelog.in_flight += 1
+        changelog.unconfirmed += 1
         changelog._delivered(0, delivered(offset))
-    assert store_of(changelog).offsets == {TP(TOPIC, 0): 2} and changelog.in_flight == 0
+    assert store_of(changelog).offsets == {TP(TOPIC, 0): 2} and changelog.unconfirmed == 0
 
 
 async def test_a_late_delivery_after_another_owners_records_does_not_skip_them(
@@ -151,9 +151,9 @@ async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_
     assert store._dbs[0] == {b"saga-1": b"v3"} and store._dbs[1] == {b"saga-2": b"w1"}
     assert sorted(producer.sent) == [(0, b"saga-1", b"v3"), (1, b"saga-2", b"w1")]  # one record each
     await asyncio.sleep(0)  # delivery callbacks
-    assert not changelog.rows and changelog.get(b"saga-1", 0) == b"v3" and changelog.in_flight == 0
+    # Every stored row's record answered: the watchdog sees nothing waiting, a stop now is clean.
+    assert not changelog.rows and changelog.get(b"saga-1", 0) == b"v3" and changelog.unconfirmed == 0
     assert store.offsets == {TP(TOPIC, 0): 0, TP(TOPIC, 1): 0}
-    assert changelog.unconfirmed == 0  # every stored row's record answered: a stop now is clean
 
 
 async def test_a_cached_state_is_encoded_when_it_is_written_not_when_it_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:

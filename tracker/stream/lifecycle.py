@@ -92,7 +92,7 @@ class Lifecycle:
 
     async def producer_watchdog(self) -> None:
         """Fail loudly rather than hang: records wait and nothing left for ``stall_timeout``."""
-        waiting = internals.producer_waiting(self.app) + self.state.in_flight
+        waiting = internals.producer_waiting(self.app) + self.state.unconfirmed
         if not waiting:
             internals.producer_idle(self.app)
             return

@@ -104,13 +104,11 @@ class StateCache:
         self.ran: float | None = None  # when this worker's event loop last ran ``alive``
         self.rows: dict[bytes, tuple[int, Value]] = {}  # the cache: key -> (partition, value)
         self.sending = asyncio.Lock()  # changelog records leave in the order rows were stored
-        # For the producer watchdog: records handed to the producer and not yet answered,
-        # and when the last answer came.
-        self.in_flight = 0
-        self.moved = time.monotonic()
-        # Rows stored whose changelog records the broker has not answered yet: a stop with any
-        # is not clean (``clean_stop``), the store may then have rows the changelog lacks.
+        # Rows stored whose changelog records the broker has not answered yet (handed to the
+        # producer, or about to be), and when the last answer came: for the producer watchdog,
+        # and a stop with any is not clean (``clean_stop``: the store has rows the changelog lacks).
         self.unconfirmed = 0
+        self.moved = time.monotonic()
         self.gaps: set[int] = set()  # partitions whose changelog has records this store lacks
         self.lost: set[int] = set()  # partitions whose cached rows a flush dropped, for the next checkpoint
 
@@ -212,11 +210,10 @@ class StateCache:
             # that dead-lettered the input instead would let it be committed.
             log.exception("changelog record for partition %d not sent", partition)
             exit_to_restart(f"changelog record for partition {partition} not sent")
-        self.in_flight += 1
         delivery.add_done_callback(partial(self._delivered, partition))
 
     def _delivered(self, partition: int, delivery: Any) -> None:
-        self.in_flight -= 1
+        self.unconfirmed -= 1
         self.moved = time.monotonic()
         if delivery.cancelled() or delivery.exception() is not None:
             # The row is in the local store but not in the changelog, and faust's commit does
@@ -224,7 +221,6 @@ class StateCache:
             # the state on the next recovery. Exit; a restart reprocesses from the last commit.
             error = "cancelled" if delivery.cancelled() else repr(delivery.exception())
             exit_to_restart(f"changelog record for partition {partition} not delivered ({error})")
-        self.unconfirmed -= 1
         meta = delivery.result()
         if partition_store(self.table, partition) is None:  # the partition moved away meanwhile
             return
