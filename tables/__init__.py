@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import rocksdict
 from faust.types import TableT
 
 from tracker.ops.settings import Settings
@@ -25,6 +26,16 @@ STORE_OPTIONS: dict[str, Any] = {
     "max_write_buffer_number": 2,
     "block_cache_size": 16 << 20,
 }
+
+
+def unlogged() -> rocksdict.WriteOptions:
+    """How the tracker writes saga rows to a partition's store: without RocksDB's write-ahead
+    log. The changelog is the record (Kafka Streams runs its stores without one too): a store is
+    trusted only after a clean stop (``tracker.stream.clean_stop``), which flushes every memtable
+    to its files first (``StateCache.persist``); after any other stop it is restored."""
+    options = rocksdict.WriteOptions()
+    options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
+    return options
 
 
 def partition_stores(tabledir: Path, table: str) -> list[Path]:

@@ -192,7 +192,14 @@ def build(
     )
     checkpoint = Checkpoint(state, metrics, inputs=[feed])
     internals.before_commit(app, checkpoint.commit)
-    internals.after_wait_empty(app, feed.finish)  # a revocation or stop: the feed's record in hand, then the checkpoint
+
+    async def closing() -> None:
+        """A revocation or a stop, stores still open: the feed's record in hand, the checkpoint,
+        then every store's memtable to its files (rows are written without RocksDB's WAL)."""
+        await feed.finish()
+        state.persist()
+
+    internals.after_wait_empty(app, closing)
     context = FaustContext(
         app,
         {

@@ -121,12 +121,15 @@ async def test_the_feed_s_offsets_are_taken_before_the_flush_and_committed_after
     async def flush_producer() -> None:
         inputs.positions["orders/0"] = 12  # two more records applied meanwhile
         await cache.put(0, b"saga-2", b"v2")
+        await asyncio.sleep(0)  # every record handed over answered (the delivery callbacks)
         order.append(f"producer flushed, committed so far {inputs.committed}")
 
     await checkpoint.commit(flush_producer)
     assert order == ["producer flushed, committed so far []"]
     assert inputs.committed == [{"orders/0": 10}]
     assert store._dbs[0] == {b"saga-1": b"v1"}  # saga-2's row is still cached: its offset was not committed
+    # 6. the store records how far it has the changelog: saga-1's record, answered
+    assert list(store.offsets.values()) == [0] and not cache.recorded
     await checkpoint.commit(flush_producer)
     assert inputs.committed[-1] == {"orders/0": 12} and store._dbs[0][b"saga-2"] == b"v2"
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import rocksdict
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
@@ -23,8 +27,11 @@ TOPIC = "app-sagas-changelog"
 class Db(dict[bytes, bytes]):
     """A partition's RocksDB, as far as ``StateCache`` uses it."""
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: bytes, options: Any = None) -> None:
         self[key] = value
+
+    def flush(self) -> None:
+        self.flushed = True
 
 
 class Store:
@@ -61,7 +68,9 @@ async def test_the_store_records_each_delivered_offset_that_follows_what_it_has(
     for offset in (0, 1, 2):
         changelog.unconfirmed += 1
         changelog._delivered(0, delivered(offset))
-    assert store_of(changelog).offsets == {TP(TOPIC, 0): 2} and changelog.unconfirmed == 0
+    assert store_of(changelog).offsets == {} and changelog.unconfirmed == 0  # one write per checkpoint, not per record
+    changelog.record_offsets()
+    assert store_of(changelog).offsets == {TP(TOPIC, 0): 2} and changelog.recorded == {}
 
 
 async def test_a_late_delivery_after_another_owners_records_does_not_skip_them(
@@ -72,12 +81,21 @@ async def test_a_late_delivery_after_another_owners_records_does_not_skip_them(
     with caplog.at_level(logging.WARNING):
         changelog._delivered(0, delivered(5))
         changelog._delivered(0, delivered(6))
+    changelog.record_offsets()  # the checkpoint of the rebalance that follows
     assert store_of(changelog).offsets == {TP(TOPIC, 0): 0}  # recovery reads 1-6
     assert len([r for r in caplog.records if "has records this store has not read" in r.message]) == 1
     # Once recovery has read them (faust records how far), its own records count again.
     store_of(changelog).set_persisted_offset(TP(TOPIC, 0), 6)
     changelog._delivered(0, delivered(7))
+    changelog.record_offsets()
     assert store_of(changelog).offsets == {TP(TOPIC, 0): 7} and not changelog.gaps
+
+
+async def test_offsets_of_a_store_closed_before_the_checkpoint_are_not_written(changelog: StateCache) -> None:
+    changelog._delivered(0, delivered(0))
+    store_of(changelog)._dbs.clear()  # revoked: faust dropped the store
+    changelog.record_offsets()
+    assert store_of(changelog).offsets == {} and changelog.recorded == {}
 
 
 async def test_an_undelivered_record_exits_the_worker(changelog: StateCache, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,6 +171,7 @@ async def test_cached_rows_are_read_from_the_cache_and_written_once_per_saga_on_
     await asyncio.sleep(0)  # delivery callbacks
     # Every stored row's record answered: the watchdog sees nothing waiting, a stop now is clean.
     assert not changelog.rows and changelog.get(b"saga-1", 0) == b"v3" and changelog.unconfirmed == 0
+    changelog.record_offsets()
     assert store.offsets == {TP(TOPIC, 0): 0, TP(TOPIC, 1): 0}
 
 
@@ -292,3 +311,42 @@ async def test_written_and_cached_rows_are_counted() -> None:
     assert sample("saga_tracker_state_rows_written_total", how="through") == 1.0
     assert sample("saga_tracker_state_rows_written_total", how="flush") == 2.0  # 4 changes, 2 rows
     assert sample("saga_tracker_state_rows_cached") == 0.0
+
+
+CHILD = """
+import asyncio, os, sys
+from types import SimpleNamespace
+import rocksdict
+from tests.agents.test_state_cache import Producer, TOPIC
+from tracker.stream.state_cache import StateCache
+
+options = rocksdict.Options(raw_mode=True)
+options.create_if_missing(True)
+db = rocksdict.Rdict(sys.argv[1], options=options)
+table = SimpleNamespace(
+    data=SimpleNamespace(_dbs={0: db}, persisted_offset=lambda tp: None),
+    app=SimpleNamespace(producer=Producer()),
+    changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC),
+)
+cache = StateCache(table)
+asyncio.run(cache.put(0, b"saga-1", b"v1", through=True))
+if sys.argv[2] == "persist":
+    cache.persist()
+os._exit(0)  # as a kill: no close, no destructor flushes the memtable
+"""
+
+
+@pytest.mark.parametrize("persisted", [False, True])
+def test_rows_are_written_without_the_wal_and_survive_the_process_once_persisted(tmp_path: Path, persisted: bool) -> None:
+    """Rows skip RocksDB's write-ahead log (the changelog is the record): a process that dies
+    loses its memtable, which is why a store is trusted only after a clean stop, and why the
+    stop's ``persist`` flushes every memtable to its files first."""
+    path = str(tmp_path / "sagas-0.db")
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", CHILD, path, "persist" if persisted else "kill"], cwd=root, check=True)
+    options = rocksdict.Options(raw_mode=True)
+    db = rocksdict.Rdict(path, options=options)
+    try:
+        assert db.get(b"saga-1") == (b"v1" if persisted else None)
+    finally:
+        db.close()

@@ -355,6 +355,11 @@ def partition_store(table: TableT, partition: int) -> Any | None:
     return None if dbs is None else dbs.get(partition)
 
 
+def open_stores(table: TableT) -> list[Any]:
+    """Every partition store of ``table`` open here (none for the memory store)."""
+    return list(getattr(table.data, "_dbs", {}).values())
+
+
 def partition_items(table: TableT, partition: int, start: bytes = b"") -> Iterable[tuple[bytes, bytes]] | None:
     """One partition's (key, value) rows in key order from ``start``; None if not open here.
 

@@ -20,9 +20,9 @@ Before any input offset is committed, in this order:
    record they cover has its rows flushed and its outputs delivered; faust's own (the saga
    log's) once this returns (``Consumer._commit_offsets``). Revoked partitions' offsets are never
    committed: the broker refuses a member whose generation is over, and faust drops them.
-6. **Record the stores' offsets**: each changelog delivery records its offset in its store as it
-   is acknowledged, only when it directly follows what the store has (``StateCache``); faust's
-   ``tables.on_commit`` runs after its commit.
+6. **Record the stores' offsets**: how far each store has its changelog, kept as the broker
+   answered each record (only a record that directly follows what the store has counts), is
+   written to the store (``StateCache.record_offsets``), where faust's recovery reads it.
 
 The counters tallied since the last checkpoint are added to their Prometheus children first
 (``Metrics.flush``; a scrape also adds them before it reads).
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 class Cache(Protocol):
     async def flush(self) -> set[int]:
         """Write the cached rows; the partitions whose rows were dropped (store closed)."""
+        ...
+
+    def record_offsets(self) -> None:
+        """Write how far each store has its changelog, as the broker answered."""
         ...
 
 
@@ -92,8 +96,7 @@ class Checkpoint:
             self.undelivered.append(f"{what} ({delivery.exception()!r})")
 
     async def commit(self, flush_producer: Callable[[], Awaitable[None]]) -> None:
-        """Steps 1 to 5 for the feed's offsets; faust commits its own (5) and the stores record
-        theirs (6)."""
+        """Steps 1 to 6; faust commits its own input offsets (5) after this returns."""
         async with self.running:
             self.tallies.flush()
             applied = [(inputs, inputs.uncommitted()) for inputs in self.inputs]  # before anything is flushed
@@ -112,4 +115,5 @@ class Checkpoint:
             else:
                 for inputs, offsets in applied:  # 5. the feed's input offsets
                     await inputs.commit(offsets)
+            self.cache.record_offsets()  # 6. how far each store has its changelog
             self.commits += 1

@@ -26,6 +26,7 @@ import rocksdict
 from aiokafka.structs import TopicPartition
 from faust.types import TP, TableT
 
+from tables import unlogged
 from tracker.kafka import clients
 from tracker.kafka.internals import STORE_OFFSET_KEY, partition_store
 from tracker.ops.metrics import Metrics
@@ -142,7 +143,7 @@ class Restore:
                         last, count = record.offset, count + 1
                     if last is not None:
                         batch.put(STORE_OFFSET_KEY, str(last).encode())
-                        db.write(batch)
+                        db.write(batch, unlogged())  # no WAL: a stop that is not clean restores again
                         offsets[tp] = last
                         restored[tp.partition] = restored.get(tp.partition, 0) + count
                     if last is None or last >= end:

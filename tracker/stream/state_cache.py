@@ -31,6 +31,16 @@ changes several times between commits costs one changelog record, not one per ch
 * a saga's changelog records stay in the order of its writes: the cache keeps one row per key,
   a write-through takes its key out of the cache, and every send goes through one lock.
 
+****Rows are written without RocksDB's write-ahead log** (``tables.unlogged``; Kafka Streams
+runs its stores so, the changelog being the record): a process that dies loses what its stores'
+memtables held, and a worker trusts its stores only after a clean stop anyway
+(``tracker.stream.clean_stop``), which ``persist`` makes durable (every memtable to its files)
+where faust waits for its streams to be empty on a revocation or stop, stores still open.
+
+**How far each store has its changelog** is kept here as records are answered, and written to
+the store (faust's persisted offset, where its recovery starts) by ``record_offsets``: the
+checkpoint's last step, once per commit instead of one RocksDB write per record.
+
 **A worker that was frozen** (SIGSTOP, a suspended VM) for longer than its session timeout has
 lost its partitions to another worker, which re-applies their uncommitted input. What it would
 write now (its cached rows, or the next change) lands in the changelog *after* the new owner's
@@ -49,9 +59,9 @@ from typing import Any, Protocol
 
 from faust.types import TP, TableT
 
-from tables import rows
+from tables import rows, unlogged
 from tracker.core.state import SagaState
-from tracker.kafka.internals import partition_store
+from tracker.kafka.internals import open_stores, partition_store
 from tracker.ops.metrics import Metrics
 from tracker.stream.restart import exit_to_restart
 
@@ -110,6 +120,9 @@ class StateCache:
         self.unconfirmed = 0
         self.moved = time.monotonic()
         self.gaps: set[int] = set()  # partitions whose changelog has records this store lacks
+        # How far each store has its changelog, as answered since the last ``record_offsets``.
+        self.recorded: dict[TP, int] = {}
+        self.unlogged = unlogged()
         self.lost: set[int] = set()  # partitions whose cached rows a flush dropped, for the next checkpoint
 
     def alive(self) -> None:
@@ -150,7 +163,7 @@ class StateCache:
             return
         self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
         value = _encoded(value)
-        db.put(key, value)
+        db.put(key, value, self.unlogged)
         self.unconfirmed += 1
         if self.through_rows is not None:
             self.through_rows.inc()
@@ -183,7 +196,7 @@ class StateCache:
                 dropped[partition] = dropped.get(partition, 0) + 1
                 continue
             value = _encoded(cached)
-            db.put(key, value)
+            db.put(key, value, self.unlogged)
             sends.append((partition, key, value))
         self.unconfirmed += len(sends)
         for partition, n in dropped.items():
@@ -230,11 +243,14 @@ class StateCache:
         # GC) is delivered after the records the partition's new owner wrote meanwhile, which
         # this store never read: recording its offset would make the next recovery skip them
         # (found by the fault harness: every saga the other worker touched lost its state).
-        store: Any = self.table.data
         tp = TP(meta.topic, meta.partition)
-        persisted = store.persisted_offset(tp)
-        if meta.offset == (-1 if persisted is None else persisted) + 1:
-            store.set_persisted_offset(tp, meta.offset)
+        persisted = self.recorded.get(tp)
+        if persisted is None:
+            store: Any = self.table.data
+            stored = store.persisted_offset(tp)
+            persisted = -1 if stored is None else stored
+        if meta.offset == persisted + 1:
+            self.recorded[tp] = meta.offset
             self.gaps.discard(partition)
         elif partition not in self.gaps:  # once, not for every record until the next recovery
             self.gaps.add(partition)
@@ -245,3 +261,20 @@ class StateCache:
                 meta.offset,
                 persisted,
             )
+
+    def record_offsets(self) -> None:
+        """Write how far each open store has its changelog (the checkpoint's last step). Every
+        rebalance and stop runs a checkpoint before faust's recovery reads these offsets, so what
+        is kept here is never behind what faust itself wrote to a store."""
+        recorded, self.recorded = self.recorded, {}
+        store: Any = self.table.data
+        for tp, offset in recorded.items():
+            if partition_store(self.table, tp.partition) is not None:
+                store.set_persisted_offset(tp, offset)
+
+    def persist(self) -> None:
+        """Flush every open store's memtable to its files: rows written without the WAL survive
+        the process only so. Where faust waits for its streams to be empty (a revocation or a
+        stop, after the checkpoint), before it drops its stores."""
+        for db in open_stores(self.table):
+            db.flush()
