@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as hs
 from tracker.core.correlation import Ignored, Record, _first, _lookup
 from tracker.core.definitions import FieldRef
 from tracker.core.errors import CorrelationError
+from tracker.core.events import Event
 from tracker.core.times import parse_time
 from tracker.loader import load_catalog
 from tracker.stream.decoding import read_event
@@ -136,3 +139,24 @@ def test_a_compiled_reference_list_finds_what_walking_its_references_finds(
     record = Record("t", 0, 0, key, b"{}", [] if header is None else [("ce_id", header)], 1.5)
     walked = next((v for v in (_lookup(ref, record, body) for ref in refs) if v is not None), None)  # type: ignore[arg-type]
     assert _first(refs, record, body) == walked  # type: ignore[arg-type]
+
+
+def test_a_correlated_event_is_the_dataclass_event_with_its_fields() -> None:
+    """Correlation builds its event without the frozen dataclass's ``__init__``
+    (``Event.service``): the same event, every field set, in the fields' order."""
+    e = read_event(
+        CATALOG,
+        rec({"id": "e-1", "type": "PaymentAuthorized", "time": 5.0, "data": {"order_id": "o-9", "customer_id": "c-1"}}),
+        max_bytes=1 << 20,
+    )
+    built = Event(
+        saga_id="o-9",
+        saga_type="order_fulfilment",
+        id="e-1",
+        type="PaymentAuthorized",
+        time=5.0,
+        keys={"order_id": "o-9", "customer_id": "c-1"},
+        source="payments/2/17",
+    )
+    assert e == built and list(vars(e)) == [f.name for f in fields(Event)] == list(vars(built))
+    assert e.action == {} and e.action is not Event.service("a", "b", "c", "d", 1.0, {}, {}, "").action

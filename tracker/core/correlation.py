@@ -97,17 +97,28 @@ _READERS: dict[int, tuple[Sequence[FieldRef], Reader]] = {}
 
 
 def _getter(ref: FieldRef) -> Reader:
-    """``_lookup`` for one reference: a body field one level deep (``type``, ``id``, ``time``:
-    most references) is a dict lookup decided once; any other goes through ``_lookup``."""
+    """``_lookup`` for one reference, its kind decided once: a body field one or two levels deep
+    (``type``, ``id``, ``data.order_id``: most references) is one or two dict lookups; any other
+    goes through ``_lookup``."""
     if ref.source == "field" and len(ref.path) == 1:
         name = ref.path[0]
         return lambda record, body: body.get(name) if isinstance(body, dict) else None
+    if ref.source == "field" and len(ref.path) == 2:
+        outer, inner = ref.path
+
+        def nested(record: Record, body: Mapping[str, Any]) -> Any:
+            node = body.get(outer) if isinstance(body, dict) else None
+            return node.get(inner) if isinstance(node, dict) else None
+
+        return nested
     return lambda record, body: _lookup(ref, record, body)
 
 
 def _compile(refs: Sequence[FieldRef]) -> Reader:
     """The first present value of ``refs``."""
     getters = tuple(_getter(ref) for ref in refs)
+    if len(getters) == 1:
+        return getters[0]
 
     def first(record: Record, body: Mapping[str, Any]) -> Any:
         for get in getters:
@@ -161,39 +172,58 @@ def correlate(catalog: Catalog, record: Record, body: Mapping[str, Any]) -> Even
         raise CorrelationError(
             "unknown_event_type", f"event type {shown!r} on topic {record.topic!r} belongs to no saga", event_type
         )
+    return _plan(definition, event_type)(record, body)
+
+
+Plan = Callable[[Record, Mapping[str, Any]], Event]
+# What one event type of one definition reads, compiled on first use (as ``_READERS``: by the
+# definition's identity, the entry keeping its definition).
+_PLANS: dict[tuple[int, str], tuple[SagaDefinition, Plan]] = {}
+
+
+def _plan(definition: SagaDefinition, event_type: str) -> Plan:
+    found = _PLANS.get((id(definition), event_type))
+    if found is None or found[0] is not definition:
+        found = _PLANS[(id(definition), event_type)] = (definition, _compile_plan(definition, event_type))
+    return found[1]
+
+
+def _compile_plan(definition: SagaDefinition, event_type: str) -> Plan:
+    """The event an input record of ``event_type`` is, its readers decided once: the saga id,
+    event id and time, and the business keys."""
     corr = definition.correlation
-    saga_id = _text("saga id", _first(corr.saga_id_refs(event_type), record, body), "no_saga_id")
-    raw_id = _first(corr.event_id, record, body)
-    # Without an id, the record's position identifies it: redelivery still deduplicates.
-    event_id = record.source if raw_id is None else _text("event id", raw_id, "bad_event_id")
-    raw_time = _first(corr.event_time, record, body)
-    time = parse_time(raw_time) if raw_time is not None else None
-    if time is None:
-        if raw_time is not None and raw_time != record.timestamp:
-            raise CorrelationError("bad_event_time", f"cannot read event time {str(raw_time)[:60]!r}")
-        if record.timestamp is None:
-            raise CorrelationError("bad_event_time", "no event time and no record timestamp")
-        time = record.timestamp
-    keys: dict[str, str] = {}
-    for name, refs in definition.business_keys.items():
-        value = _identifier(_first(refs, record, body))
-        if value is not None and len(value) <= MAX_VALUE_CHARS:
-            keys[name] = value
-    trace: dict[str, str] = {}
-    for name in TRACE_HEADERS:
-        value = _header(record, name)
-        if value is not None and len(value) <= MAX_VALUE_CHARS:
-            trace[name] = value
-    correlation_id = _identifier(body.get("correlation_id")) or _identifier(body.get("correlationid"))
-    if correlation_id is not None and len(correlation_id) <= MAX_VALUE_CHARS:
-        trace["correlation_id"] = correlation_id
-    return Event(
-        saga_id=saga_id,
-        saga_type=definition.name,
-        id=event_id,
-        type=event_type,
-        time=time,
-        keys=keys,
-        trace=trace,
-        source=record.source,
-    )
+    saga_id_of, event_id_of, time_of = _compile(corr.saga_id_refs(event_type)), _compile(corr.event_id), _compile(corr.event_time)
+    keys_of = tuple((name, _compile(refs)) for name, refs in definition.business_keys.items())
+    saga_type = definition.name
+
+    def event(record: Record, body: Mapping[str, Any]) -> Event:
+        saga_id = _text("saga id", saga_id_of(record, body), "no_saga_id")
+        raw_id = event_id_of(record, body)
+        source = record.source
+        # Without an id, the record's position identifies it: redelivery still deduplicates.
+        event_id = source if raw_id is None else _text("event id", raw_id, "bad_event_id")
+        raw_time = time_of(record, body)
+        time = parse_time(raw_time) if raw_time is not None else None
+        if time is None:
+            if raw_time is not None and raw_time != record.timestamp:
+                raise CorrelationError("bad_event_time", f"cannot read event time {str(raw_time)[:60]!r}")
+            if record.timestamp is None:
+                raise CorrelationError("bad_event_time", "no event time and no record timestamp")
+            time = record.timestamp
+        keys: dict[str, str] = {}
+        for name, read in keys_of:
+            value = _identifier(read(record, body))
+            if value is not None and len(value) <= MAX_VALUE_CHARS:
+                keys[name] = value
+        trace: dict[str, str] = {}
+        if record.headers:
+            for name in TRACE_HEADERS:
+                value = _header(record, name)
+                if value is not None and len(value) <= MAX_VALUE_CHARS:
+                    trace[name] = value
+        correlation_id = _identifier(body.get("correlation_id")) or _identifier(body.get("correlationid"))
+        if correlation_id is not None and len(correlation_id) <= MAX_VALUE_CHARS:
+            trace["correlation_id"] = correlation_id
+        return Event.service(saga_id, saga_type, event_id, event_type, time, keys, trace, source)
+
+    return event
