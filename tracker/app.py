@@ -27,6 +27,7 @@ from tracker.core.state import FAILED_NEEDS_MANUAL
 from tracker.generations.registry import Generations
 from tracker.kafka import clients, internals, records
 from tracker.kafka.admin import bootstrap_of
+from tracker.kafka.partitioner import Partitioner
 from tracker.ops.metrics import Metrics, StateCollector
 from tracker.ops.settings import Settings
 from tracker.stream.backlog import Backlog
@@ -88,6 +89,7 @@ def faust_app(settings: Settings, broker_url: str) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_rebalance_timeout=settings.rebalance_timeout,
         producer_max_batch_size=settings.producer_max_batch_size,
+        producer_partitioner=Partitioner(),  # the default partitioner's hashes, remembered
         # Batches of one record: a linger batches nothing, it only delays a record no other follows.
         producer_linger=settings.producer_linger_ms / 1000 if settings.producer_max_batch_size > 1 else 0.0,
         consumer_max_fetch_size=settings.fetch_max_bytes,

@@ -22,7 +22,7 @@ from tracker.app import TrackerApp, build, faust_app
 from tracker.core.correlation import Record
 from tracker.core.events import Event, timeout_event
 from tracker.kafka.internals import on_changelog_applied
-from tracker.kafka.partitioner import partition_of
+from tracker.kafka.partitioner import Partitioner, partition_of
 from tracker.loader import load_catalog
 from tracker.ops.settings import Settings
 from tracker.stream.indexes import DEADLINE, pending_prefix
@@ -401,12 +401,15 @@ async def test_an_event_whose_partition_moves_away_while_applying_is_forwarded_n
 
 
 def test_a_sagas_partition_is_the_one_the_producer_puts_its_saga_log_records_in() -> None:
-    partitioner = DefaultPartitioner()
+    """aiokafka's default partitioner, the tracker's and the producer's (remembering hashes) agree."""
+    partitioner, producers = DefaultPartitioner(), Partitioner()
     for n in range(500):
         saga_id = f"order-{n}-é"
         for count in (1, 4, 12):
             everyone = list(range(count))
             assert partition_of(saga_id, count) == partitioner(saga_id.encode(), everyone, everyone)
+            assert producers(saga_id.encode(), everyone, everyone) == partitioner(saga_id.encode(), everyone, everyone)
+    assert producers(None, [0, 1, 2], [1]) == 1  # no key: one of the available partitions, as aiokafka's
 
 
 def test_the_producer_lingers_only_where_a_batch_holds_more_than_one_record() -> None:

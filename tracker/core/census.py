@@ -40,12 +40,18 @@ class Census:
                 _less(counts, before)
             if after is not None:
                 counts[after] += 1
+        # A saga's marks are distinct; most of them stay as they were (its type and status, the
+        # durations of steps done before): only those that differ are counted.
+        gone, came = marks(old) if old is not None else [], marks(new) if new is not None else []
+        if gone == came:
+            return
         flows = self.flows[partition]
-        if old is not None:
-            for mark in marks(old):
+        for mark in gone:
+            if mark not in came:
                 _less(flows, mark)
-        if new is not None:
-            flows.update(marks(new))
+        for mark in came:
+            if mark not in gone:
+                flows[mark] += 1
 
     def rebuild(self, partition: int, counts: Counter[Key], flows: Counter[Mark]) -> None:
         """A partition's counts and marks, as its index rebuild found them."""

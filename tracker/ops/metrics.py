@@ -55,6 +55,9 @@ class Metrics:
         # Counts per child not yet added to it: a Counter.inc takes a lock and a value object per
         # call, several times per event; a dict addition does not.
         self._tally: dict[Any, int] = {}
+        # The counters one applied record adds to, by (saga type, kind, outcomes): a few dozen
+        # combinations happen, each looked up once per record instead of a child per counter.
+        self._applied: dict[tuple[str, str, tuple[str, ...]], tuple[Any, ...]] = {}
         registry.register(Tally(self))
         r = registry
         self.input_records = Counter(
@@ -240,17 +243,17 @@ class Metrics:
         self, definition: SagaDefinition, kind: str, outcomes: Iterable[str], old: SagaState | None, new: SagaState | None
     ) -> None:
         saga_type = definition.name
-        count = self.count
-        count(self.events, saga_type, kind)
-        for outcome in outcomes:
-            count(self.transitions, saga_type, outcome)
-            milestone = _MILESTONES.get(outcome)
-            if milestone is not None:
-                count(self.sagas, saga_type, milestone)
+        happened = outcomes if isinstance(outcomes, tuple) else tuple(outcomes)
+        children = self._applied.get((saga_type, kind, happened))
+        if children is None:
+            children = self._counted(saga_type, kind, happened)
+        tally = self._tally
+        for counted in children:
+            tally[counted] = tally.get(counted, 0) + 1
         if new is None or new is old:
             return
         before = old.steps if old is not None and old.steps else [None] * len(new.steps)
-        child = self.child
+        child, count = self.child, self.count
         for spec, was, now in zip(definition.steps, before, new.steps, strict=False):
             if was is not None and now.__dict__ == was.__dict__:
                 continue  # the common case: a step this record did not touch
@@ -265,6 +268,20 @@ class Metrics:
                 child(self.step_duration, saga_type, name).observe(max(0.0, now.completed_at - now.started_at))
         if new.terminal and (old is None or not old.terminal) and new.started_at is not None and new.ended_at is not None:
             child(self.saga_duration, saga_type, new.status).observe(max(0.0, new.ended_at - new.started_at))
+
+    def _counted(self, saga_type: str, kind: str, outcomes: tuple[str, ...]) -> tuple[Any, ...]:
+        """The children a record of ``kind`` with ``outcomes`` counts in: events, transitions, and
+        the sagas' milestones; remembered (bounded: outcomes come from the machine's vocabulary,
+        but their combinations are not declared anywhere)."""
+        children = [self.child(self.events, saga_type, kind)]
+        for outcome in outcomes:
+            children.append(self.child(self.transitions, saga_type, outcome))
+            milestone = _MILESTONES.get(outcome)
+            if milestone is not None:
+                children.append(self.child(self.sagas, saga_type, milestone))
+        if len(self._applied) < 4096:
+            self._applied[(saga_type, kind, outcomes)] = tuple(children)
+        return tuple(children)
 
 
 class StateCollector(Collector):

@@ -76,7 +76,6 @@ def apply(definition: SagaDefinition, state: SagaState | None, event: Event, now
     run.remember(event.id)
     if s.first_seen_at is None and event.kind != DECISION:
         s.first_seen_at = event.time
-    before = anchor(definition, s)
     if event.kind == SERVICE:
         # What a service event causes is decided at the event's own time, whenever and by
         # whichever generation it is applied: nothing records when a worker applied it, so a
@@ -84,10 +83,12 @@ def apply(definition: SagaDefinition, state: SagaState | None, event: Event, now
         run.decided_at = event.time
         run.service(event)
     elif event.kind == TIMEOUT:
+        before = anchor(definition, s)  # where the saga was when the decision was taken
         run.timeout(event)
         if "stale_timeout" not in run.outcomes:
             run.decide(event, before)
     elif event.kind == CONTROL:
+        before = anchor(definition, s)
         run.control(event)
         if event.action.get("action") != MARK_PARTIAL and "rejected" not in run.outcomes:
             run.decide(event, before)
