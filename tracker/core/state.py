@@ -147,7 +147,7 @@ _DEADLINE_FIELDS = tuple(f.name for f in fields(Deadline))
 def _shallow(obj: Any) -> Any:
     """``copy.copy`` of a plain dataclass instance, without its generic protocol (per step, per event)."""
     new = object.__new__(type(obj))
-    new.__dict__.update(obj.__dict__)
+    new.__dict__ = obj.__dict__.copy()  # a compact dict's copy is one block copy, not key by key
     return new
 
 
@@ -158,7 +158,7 @@ def _load(cls: Any, names: tuple[str, ...], values: dict[str, Any]) -> Any:
     if not isinstance(values, dict) or tuple(values) != names:
         return cls(**values)
     obj = object.__new__(cls)
-    obj.__dict__.update(values)
+    obj.__dict__ = values.copy()
     return obj
 
 

@@ -228,7 +228,10 @@ class Metrics:
 
     def count(self, metric: Any, *labels: str) -> None:
         """One more for ``metric.labels(*labels)``, tallied until the next ``flush``."""
-        child = self.child(metric, *labels)
+        self.tally(self.child(metric, *labels))
+
+    def tally(self, child: Any) -> None:
+        """One more for a labelled ``child`` (``child(...)``, kept by a caller that counts it per event)."""
         tally = self._tally
         tally[child] = tally.get(child, 0) + 1
 

@@ -126,6 +126,7 @@ class Tracking:
         # index; ``deadlines.resend`` lets the sweeper send it again at once when still due.
         self.deadlines: Deadlines = deadlines or AlwaysCaughtUp()
         self.hot = Hot(hot_sagas)
+        self.hot_hit, self.hot_miss = metrics.child(metrics.hot_reads, "hit"), metrics.child(metrics.hot_reads, "miss")
         self.context: Context | None = None
 
     def init(self, context: Context) -> None:
@@ -199,7 +200,7 @@ class Tracking:
         if index is None:  # only while partitions move: this record is not ours to apply
             raise PartitionError(f"saga state partition {partition} is not open on this worker")
         hot = self.hot.get(event.saga_id, index)
-        self.metrics.count(self.metrics.hot_reads, "hit" if hot is not None else "miss")
+        self.metrics.tally(self.hot_hit if hot is not None else self.hot_miss)
         state, was = hot if hot is not None else (self.load(event.saga_id, partition), None)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
