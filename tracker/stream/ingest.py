@@ -66,6 +66,7 @@ class Ingest:
         self.metrics, self.max_event_bytes = metrics, max_event_bytes
         self.decisions, self.generation, self.partitions = decisions, generation, partitions
         self.conformance = conformance if conformance is not None else Conformance()
+        self.routed_here = metrics.child(metrics.routed, "here")  # counted per record
         self.context: Context | None = None
 
     def init(self, context: Context) -> None:
@@ -91,7 +92,7 @@ class Ingest:
         # In place only once a replayed backlog of the partition is applied: behind it otherwise.
         here = self.context.owns(partition) and not self.backlog.pending(partition)
         if here and await self.track.apply_here(event, record, partition):
-            self.metrics.count(self.metrics.routed, "here")
+            self.metrics.tally(self.routed_here)
             return
         await self.context.send("saga_log", event.saga_id.encode(), orjson.dumps(event.to_dict()))
         self.metrics.count(self.metrics.routed, "saga_log")

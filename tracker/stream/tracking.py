@@ -223,20 +223,18 @@ class Tracking:
                 index, definition, state, transition.state, partition, was=was, through=bool(transition.emits)
             )
             self.census.change(partition, old_row, new_row)  # deltas: in any order
-        hooks = self.hooks if any(e.kind == "compensation" for e in transition.emits) else None
-        if hooks is not None:
-            await hooks.before_send()
-        sent = [await self.send(emit) for emit in transition.emits]
-        if hooks is not None:
-            await hooks.after_send(sent)
+        if transition.emits:  # most records decide nothing to send: no comprehension, no hooks
+            await self.send_all(transition.emits)
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
         if transition.changed:  # a redelivery (duplicate) is not drift twice
             for drift in self.conformance.outcomes(definition.name, transition.outcomes):
                 self.metrics.count(self.metrics.drift, definition.name, drift)
-        if transition.state is not None and MILESTONES.intersection(transition.outcomes):
+        milestones = MILESTONES.intersection(transition.outcomes) if transition.state is not None else None
+        # The happy path (started, completed) at thousands a second is noise at INFO.
+        level = logging.DEBUG if milestones and ROUTINE.issuperset(milestones) else logging.INFO
+        if milestones and log.isEnabledFor(level):  # the message's parts are built only when logged
             s = transition.state
-            # The happy path (started, completed) at thousands a second is noise at INFO.
-            level = logging.DEBUG if ROUTINE.issuperset(MILESTONES.intersection(transition.outcomes)) else logging.INFO
+            assert s is not None
             log.log(
                 level,
                 "saga %s (%s) %s%s%s",
@@ -273,6 +271,16 @@ class Tracking:
         self.hot.put(new.saga_id, index, new, row)  # before the await: the next load must find it
         await self.writes.put(partition, new.saga_id.encode(), new, through=through)
         return was, row
+
+    async def send_all(self, emits: tuple[Emit, ...]) -> None:
+        """Send what one decision emitted, in order; a decision that compensates runs the send
+        hooks around its sends."""
+        hooks = self.hooks if any(e.kind == "compensation" for e in emits) else None
+        if hooks is not None:
+            await hooks.before_send()
+        sent = [await self.send(emit) for emit in emits]
+        if hooks is not None:
+            await hooks.after_send(sent)
 
     async def send(self, emit: Emit) -> Any:
         """Queue one output; returns its delivery future (None when there is nothing to send).
