@@ -481,7 +481,7 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
     from tracker.ops.settings import Settings
     from tracker.stream.decoding import read_event
     from tracker.stream.hot import Hot
-    from tracker.stream.indexes import keys_of, rows_of
+    from tracker.stream.indexes import SUMMARY, head, keys_of, rows_of
 
     (data_dir / "decisions.yaml").write_text(order_definitions(topic))
     catalog = load_catalog([str(data_dir / "decisions.yaml")])
@@ -495,7 +495,7 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
             Hot(Settings().hot_sagas),
         )
         index = object()  # the partition's index, which the hot states belong to
-        changed: dict[str, SagaState] = {}  # the state cache: encoded when flushed
+        changed: dict[str, tuple[SagaState, bytes]] = {}  # the state cache (state, row head): encoded when flushed
         spent = [0.0] * len(STAGES)
         applied = 0
         t0, c0 = time.perf_counter(), cpu()
@@ -513,7 +513,7 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
                 state, was = found
             else:  # the state cache's row (encoded on demand, as ``StateCache.get``), else the store's
                 cached = changed.get(event.saga_id)
-                raw = rows.encode(cached) if cached is not None else store.get(event.saga_id)
+                raw = rows.encode(*cached) if cached is not None else store.get(event.saga_id)
                 state, was = (None if raw is None else rows.decode(raw)), None
             c = clock()
             of = (state.saga_type, state.version) if state else (event.saga_type, event.version)
@@ -527,16 +527,16 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
                 if state is not None:  # the old index rows' keys, to delete
                     keys_of(state, was if was is not None else placement(definition, state))
                 row = summary(definition, new)
-                rows_of(new, row)
+                new_rows = rows_of(new, row)
                 hot.put(new.saga_id, index, new, row)
-                changed[new.saga_id] = new
+                changed[new.saga_id] = (new, head(definition, new, new_rows[SUMMARY + new.saga_id.encode()]))
                 e = clock()
             metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
             f = clock()
             g = h = f
             if n % batch == 0 or n == len(inputs):  # the checkpoint: rows encoded, counts added
-                for saga_id, new in changed.items():
-                    store[saga_id] = rows.encode(new)
+                for saga_id, (new, row_head) in changed.items():
+                    store[saga_id] = rows.encode(new, row_head)
                 changed.clear()
                 g = clock()
                 metrics.flush()

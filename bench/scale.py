@@ -49,7 +49,7 @@ from tracker.demo.runner import get_json
 from tracker.kafka.admin import ensure_topics
 from tracker.kafka.broker import EmbeddedBroker, free_port
 from tracker.loader import load_catalog
-from tracker.stream.indexes import DEADLINE, SUMMARY, Index, deadline_key, due_bound, options
+from tracker.stream.indexes import DEADLINE, SUMMARY, Index, deadline_key, due_bound, options, stored_row
 
 PARTITIONS = 4
 TABLES = ("sagas",)  # the only changelog-backed table; the indexes are rebuilt from it
@@ -87,7 +87,7 @@ def rows(definition: SagaDefinition, saga_id: str, due: float) -> Iterator[tuple
     event = Event(saga_id, definition.name, f"{saga_id}:0", definition.start, started)
     state = apply(definition, None, event, started).state
     assert state is not None and state.deadline is not None
-    yield "sagas", saga_id.encode(), orjson.dumps(state)
+    yield "sagas", saga_id.encode(), stored_row(definition, state)
 
 
 async def load(w: World, sagas: range, due: Any) -> int:

@@ -26,7 +26,7 @@ from tracker.kafka.partitioner import Partitioner, partition_of
 from tracker.loader import load_catalog
 from tracker.ops.settings import Settings
 from tracker.stream.indexes import DEADLINE, pending_prefix
-from tracker.stream.state_cache import Value
+from tracker.stream.state_cache import Value, encoded
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Shell:
 
     def saga(self, saga_id: str) -> dict[str, Any] | None:
         raw = self.tracker.tables.sagas.get(saga_id.encode())
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else rows.data(raw)
 
     def deadlines(self) -> dict[bytes, dict[str, Any]]:
         """The local deadline index of every partition indexed here, key -> row."""
@@ -430,7 +430,7 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
 
     class SlowSend:
         async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
-            table[key] = value if isinstance(value, bytes) else rows.encode(value)  # before the first await, as the state cache
+            table[key] = encoded(value)  # before the first await, as the state cache
 
             seen.append((shell.saga("o-1"), shell.deadlines()))
             await gate.wait()  # the producer's buffer is full
@@ -457,8 +457,8 @@ async def test_a_decision_that_sends_is_written_through_before_it_is_sent(shell:
 
     class Recording:
         async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
-            table[key] = value = value if isinstance(value, bytes) else rows.encode(value)
-            order.append(("put", through, bool(orjson.loads(value)["outbox"])))
+            table[key] = value = encoded(value)
+            order.append(("put", through, bool(rows.data(value)["outbox"])))
 
         def get(self, key: bytes, partition: int | None = None) -> bytes | None:
             return table.get(key)

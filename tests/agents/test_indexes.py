@@ -5,14 +5,32 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as hs
+from prometheus_client import CollectorRegistry
 
+from tables import rows
 from tests.unit.sagas import COMPLETIONS, Saga, ev, order_saga
+from tracker.core.census import Census
+from tracker.core.definitions import SagaDefinition
 from tracker.core.state import SagaState
 from tracker.core.summaries import placement, summary
-from tracker.stream.indexes import DEADLINE, PENDING, SUMMARY, deadline_key, due_bound, keys_of, rows_of
+from tracker.ops.metrics import Metrics
+from tracker.stream.indexes import (
+    DEADLINE,
+    PENDING,
+    SUMMARY,
+    Indexes,
+    deadline_key,
+    due_bound,
+    keys_of,
+    rows_of,
+    stored_row,
+)
 
 times = hs.floats(min_value=1e9, max_value=4e9, allow_nan=False)
 
@@ -89,3 +107,40 @@ def test_held_rows_are_read_as_written_and_written_in_one_batch(tmp_path: Path) 
         assert index.pending == {} and index.db.get(SUMMARY + b"s-0") == b"{}"
     finally:
         index.db.close()
+
+
+def _indexes(d: SagaDefinition) -> Indexes:
+    """An ``Indexes`` reading nothing (only its row reading is used here)."""
+    catalog: Any = SimpleNamespace(
+        definition=lambda saga_type, version: d if (saga_type, version) == (d.name, d.version) else None
+    )
+    return Indexes(Path("/nonexistent"), catalog, lambda partition, start: None, Census(), Metrics(CollectorRegistry()))
+
+
+def test_a_rebuild_reads_a_row_s_index_rows_from_its_head_as_from_its_state() -> None:
+    """A stored row leads with its head (``tables.rows``): the rebuild takes the saga's summary,
+    census marks and index rows from it without decoding the state, and gets what decoding it
+    gives; a row without a head (written before heads) is decoded."""
+    d = order_saga()
+    indexes = _indexes(d)
+    for state in _states():
+        stored = stored_row(d, state)
+        head, _ = rows.split(stored)
+        assert head and rows.decode(stored) == state and rows.data(stored) == orjson.loads(rows.encode(state))
+        assert indexes.from_head(head) is not None  # the head is what the rebuild reads
+        decoded = indexes.rows_of(rows.encode(state))  # no head: decoded
+        assert decoded is not None and indexes.rows_of(stored) == decoded
+        assert decoded[1] == rows_of(state, summary(d, state))
+
+
+def test_a_head_made_under_another_definition_or_unreadable_is_not_used() -> None:
+    """A summary names steps and statuses as its definition did: after the definition changed
+    (same type and version), or from a head it cannot read, the rebuild decodes the state."""
+    d = order_saga()
+    state = _states()[0]
+    stored = stored_row(d, state)
+    head, _ = rows.split(stored)
+    renamed = replace(d, steps=(replace(d.steps[0], status="AWAITING_ORDER"), *d.steps[1:]))
+    assert _indexes(renamed).from_head(head) is None
+    assert _indexes(d).from_head(b"0000 1@5 {not json") is None and _indexes(d).from_head(b"one-part") is None
+    assert _indexes(renamed).rows_of(stored) == (summary(renamed, state), rows_of(state, summary(renamed, state)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tables import rows as saga_rows
 from tests.integration.harness import Scenario
 from topics.names import changelog
 
@@ -101,7 +102,7 @@ def test_a_row_stored_before_a_crash_reaches_the_changelog_after_the_restart(
 
     def decided() -> bool:
         rows = s.kafka.read(changelog(s.app_id, "sagas"), timeout=2)
-        return any(r["key"] == b"p-1" and orjson.loads(r["value"])["status"] == "compensating" for r in rows)
+        return any(r["key"] == b"p-1" and saga_rows.data(r["value"])["status"] == "compensating" for r in rows)
 
     wait_until(decided)
 

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from rocksdict import AccessType, Options, Rdict
 
+from tables import rows as saga_rows
 from tests.integration.harness import Scenario
 from tracker.core.state import logical
 
@@ -26,7 +27,7 @@ def latest_table_rows(s: Scenario, table: str, until: Callable[[dict[bytes, dict
             if r["value"] is None:
                 rows.pop(r["key"], None)
             else:
-                rows[r["key"]] = orjson.loads(r["value"])
+                rows[r["key"]] = saga_rows.data(r["value"]) if table == "sagas" else orjson.loads(r["value"])
         return rows
 
     # 60 s: on the embedded broker a producer can lose a topic's metadata and wait out

@@ -21,7 +21,7 @@ from tracker.loader import load_catalog
 from tracker.ops.metrics import Metrics
 from tracker.stream.deadletters import DeadLetters
 from tracker.stream.indexes import Indexes
-from tracker.stream.state_cache import Value
+from tracker.stream.state_cache import Value, encoded
 from tracker.stream.sweeper import Sweeper
 from tracker.stream.tracking import Tracking
 
@@ -36,7 +36,7 @@ class MemoryState:
         self.rows: dict[bytes, tuple[int, bytes]] = {}
 
     async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
-        self.rows[key] = (partition, value if isinstance(value, bytes) else rows.encode(value))
+        self.rows[key] = (partition, encoded(value))
 
     def get(self, key: bytes, partition: int | None = None) -> bytes | None:
         found = self.rows.get(key)
@@ -92,7 +92,7 @@ class Stream:
     def saga(self, saga_id: str) -> dict[str, Any]:
         raw = self.state.get(saga_id.encode())
         assert raw is not None
-        return cast(dict[str, Any], orjson.loads(raw))
+        return cast(dict[str, Any], rows.data(raw))
 
     def compensations(self) -> list[str]:
         return [orjson.loads(cast(bytes, s.value))["id"] for s in self.context.take("compensation")]

@@ -20,7 +20,8 @@ Each reach, why, and the test that fails without it:
   ``test_internals.py::test_the_livelock_check_skips_a_partition_not_positioned_yet``.
 - ``app.producer.flush`` (this app's instance): the checkpoint runs where faust's commit flushes
   the producer. ``tests/agents/test_checkpoint.py::test_faust_s_commit_runs_the_checkpoint_first``.
-- ``table.data._dbs``: one partition's RocksDB (faust has no per-partition API).
+- ``table.data._dbs``: one partition's RocksDB, and every one open here to flush their memtables
+  at a clean stop (faust has no per-partition API).
   ``tests/agents/test_state_cache.py`` (every test writes through it).
 - ``table.apply_changelog_batch``: the local indexes learn which partitions recovery or a standby
   changed. ``tests/agents/test_agents.py::test_changelog_batches_name_their_partitions_before_they_are_applied``.

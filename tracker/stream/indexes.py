@@ -23,6 +23,7 @@ import logging
 import math
 import shutil
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ import rocksdict
 
 from tables import rows as saga_rows
 from tracker.core.census import Census, Key, key_of
-from tracker.core.definitions import Catalog
+from tracker.core.definitions import Catalog, SagaDefinition
 from tracker.core.flow import Mark, figures, marks
 from tracker.core.state import TERMINAL, SagaState
 from tracker.core.summaries import summary
@@ -75,14 +76,14 @@ def pending_key(row: dict[str, Any]) -> bytes | None:
     return pending_prefix(row["saga_type"], row["current_step"]) + f"{since:015d}|{row['saga_id']}".encode()
 
 
-def deadline_row(state: SagaState, row: dict[str, Any]) -> dict[str, Any]:
-    """The deadline index row of a saga with a deadline (``row``: its summary)."""
-    assert state.deadline is not None
+def deadline_row(row: dict[str, Any], token: str) -> dict[str, Any]:
+    """The deadline index row of a saga with a deadline (``row``: its summary, ``token``: its
+    deadline's)."""
     return {
-        "token": state.deadline.token,
-        "saga_id": state.saga_id,
-        "saga_type": state.saga_type,
-        "due": state.deadline.due,
+        "token": token,
+        "saga_id": row["saga_id"],
+        "saga_type": row["saga_type"],
+        "due": row["deadline"],
         "step": row["current_step"] or row["status"],
     }
 
@@ -100,13 +101,51 @@ def keys_of(state: SagaState, placed: dict[str, Any]) -> list[bytes]:
 
 def rows_of(state: SagaState, row: dict[str, Any]) -> dict[bytes, bytes]:
     """Every index row of one saga (``row``: its summary), by key."""
-    out = {SUMMARY + state.saga_id.encode(): orjson.dumps(row)}
+    return index_rows(row, orjson.dumps(row), state.deadline.token if state.deadline is not None else None)
+
+
+def index_rows(row: dict[str, Any], summary_json: bytes, token: str | None) -> dict[bytes, bytes]:
+    """Every index row of one saga, from its summary (``row``, and as JSON) and its deadline's
+    token (None: no deadline; the summary's ``deadline`` is its due time)."""
+    saga_id = row["saga_id"]
+    out = {SUMMARY + saga_id.encode(): summary_json}
     pending = pending_key(row)
     if pending is not None:
         out[PENDING + pending] = b""
-    if state.deadline is not None:
-        out[DEADLINE + deadline_key(state.deadline.due, state.saga_id)] = orjson.dumps(deadline_row(state, row))
+    if token is not None:
+        out[DEADLINE + deadline_key(row["deadline"], saga_id)] = orjson.dumps(deadline_row(row, token))
     return out
+
+
+NO_DEADLINE = "-"
+# Each definition's fingerprint, by identity (the entry keeps its definition: an id is never
+# reused while its entry is here).
+_FINGERPRINTS: dict[int, tuple[SagaDefinition, bytes]] = {}
+
+
+def fingerprint(definition: SagaDefinition) -> bytes:
+    """What a summary row takes from its definition (type, version, step names and pending
+    statuses), as 8 hex digits: a row's head made under another is not used."""
+    found = _FINGERPRINTS.get(id(definition))
+    if found is None or found[0] is not definition:
+        text = "|".join([definition.name, definition.version, *(f"{s.name}:{s.pending_status}" for s in definition.steps)])
+        found = _FINGERPRINTS[id(definition)] = (definition, f"{zlib.crc32(text.encode()):08x}".encode())
+    return found[1]
+
+
+def head(definition: SagaDefinition, state: SagaState, summary_json: bytes) -> bytes:
+    """The head of the saga's stored row (``tables.rows``): the definition's fingerprint, the
+    deadline's token and the summary row (``summary_json``), space-separated: all an index
+    rebuild needs to write the saga's index rows and count it, without decoding its state."""
+    token = state.deadline.token if state.deadline is not None else NO_DEADLINE
+    if " " in token or "\n" in token:  # never so in a token the machine makes: the row is decoded instead
+        return b""
+    return b" ".join((fingerprint(definition), token.encode(), summary_json))
+
+
+def stored_row(definition: SagaDefinition, state: SagaState) -> bytes:
+    """The row the track processor stores for ``state`` (its head, then the state)."""
+    return saga_rows.encode(state, head(definition, state, orjson.dumps(summary(definition, state))))
 
 
 def options(cache: rocksdict.Cache) -> rocksdict.Options:
@@ -322,7 +361,11 @@ class Indexes:
 
     def rows_of(self, value: bytes) -> tuple[dict[str, Any], dict[bytes, bytes]] | None:
         """A stored saga's placement (census and flow fields) and index rows; None when its type
-        has no definition."""
+        has no definition. Read from the row's head when it has one made under the saga's
+        definition as it is now, else from its decoded state."""
+        found = self.from_head(saga_rows.split(value)[0])
+        if found is not None:
+            return found
         state = saga_rows.decode(value)
         definition = self.catalog.definition(state.saga_type, state.version)
         if definition is None:
@@ -332,6 +375,21 @@ class Indexes:
             return None
         row = summary(definition, state)
         return row, rows_of(state, row)
+
+    def from_head(self, head: bytes) -> tuple[dict[str, Any], dict[bytes, bytes]] | None:
+        """``rows_of`` from a row's head; None when there is none, it is not readable, or its
+        definition has changed or gone (the state is decoded instead)."""
+        if not head:
+            return None
+        try:
+            mark, token, summary_json = head.split(b" ", 2)
+            row = orjson.loads(summary_json)
+            definition = self.catalog.definition(row["saga_type"], row["version"])
+            if definition is None or mark != fingerprint(definition):
+                return None
+            return row, index_rows(row, summary_json, None if token == NO_DEADLINE.encode() else token.decode())
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+            return None
 
     def stats(self, partitions: Iterable[int], now: float) -> dict[str, Any]:
         """This worker's part of ``/sagas/stats`` for ``partitions`` (those indexed here):

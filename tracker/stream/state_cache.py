@@ -68,11 +68,16 @@ from tracker.stream.restart import exit_to_restart
 log = logging.getLogger(__name__)
 
 
-Value = SagaState | bytes  # a state, or a row already encoded
+Value = SagaState | tuple[SagaState, bytes] | bytes  # a state, with its row's head, or a row already encoded
 
 
-def _encoded(value: Value) -> bytes:
-    return value if isinstance(value, bytes) else rows.encode(value)
+def encoded(value: Value) -> bytes:
+    """The row as stored: a state (with its head) encoded, a row already encoded as it is."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, tuple):
+        return rows.encode(*value)
+    return rows.encode(value)
 
 
 class Derived(Protocol):
@@ -143,7 +148,7 @@ class StateCache:
         get)."""
         found = self.rows.get(key)
         if found is not None:
-            return _encoded(found[1])
+            return encoded(found[1])
         db = partition_store(self.table, partition) if partition is not None else None
         return db.get(key) if db is not None else self.table.get(key)
 
@@ -153,7 +158,7 @@ class StateCache:
         write stay one step of the event loop."""
         db = partition_store(self.table, partition)
         if db is None:  # the memory store of the agent tests: faust's own write
-            self.table[key] = _encoded(value)
+            self.table[key] = encoded(value)
             return
         self.alive()
         if self.cache_rows and not through:
@@ -162,7 +167,7 @@ class StateCache:
                 self.lost |= await self.flush()  # told to the next checkpoint's flush
             return
         self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
-        value = _encoded(value)
+        value = encoded(value)
         db.put(key, value, self.unlogged)
         self.unconfirmed += 1
         if self.through_rows is not None:
@@ -195,7 +200,7 @@ class StateCache:
             if db is None:
                 dropped[partition] = dropped.get(partition, 0) + 1
                 continue
-            value = _encoded(cached)
+            value = encoded(cached)
             db.put(key, value, self.unlogged)
             sends.append((partition, key, value))
         self.unconfirmed += len(sends)

@@ -32,7 +32,7 @@ from tracker.stream.context import Context
 from tracker.stream.deadletters import DeadLetters
 from tracker.stream.decoding import GENERATION_HEADER
 from tracker.stream.hot import Hot
-from tracker.stream.indexes import Index, Indexes, deadline_key, keys_of, rows_of
+from tracker.stream.indexes import SUMMARY, Index, Indexes, deadline_key, head, keys_of, rows_of
 from tracker.stream.state_cache import StateWrites
 
 log = logging.getLogger(__name__)
@@ -267,9 +267,13 @@ class Tracking:
         if was is None and old is not None:
             was = placement(definition, old)
         row = summary(definition, new)
-        index.change(keys_of(old, was) if old is not None and was is not None else (), rows_of(new, row))
+        key = new.saga_id.encode()
+        new_rows = rows_of(new, row)
+        index.change(keys_of(old, was) if old is not None and was is not None else (), new_rows)
         self.hot.put(new.saga_id, index, new, row)  # before the await: the next load must find it
-        await self.writes.put(partition, new.saga_id.encode(), new, through=through)
+        # Stored with its head: a rebuild reads the index rows from it (``tables.rows``).
+        stored = (new, head(definition, new, new_rows[SUMMARY + key]))
+        await self.writes.put(partition, key, stored, through=through)
         return was, row
 
     async def send_all(self, emits: tuple[Emit, ...]) -> None:
