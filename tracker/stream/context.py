@@ -92,7 +92,7 @@ class FaustContext:
             # Straight to the producer, as faust's topic would hand it over after its own message,
             # future and sensor objects per record (~5 % of a busy worker's CPU). The agent tests'
             # sinks are in-memory channels: they go through the channel.
-            producer = self.app.producer
+            producer = await self.app.maybe_start_producer()  # as the topic would: started once
             delivery = await producer.send(channel.get_topic_name(), key, value, partition, None, headers)
         else:
             delivery = await channel.send(key=key, value=value, headers=headers, partition=partition)

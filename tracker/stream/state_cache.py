@@ -31,7 +31,7 @@ changes several times between commits costs one changelog record, not one per ch
 * a saga's changelog records stay in the order of its writes: the cache keeps one row per key,
   a write-through takes its key out of the cache, and every send goes through one lock.
 
-****Rows are written without RocksDB's write-ahead log** (``tables.unlogged``; Kafka Streams
+**Rows are written without RocksDB's write-ahead log** (``tables.unlogged``; Kafka Streams
 runs its stores so, the changelog being the record): a process that dies loses what its stores'
 memtables held, and a worker trusts its stores only after a clean stop anyway
 (``tracker.stream.clean_stop``), which ``persist`` makes durable (every memtable to its files)
