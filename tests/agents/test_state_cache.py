@@ -30,9 +30,6 @@ class Db(dict[bytes, bytes]):
     def put(self, key: bytes, value: bytes, options: Any = None) -> None:
         self[key] = value
 
-    def flush(self) -> None:
-        self.flushed = True
-
 
 class Store:
     """faust's RocksDB store, as far as ``StateCache`` uses it: partition stores and offsets."""
