@@ -29,37 +29,24 @@ MAX_LIMIT = 500
 
 def placement(definition: SagaDefinition, s: SagaState) -> dict[str, Any]:
     """The summary fields that place a saga in the census, its flow marks and the indexes
-    (see ``indexes.keys_of`` and ``flow.marks``): the first fields of its ``summary``."""
+    (see ``indexes.keys_of`` and ``flow.marks``)."""
     steps = definition.steps
-    current = s.current
+    current = steps[s.current] if s.current is not None else None
     trouble = s.trouble_step
     return {
         "saga_id": s.saga_id,
         "saga_type": s.saga_type,
         "status": s.status,
-        "current_step": steps[current].name if current is not None else None,
-        "pending_since": s.steps[current].started_at if current is not None and s.steps else None,
+        "current_step": current.name if current else None,
+        "pending_since": s.steps[s.current].started_at if s.current is not None and s.steps else None,
         "trouble_step": steps[trouble].name if trouble is not None and trouble < len(steps) else None,
         "step_seconds": step_seconds(s.steps, definition.step_names),
     }
 
 
 def summary(definition: SagaDefinition, s: SagaState) -> dict[str, Any]:
-    """The saga's row in the list and stats queries: its ``placement``, then what a list shows.
-    Built on every change and for every saga an index rebuild reads, so written out in one
-    literal rather than merged from ``placement``'s dict."""
-    steps = definition.steps
-    current = s.current
-    trouble = s.trouble_step
-    pending = steps[current] if current is not None else None
     return {
-        "saga_id": s.saga_id,
-        "saga_type": s.saga_type,
-        "status": s.status,
-        "current_step": pending.name if pending is not None else None,
-        "pending_since": s.steps[current].started_at if current is not None and s.steps else None,
-        "trouble_step": steps[trouble].name if trouble is not None and trouble < len(steps) else None,
-        "step_seconds": step_seconds(s.steps, definition.step_names),
+        **placement(definition, s),
         "version": s.version,
         "visible_status": visible_status(definition, s),
         "started_at": s.started_at,
