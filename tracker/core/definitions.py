@@ -8,6 +8,7 @@ field; unknown fields are errors, never ignored.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +195,18 @@ class SagaDefinition:
             names = tuple(s.name for s in self.steps)
             object.__setattr__(self, "_names_cache", names)
         return names
+
+    @property
+    def fingerprint(self) -> str:
+        """What the rows derived from this definition name (type, version, step names and their
+        pending statuses) as 8 hex digits: a stored row's head made under another definition of
+        the same type and version is not trusted (``tracker.stream.indexes``)."""
+        found: str | None = self.__dict__.get("_fingerprint_cache")
+        if found is None:
+            text = "|".join([self.name, self.version, *(f"{s.name}:{s.pending_status}" for s in self.steps)])
+            found = f"{zlib.crc32(text.encode()):08x}"
+            object.__setattr__(self, "_fingerprint_cache", found)
+        return found
 
     def step_index(self, name: str) -> int:
         for i, s in enumerate(self.steps):

@@ -23,7 +23,6 @@ import logging
 import math
 import shutil
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -118,19 +117,6 @@ def index_rows(row: dict[str, Any], summary_json: bytes, token: str | None) -> d
 
 
 NO_DEADLINE = "-"
-# Each definition's fingerprint, by identity (the entry keeps its definition: an id is never
-# reused while its entry is here).
-_FINGERPRINTS: dict[int, tuple[SagaDefinition, bytes]] = {}
-
-
-def fingerprint(definition: SagaDefinition) -> bytes:
-    """What a summary row takes from its definition (type, version, step names and pending
-    statuses), as 8 hex digits: a row's head made under another is not used."""
-    found = _FINGERPRINTS.get(id(definition))
-    if found is None or found[0] is not definition:
-        text = "|".join([definition.name, definition.version, *(f"{s.name}:{s.pending_status}" for s in definition.steps)])
-        found = _FINGERPRINTS[id(definition)] = (definition, f"{zlib.crc32(text.encode()):08x}".encode())
-    return found[1]
 
 
 def head(definition: SagaDefinition, state: SagaState, summary_json: bytes) -> bytes:
@@ -140,7 +126,7 @@ def head(definition: SagaDefinition, state: SagaState, summary_json: bytes) -> b
     token = state.deadline.token if state.deadline is not None else NO_DEADLINE
     if " " in token or "\n" in token:  # never so in a token the machine makes: the row is decoded instead
         return b""
-    return b" ".join((fingerprint(definition), token.encode(), summary_json))
+    return b" ".join((definition.fingerprint.encode(), token.encode(), summary_json))
 
 
 def stored_row(definition: SagaDefinition, state: SagaState) -> bytes:
@@ -385,7 +371,7 @@ class Indexes:
             mark, token, summary_json = head.split(b" ", 2)
             row = orjson.loads(summary_json)
             definition = self.catalog.definition(row["saga_type"], row["version"])
-            if definition is None or mark != fingerprint(definition):
+            if definition is None or mark.decode() != definition.fingerprint:
                 return None
             return row, index_rows(row, summary_json, None if token == NO_DEADLINE.encode() else token.decode())
         except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
