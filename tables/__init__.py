@@ -29,10 +29,11 @@ STORE_OPTIONS: dict[str, Any] = {
 
 
 def unlogged() -> rocksdict.WriteOptions:
-    """How the tracker writes saga rows to a partition's store: without RocksDB's write-ahead
-    log. The changelog is the record (Kafka Streams runs its stores without one too): a store is
+    """How the tracker writes to its RocksDB stores: without the write-ahead log. For saga rows
+    the changelog is the record (Kafka Streams runs its stores without one too): a store is
     trusted only after a clean stop (``tracker.stream.clean_stop``), which flushes every memtable
-    to its files first (``StateCache.persist``); after any other stop it is restored."""
+    to its files first (``StateCache.persist``); after any other stop it is restored. The local
+    indexes are rebuilt at every start."""
     options = rocksdict.WriteOptions()
     options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
     return options

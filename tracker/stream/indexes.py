@@ -32,6 +32,7 @@ import orjson
 import rocksdict
 
 from tables import rows as saga_rows
+from tables import unlogged
 from tracker.core.census import Census, Key, key_of
 from tracker.core.definitions import Catalog, SagaDefinition
 from tracker.core.flow import Mark, figures, marks
@@ -159,8 +160,7 @@ class Index:
 
     def __init__(self, db: rocksdict.Rdict) -> None:
         self.db = db
-        self.unwritten = rocksdict.WriteOptions()
-        self.unwritten.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
+        self.unwritten = unlogged()  # rebuilt, never recovered: no WAL either
         self.pending: dict[bytes, bytes | None] = {}  # key -> row, or None: deleted
 
     def write(self, puts: dict[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
