@@ -14,6 +14,7 @@ from tracker.kafka.admin import bootstrap_of, ensure_topics_sync, is_tansu
 from tracker.kafka.broker import EmbeddedBroker
 from tracker.kafka.internals import BoundedStopWorker
 from tracker.loader import load_catalog
+from tracker.ops import heap
 from tracker.ops.settings import Settings
 from tracker.stream.clean_stop import CleanStop
 from tracker.stream.tracking import SendHooks
@@ -71,6 +72,7 @@ def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
         # on every record: each debug call in faust and aiokafka (one per send) then built a
         # record nobody shows, a tenth of the worker's CPU under load. Workers have no terminal.
         worker.spinner = None
+        heap.tune(settings.gc_young_objects)  # last before the loop: the app built is start-up heap
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:  # mode's worker always leaves through sys.exit: 0 when its stop finished
