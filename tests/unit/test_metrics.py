@@ -63,3 +63,35 @@ def test_a_scrape_shows_the_counts_tallied_since_the_last_checkpoint() -> None:
     assert b'saga_tracker_routed_events_total{route="here"} 3.0' in generate_latest(metrics.registry)
     metrics.count(metrics.routed, "here")
     assert value(metrics, "saga_tracker_routed_events_total", route="here") == 4
+
+
+def test_durations_expose_what_prometheus_clients_histogram_exposes() -> None:
+    """The same observations, bucket bounds included (a value equal to a bound is in its bucket)."""
+    from prometheus_client import Histogram
+
+    from tracker.ops.metrics import BUCKETS, Durations
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    durations = Durations("d_seconds", "help", ("saga_type", "step"), ours)
+    histogram = Histogram("d_seconds", "help", ["saga_type", "step"], buckets=BUCKETS, registry=theirs)
+    observations = [0.0, 0.5, 1.0, 1.0001, 5.0, 299.9, 300.0, 86400.0, 90000.0, 3.25]
+    for i, seconds in enumerate(observations):
+        step = "payment" if i % 3 else "shipping"
+        durations.observe(seconds, "order", step)
+        histogram.labels("order", step).observe(seconds)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+        return sorted(
+            (s.name, sorted(s.labels.items()), s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        )
+
+    assert samples(ours) == samples(theirs)
+    assert value_of(ours, "d_seconds_count", saga_type="order", step="payment") == 6
+    assert value_of(ours, "d_seconds_bucket", saga_type="order", step="payment", le="1.0") == 2  # 0.5 and 1.0
+
+
+def value_of(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0

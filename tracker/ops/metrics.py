@@ -1,22 +1,25 @@
 """Prometheus metrics, built from an injected registry (one per app; a fresh one per test).
 
 Labels are bounded: saga type, step and outcome names come from the definitions and the
-machine, dead-letter reasons from a fixed set; never a saga id. Histograms are observed as
-records are applied. The counters an event moves (``count``) are tallied in a plain dict and
-added to their Prometheus children in one pass (``flush``): at every checkpoint and before
-every scrape (``Tally``, the registry's first collector), so a scrape never shows less than
-what was applied. Gauges are read at scrape time from in-memory counts and per-step seeks in
-the owned partitions (``StateCollector``), never from a table scan.
+machine, dead-letter reasons from a fixed set; never a saga id. The step and saga durations
+are observed as records are applied, into plain bucket counts (``Durations``). The counters
+an event moves (``count``) are tallied in a plain dict and added to their Prometheus children
+in one pass (``flush``): at every checkpoint and before every scrape (``Tally``, the
+registry's first collector), so a scrape never shows less than what was applied. Gauges are
+read at scrape time from in-memory counts and per-step seeks in the owned partitions
+(``StateCollector``), never from a table scan.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from tracker.core import state as st
 from tracker.core.definitions import SagaDefinition
@@ -125,19 +128,17 @@ class Metrics:
             ["saga_type", "step"],
             registry=r,
         )
-        self.step_duration = Histogram(
+        self.step_duration = Durations(
             "saga_tracker_step_duration_seconds",
             "From a step becoming pending to its completion (event times).",
-            ["saga_type", "step"],
-            buckets=BUCKETS,
-            registry=r,
+            ("saga_type", "step"),
+            r,
         )
-        self.saga_duration = Histogram(
+        self.saga_duration = Durations(
             "saga_tracker_saga_duration_seconds",
             "From a saga's start to its end state (event times).",
-            ["saga_type", "status"],
-            buckets=BUCKETS,
-            registry=r,
+            ("saga_type", "status"),
+            r,
         )
         self.emitted = Counter(
             "saga_tracker_emitted_total",
@@ -256,7 +257,7 @@ class Metrics:
         if new is None or new is old:
             return
         before = old.steps if old is not None and old.steps else [None] * len(new.steps)
-        child, count = self.child, self.count
+        count = self.count
         for spec, was, now in zip(definition.steps, before, new.steps, strict=False):
             if was is not None and now.__dict__ == was.__dict__:
                 continue  # the common case: a step this record did not touch
@@ -268,9 +269,9 @@ class Metrics:
             if now.comp_confirmed_at is not None and (was is None or was.comp_confirmed_at is None):
                 count(self.comp_confirmed, saga_type, name)
             if now.completed_at is not None and (was is None or was.completed_at is None) and now.started_at is not None:
-                child(self.step_duration, saga_type, name).observe(max(0.0, now.completed_at - now.started_at))
+                self.step_duration.observe(max(0.0, now.completed_at - now.started_at), saga_type, name)
         if new.terminal and (old is None or not old.terminal) and new.started_at is not None and new.ended_at is not None:
-            child(self.saga_duration, saga_type, new.status).observe(max(0.0, new.ended_at - new.started_at))
+            self.saga_duration.observe(max(0.0, new.ended_at - new.started_at), saga_type, new.status)
 
     def _counted(self, saga_type: str, kind: str, outcomes: tuple[str, ...]) -> tuple[Any, ...]:
         """The children a record of ``kind`` with ``outcomes`` counts in: events, transitions, and
@@ -285,6 +286,42 @@ class Metrics:
         if len(self._applied) < 4096:
             self._applied[(saga_type, kind, outcomes)] = tuple(children)
         return tuple(children)
+
+
+class Durations(Collector):
+    """A histogram of durations (seconds, ``BUCKETS``) by two labels, kept as plain bucket counts
+    and exposed as a histogram family when scraped: the same samples as prometheus-client's
+    ``Histogram`` (``_bucket``, ``_count``, ``_sum``; not ``_created``). Its ``observe`` takes a
+    lock for the sum and another for the bucket, ~2 µs per completed step on the hot path, where
+    this is a bisect and two additions. Observed and scraped on the event loop's thread only."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, str], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.bounds = [float(b) for b in BUCKETS]
+        self.les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        # labels -> observations per bucket (not cumulative; the last one is +Inf), then their sum
+        self.series: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def observe(self, seconds: float, *labels: str) -> None:
+        counts = self.series.get(labels)
+        if counts is None:
+            counts = self.series[labels] = [0] * (len(self.bounds) + 1) + [0.0]
+        counts[bisect_left(self.bounds, seconds)] += 1  # the first bucket whose bound is >= seconds
+        counts[-1] += seconds
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, counts in self.series.items():
+            cumulative, buckets = 0.0, []
+            for le, n in zip(self.les, counts, strict=False):
+                cumulative += n
+                buckets.append((le, cumulative))
+            family.add_metric(list(labels), buckets, sum_value=counts[-1])
+        yield family
 
 
 class StateCollector(Collector):
