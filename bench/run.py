@@ -21,10 +21,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -277,7 +278,7 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     # The worker's cache; flushed after each batch below, as the worker's checkpoint flushes it.
     writes = StateCache(_changelog_table(db, producer, changelog, pending), cache_rows=Settings().state_cache_rows)
     dead_letters = DeadLetters(metrics)
-    tracking = Tracking(catalog, writes, dead_letters, metrics, census, indexes, hot_sagas=Settings().hot_sagas)
+    tracking = Tracking(catalog, writes, dead_letters, metrics, indexes, hot_sagas=Settings().hot_sagas)
     for processor in (dead_letters, tracking):
         processor.init(context)
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -302,6 +303,7 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
                     raise RuntimeError(f"{record.source} was not applied")
         metrics.flush()  # the checkpoint's steps: counts added, rows written
         await writes.flush()
+        indexes.place()  # as the worker's sweeper (every second) and its scrapes read the indexes
         if len(pending) > 10_000:
             await asyncio.gather(*pending)
             pending.clear()
@@ -463,25 +465,32 @@ STAGES = ("correlate", "state decode", "apply", "summary and index rows", "state
 def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) -> tuple[Result, dict[str, float]]:
     """The tracker's per-event decisions and nothing else, as the worker takes them: correlation,
     the saga's state (kept decoded in ``Hot`` while in flight, else decoded from its row), the
-    pure machine, the summary and index rows, the metrics (tallied, added per batch), and the
-    rows encoded once per saga per batch of 5,000 records (the state cache's flush), in memory
+    pure machine, the summary and index rows (made once per saga per batch of 5,000 records, as
+    the worker's reads place its indexes), the metrics (tallied, added per batch), and the
+    rows encoded once per saga per batch (the state cache's flush), in memory
     (no Kafka, no RocksDB, no faust, no awaits). No plumbing, however cheap, makes the tracker
     faster than this; it bounds what any design of the shell can reach.
 
     Returns the untimed-stages run, and the µs per event of each stage from a second run
     that times them (the clock reads cost a little on their own)."""
     from tables import rows
+    from tracker.core.census import Census
     from tracker.core.correlation import Ignored, Record
     from tracker.core.errors import CorrelationError
     from tracker.core.machine import apply
     from tracker.core.state import SagaState
-    from tracker.core.summaries import placement, summary
     from tracker.loader import load_catalog
     from tracker.ops.metrics import Metrics
     from tracker.ops.settings import Settings
     from tracker.stream.decoding import read_event
     from tracker.stream.hot import Hot
-    from tracker.stream.indexes import SUMMARY, head, keys_of, rows_of
+    from tracker.stream.indexes import Changed, Index
+
+    class Unwritten(Index):
+        """The worker's index, its rows made and then dropped instead of written to RocksDB."""
+
+        def flush(self) -> None:
+            self.pending.clear()
 
     (data_dir / "decisions.yaml").write_text(order_definitions(topic))
     catalog = load_catalog([str(data_dir / "decisions.yaml")])
@@ -489,13 +498,10 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
     batch = 5000
 
     def run(clock: Any) -> tuple[int, float, float, list[float]]:
-        metrics, store, hot = (
-            Metrics(CollectorRegistry()),
-            dict[str, bytes](),
-            Hot(Settings().hot_sagas),
-        )
-        index = object()  # the partition's index, which the hot states belong to
-        changed: dict[str, tuple[SagaState, bytes]] = {}  # the state cache (state, row head): encoded when flushed
+        metrics, store, hot, census = Metrics(CollectorRegistry()), dict[str, bytes](), Hot(Settings().hot_sagas), Census()
+        census.rebuild(0, Counter(), Counter())
+        index = Unwritten(cast(Any, None), census=census, partition=0)  # no RocksDB: nothing is written
+        changed: dict[str, Changed] = {}  # the state cache: encoded when flushed
         spent = [0.0] * len(STAGES)
         applied = 0
         t0, c0 = time.perf_counter(), cpu()
@@ -506,15 +512,11 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
             except (CorrelationError, Ignored) as exc:
                 raise RuntimeError(f"{record.source}: {exc}") from None
             b = clock()
-            found = hot.get(event.saga_id, index)
-            state: SagaState | None
-            was: dict[str, Any] | None
-            if found is not None:
-                state, was = found
-            else:  # the state cache's row (encoded on demand, as ``StateCache.get``), else the store's
+            state: SagaState | None = hot.get(event.saga_id, index)
+            if state is None:  # the state cache's row (encoded on demand, as ``StateCache.get``), else the store's
                 cached = changed.get(event.saga_id)
-                raw = rows.encode(*cached) if cached is not None else store.get(event.saga_id)
-                state, was = (None if raw is None else rows.decode(raw)), None
+                raw = cached.encode() if cached is not None else store.get(event.saga_id)
+                state = None if raw is None else rows.decode(raw)
             c = clock()
             of = (state.saga_type, state.version) if state else (event.saga_type, event.version)
             definition = catalog.definition(*of)
@@ -524,25 +526,26 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
             e = d
             if transition.changed and transition.state is not None:
                 new = transition.state
-                if state is not None:  # the old index rows' keys, to delete
-                    keys_of(state, was if was is not None else placement(definition, state))
-                row = summary(definition, new)
-                new_rows = rows_of(new, row)
-                hot.put(new.saga_id, index, new, row)
-                changed[new.saga_id] = (new, head(definition, new, new_rows[SUMMARY + new.saga_id.encode()]))
+                changed[new.saga_id] = index.changed(definition, state, new)  # as ``Tracking.store``
+                hot.put(new.saga_id, index, new)
                 e = clock()
             metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
             f = clock()
-            g = h = f
-            if n % batch == 0 or n == len(inputs):  # the checkpoint: rows encoded, counts added
-                for saga_id, (new, row_head) in changed.items():
-                    store[saga_id] = rows.encode(new, row_head)
+            p = g = h = f
+            if n % batch == 0 or n == len(inputs):
+                # As often as the worker's reads place its indexes (its sweeper and scrapes), then
+                # the checkpoint: rows encoded, counts added.
+                index.place()
+                p = clock()
+                for saga_id, change in changed.items():
+                    store[saga_id] = change.encode()
                 changed.clear()
                 g = clock()
                 metrics.flush()
                 h = clock()
-            for i, (start, end) in enumerate(((a, b), (b, c), (c, d), (d, e), (f, g), (e, f))):
+            for i, (start, end) in enumerate(((a, b), (b, c), (c, d), (d, e), (p, g), (e, f))):
                 spent[i] += end - start
+            spent[3] += p - f
             spent[-1] += h - g
             applied += 1
         return applied, time.perf_counter() - t0, cpu() - c0, spent

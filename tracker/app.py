@@ -163,7 +163,6 @@ def build(
         state,
         dead_letters,
         metrics,
-        census,
         indexes,
         role=generations,
         deadlines=sweeper,
@@ -262,6 +261,7 @@ def build(
 
 def gauges(t: TrackerApp, census: Census) -> dict[str, Any]:
     """What the state gauges show, from memory and a seek per step: no table scan."""
+    t.indexes.place()  # the sagas changed since the last read, counted in
     in_flight = census.total()
     stuck: Counter[tuple[str, str]] = Counter(t.sweeper.due)
     for (saga_type, status, step), n in in_flight.items():

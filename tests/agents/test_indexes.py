@@ -3,6 +3,8 @@ rows are named without building them."""
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -144,3 +146,71 @@ def test_a_head_made_under_another_definition_or_unreadable_is_not_used() -> Non
     assert _indexes(renamed).from_head(head) is None
     assert _indexes(d).from_head(b"0000 1@5 {not json") is None and _indexes(d).from_head(b"one-part") is None
     assert _indexes(renamed).rows_of(stored) == (summary(renamed, state), rows_of(state, summary(renamed, state)))
+
+
+def test_changed_sagas_are_placed_once_from_their_newest_state_before_any_read(tmp_path: Path) -> None:
+    """A saga changed several times between two reads gets the rows and census counts of its
+    newest state, its old rows gone, exactly as writing every change would leave them; every read
+    (the rows, a saga's summary, the census through ``Indexes.place``) places first."""
+    import rocksdict
+
+    from tracker.core.flow import marks
+    from tracker.stream.indexes import Index, options
+
+    d, happy_saga, stalled_saga = order_saga(), Saga(), Saga()
+    for i, event_type in enumerate(COMPLETIONS):
+        happy_saga(ev(event_type, 100.0 + i))
+    happy = [t.state for t in happy_saga.transitions if t.state is not None]
+    stalled_saga(ev("OrderCreated", 100.0, saga_id="o-2"))
+    stalled = stalled_saga.s
+    assert stalled.deadline is not None
+    every, census = due_bound(4e9), Census()
+    census.rebuild(0, Counter(), Counter())
+    index = Index(rocksdict.Rdict(str(tmp_path / "0"), options(rocksdict.Cache(1 << 20))), census=census, partition=0)
+    eager = Census()
+    eager.rebuild(0, Counter(), Counter())
+    try:
+        placed = summary(d, happy[0])
+        index.write(rows_of(happy[0], placed))  # as placed and written earlier: the saga's first state
+        eager.change(0, None, placed)
+        census.change(0, None, placed)
+        for before, after in itertools.pairwise(happy):  # every change noted, none placed yet
+            made = index.changed(d, before, after)  # as the track processor: from the state it loaded
+            eager.change(0, summary(d, before), summary(d, after))
+        assert list(index.waiting) == [happy[0].saga_id]  # one saga, however many changes
+        index.changed(d, None, stalled)
+        eager.change(0, None, summary(d, stalled))
+        assert index.pending == {}  # nothing made yet: no summary, no rows
+        assert made.encode() == stored_row(d, happy[-1])  # the row the state cache writes
+
+        assert index.summary(happy[0].saga_id) == summary(d, happy[-1])  # a read places
+        assert index.waiting == {}
+        assert [key for key, _ in index.due(every)] == [deadline_key(stalled.deadline.due, "o-2")]  # happy's deadline gone
+        assert [key for key, _ in index.scan(PENDING)] == [
+            k[1:] for k in rows_of(stalled, summary(d, stalled)) if k[:1] == PENDING
+        ]
+        assert census.partitions == eager.partitions and census.flows == eager.flows
+        assert census.flows[0] == Counter(marks(summary(d, happy[-1]))) + Counter(marks(summary(d, stalled)))
+    finally:
+        index.db.close()
+
+
+def test_changed_sagas_are_placed_without_a_read_once_enough_wait(tmp_path: Path) -> None:
+    import rocksdict
+
+    from tracker.stream.indexes import Index, options
+
+    d = order_saga()
+    saga = Saga()
+    saga(ev("OrderCreated", 100.0))
+    index = Index(rocksdict.Rdict(str(tmp_path / "0"), options(rocksdict.Cache(1 << 20))))
+    try:
+        for n in range(Index.PLACE_AFTER - 1):
+            index.changed(d, None, replace(saga.s, saga_id=f"s-{n}"))
+        assert len(index.waiting) == Index.PLACE_AFTER - 1 and index.db.get(SUMMARY + b"s-0") is None
+        index.changed(d, None, replace(saga.s, saga_id="last"))
+        assert index.waiting == {}  # placed, and the rows written in batches as they gathered
+        written = index.db.get(SUMMARY + b"s-0")
+        assert written is not None and orjson.loads(written) == summary(d, replace(saga.s, saga_id="s-0"))
+    finally:
+        index.db.close()

@@ -107,7 +107,7 @@ async def stream(tmp_path: Path) -> AsyncIterator[Stream]:
     context = FakeContext(now=100.0)
     sweeper = Sweeper(cast(Any, progress), metrics, indexes, interval=SWEEP, resend_after=RESEND)
     dead_letters = DeadLetters(metrics)
-    tracking = Tracking(catalog, state, dead_letters, metrics, census, indexes, deadlines=sweeper)
+    tracking = Tracking(catalog, state, dead_letters, metrics, indexes, deadlines=sweeper)
     for processor in (dead_letters, tracking, sweeper):
         processor.init(context)
     await indexes.ready(0)

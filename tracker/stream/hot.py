@@ -2,8 +2,7 @@
 while it stays hot, not once per event (bench/README.md: the state decode was a fifth of the
 decisions' cost).
 
-An entry is the saga's newest state as the track processor stored it, and its summary row (the
-placement its next change replaces in the indexes and the census). Each entry belongs to the
+An entry is the saga's newest state as the track processor stored it. Each entry belongs to the
 index of its partition it was made under: every event that can change a stored row other than
 the track processor's own write (a recovery or a standby applying changelog records, a restore,
 the partition leaving), or lose one it wrote (the state cache dropping the rows of a partition
@@ -17,8 +16,6 @@ moves its saga to the end).
 
 from __future__ import annotations
 
-from typing import Any
-
 from tracker.core.state import SagaState
 
 
@@ -26,20 +23,20 @@ class Hot:
     def __init__(self, limit: int) -> None:
         """``limit``: most sagas kept; 0 keeps none."""
         self.limit = limit
-        self.entries: dict[str, tuple[object, SagaState, dict[str, Any]]] = {}
+        self.entries: dict[str, tuple[object, SagaState]] = {}
 
-    def get(self, saga_id: str, index: object) -> tuple[SagaState, dict[str, Any]] | None:
-        """The saga's state and summary row, if cached under ``index`` (its partition's current one)."""
+    def get(self, saga_id: str, index: object) -> SagaState | None:
+        """The saga's state, if cached under ``index`` (its partition's current one)."""
         found = self.entries.get(saga_id)
         if found is None or found[0] is not index:
             return None
-        return found[1], found[2]
+        return found[1]
 
-    def put(self, saga_id: str, index: object, state: SagaState, row: dict[str, Any]) -> None:
+    def put(self, saga_id: str, index: object, state: SagaState) -> None:
         if not self.limit:
             return
         entries = self.entries
         entries.pop(saga_id, None)
-        entries[saga_id] = (index, state, row)
+        entries[saga_id] = (index, state)
         if len(entries) > self.limit:
             del entries[next(iter(entries))]

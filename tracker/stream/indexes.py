@@ -14,6 +14,14 @@ goes through faust applying changelog records (a recovery after a rebalance, a s
 that invalidates the partition's index, and so does the partition leaving. Across
 restarts an index is rebuilt, never trusted. A build runs in chunks (the event loop keeps
 serving) and starts over when partitions move while it runs.
+
+**Placed, not written per event** (``Index.changed``, ``Index.place``): a saga the track
+processor changes is noted (``Changed``: where it stood when its rows were last written, and its
+newest state), and its summary row, index rows and census counts are made once, for its newest
+state, when the index is next read (every read places first: the sweeper each
+``SAGA_TRACKER_SWEEP_INTERVAL``, the API, a scrape, the census) or when ``PLACE_AFTER`` sagas
+wait. A saga that changes several times in between is summarized once, not once per event, and
+the stored row's head is made from the same summary (``Changed.encode``).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from tracker.core.census import Census, Key, key_of
 from tracker.core.definitions import Catalog, SagaDefinition
 from tracker.core.flow import Mark, figures, marks
 from tracker.core.state import TERMINAL, SagaState
-from tracker.core.summaries import summary
+from tracker.core.summaries import placement, summary
 from tracker.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -130,6 +138,37 @@ def head(definition: SagaDefinition, state: SagaState, summary_json: bytes) -> b
     return b" ".join((definition.fingerprint.encode(), token.encode(), summary_json))
 
 
+class Changed:
+    """A saga changed since its index rows were last written: what they were made from (``was``,
+    under ``was_definition``; None for a new saga) and its newest state. Also what the state cache
+    stores for it (``encode``: the row with its head), so the summary is made once for both."""
+
+    __slots__ = ("_summary", "definition", "state", "was", "was_definition")
+
+    def __init__(self, definition: SagaDefinition, was: SagaState | None, state: SagaState) -> None:
+        self.was_definition, self.was, self.definition, self.state = definition, was, definition, state
+        self._summary: tuple[dict[str, Any], bytes] | None = None
+
+    def moved_on(self, definition: SagaDefinition, state: SagaState) -> None:
+        self.definition, self.state, self._summary = definition, state, None
+
+    def summary(self) -> tuple[dict[str, Any], bytes]:
+        """The newest state's summary row, and as JSON."""
+        if self._summary is None:
+            row = summary(self.definition, self.state)
+            self._summary = row, orjson.dumps(row)
+        return self._summary
+
+    def rows(self) -> dict[bytes, bytes]:
+        """Every index row of the newest state (``rows_of``)."""
+        row, summary_json = self.summary()
+        return index_rows(row, summary_json, self.state.deadline.token if self.state.deadline is not None else None)
+
+    def encode(self) -> bytes:
+        """The newest state's stored row, with its head (``stored_row``)."""
+        return saga_rows.encode(self.state, head(self.definition, self.state, self.summary()[1]))
+
+
 def stored_row(definition: SagaDefinition, state: SagaState) -> bytes:
     """The row the track processor stores for ``state`` (its head, then the state)."""
     return saga_rows.encode(state, head(definition, state, orjson.dumps(summary(definition, state))))
@@ -150,18 +189,48 @@ def options(cache: rocksdict.Cache) -> rocksdict.Options:
 class Index:
     """One partition's indexes.
 
-    A saga's changed rows are held (``pending``, newest per key) and written to RocksDB as one
-    batch when ``PENDING_ROWS`` have gathered or before anything reads the index: one write per
-    few hundred events instead of one per event, and every read still sees every change. Held
-    rows are lost with the process, as unflushed RocksDB writes without a WAL would be: an index
-    is rebuilt from the saga rows whenever a worker starts."""
+    The sagas changed since the last ``place`` wait in ``changed`` (see the module's doc); their
+    rows, once made, are held (``pending``, newest per key) and written to RocksDB as one batch
+    when ``PENDING_ROWS`` have gathered or before anything reads the index: one write per few
+    hundred rows, and every read still sees every change. Held sagas and rows are lost with the
+    process, as unflushed RocksDB writes without a WAL would be: an index is rebuilt from the saga
+    rows whenever a worker starts. ``census``: counted in at ``place`` as ``partition``."""
 
     PENDING_ROWS = 512
+    PLACE_AFTER = 4096  # sagas changed and not yet placed
 
-    def __init__(self, db: rocksdict.Rdict) -> None:
-        self.db = db
+    def __init__(self, db: rocksdict.Rdict, *, census: Census | None = None, partition: int = 0) -> None:
+        self.db, self.census, self.partition = db, census, partition
         self.unwritten = unlogged()  # rebuilt, never recovered: no WAL either
         self.pending: dict[bytes, bytes | None] = {}  # key -> row, or None: deleted
+        self.waiting: dict[str, Changed] = {}  # saga id -> its change, until ``place``
+
+    def changed(self, definition: SagaDefinition, was: SagaState | None, state: SagaState) -> Changed:
+        """Note that the saga moved from ``was`` (None: new) to ``state``; its rows and census
+        counts follow at the next ``place``. Returns what the state cache stores for it."""
+        found = self.waiting.get(state.saga_id)
+        if found is not None:  # ``was`` is what its placed rows were made from: kept
+            found.moved_on(definition, state)
+            return found
+        found = self.waiting[state.saga_id] = Changed(definition, was, state)
+        if len(self.waiting) >= self.PLACE_AFTER:
+            self.place()
+        return found
+
+    def place(self) -> None:
+        """Make the rows and census counts of every saga changed since the last call, from its
+        newest state: its old rows (made from ``was``) replaced, its census marks moved."""
+        if not self.waiting:
+            return
+        waiting, self.waiting = self.waiting, {}
+        census, partition = self.census, self.partition
+        for change in waiting.values():
+            old = change.was
+            placed = placement(change.was_definition, old) if old is not None else None
+            new_rows = change.rows()
+            self.change(keys_of(old, placed) if old is not None and placed is not None else (), new_rows)
+            if census is not None:
+                census.change(partition, placed, change.summary()[0])
 
     def write(self, puts: dict[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
         """Write now, with whatever is held: one batch."""
@@ -196,6 +265,7 @@ class Index:
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Rows under ``prefix`` in key order (keys without the prefix)."""
+        self.place()
         self.flush()
         key: Any
         for key, value in self.db.items(from_key=prefix):
@@ -208,6 +278,7 @@ class Index:
             yield orjson.loads(value)
 
     def summary(self, saga_id: str) -> dict[str, Any] | None:
+        self.place()
         key = SUMMARY + saga_id.encode()
         raw = self.pending[key] if key in self.pending else self.db.get(key)
         return None if raw is None else orjson.loads(raw)
@@ -265,6 +336,11 @@ class Indexes:
         for partition in set(self.census.partitions) - set(active):
             self.census.forget(partition)
 
+    def place(self) -> None:
+        """Place every index's changed sagas (``Index.place``): before the census is read."""
+        for index in self.built.values():
+            index.place()
+
     def cached(self, partition: int) -> Index | None:
         return self.built.get(partition)
 
@@ -305,7 +381,7 @@ class Indexes:
                     path = self.root / str(partition)
                     shutil.rmtree(path, ignore_errors=True)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    index = Index(rocksdict.Rdict(str(path), options(self.cache)))
+                    index = Index(rocksdict.Rdict(str(path), options(self.cache)), census=self.census, partition=partition)
                 batch: dict[bytes, bytes] = {}
                 n = 0
                 for key, value in rows:
@@ -382,6 +458,8 @@ class Indexes:
         census counters, plus a read of the sagas past their deadline and of the longest
         pending per step. Nothing reads every saga."""
         built = [(p, index) for p in partitions if (index := self.built.get(p)) is not None]
+        for _, index in built:
+            index.place()  # the census counts placed sagas
         counts = self.census.marks(p for p, _ in built)
         bound, overdue, oldest = due_bound(now), [], {}
         for _, index in built:

@@ -68,16 +68,23 @@ from tracker.stream.restart import exit_to_restart
 log = logging.getLogger(__name__)
 
 
-Value = SagaState | tuple[SagaState, bytes] | bytes  # a state, with its row's head, or a row already encoded
+class Encodes(Protocol):
+    """A row encoded when it is written (the track processor's ``indexes.Changed``: the state with
+    its head)."""
+
+    def encode(self) -> bytes: ...
+
+
+Value = SagaState | Encodes | bytes  # a state, a row that encodes itself, or a row already encoded
 
 
 def encoded(value: Value) -> bytes:
-    """The row as stored: a state (with its head) encoded, a row already encoded as it is."""
+    """The row as stored: a state or a row that encodes itself encoded, a row already encoded as it is."""
     if isinstance(value, bytes):
         return value
-    if isinstance(value, tuple):
-        return rows.encode(*value)
-    return rows.encode(value)
+    if isinstance(value, SagaState):
+        return rows.encode(value)
+    return value.encode()
 
 
 class Derived(Protocol):

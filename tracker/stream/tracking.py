@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import orjson
 
 from tables import rows
-from tracker.core.census import Census
 from tracker.core.conformance import Conformance
 from tracker.core.correlation import Record
 from tracker.core.definitions import Catalog, SagaDefinition
@@ -26,13 +25,12 @@ from tracker.core.errors import CorrelationError, PartitionError, StateError
 from tracker.core.events import SERVICE, TIMEOUT, Event
 from tracker.core.machine import Emit, Transition, apply, virtual_timeout
 from tracker.core.state import SagaState
-from tracker.core.summaries import placement, summary
 from tracker.ops.metrics import Metrics
 from tracker.stream.context import Context
 from tracker.stream.deadletters import DeadLetters
 from tracker.stream.decoding import GENERATION_HEADER
 from tracker.stream.hot import Hot
-from tracker.stream.indexes import SUMMARY, Index, Indexes, deadline_key, head, keys_of, rows_of
+from tracker.stream.indexes import Index, Indexes, deadline_key
 from tracker.stream.state_cache import StateWrites
 
 log = logging.getLogger(__name__)
@@ -105,7 +103,6 @@ class Tracking:
         writes: StateWrites,
         dead_letters: DeadLetters,
         metrics: Metrics,
-        census: Census,
         indexes: Indexes,
         *,
         role: Role | None = None,
@@ -117,7 +114,7 @@ class Tracking:
         """``writes``: where saga state is written (the worker's ``StateCache``); ``hot_sagas``:
         most decoded saga states kept between their events (``Hot``)."""
         self.catalog, self.writes, self.dead_letters, self.metrics = catalog, writes, dead_letters, metrics
-        self.census, self.indexes, self.hooks = census, indexes, hooks
+        self.indexes, self.hooks = indexes, hooks
         self.conformance = conformance if conformance is not None else Conformance()
         self.role: Role = role or Promoted()
         # A timeout record is applied only while this worker is caught up: one sent by a
@@ -199,9 +196,10 @@ class Tracking:
         index = await self.indexes.ready(partition)
         if index is None:  # only while partitions move: this record is not ours to apply
             raise PartitionError(f"saga state partition {partition} is not open on this worker")
-        hot = self.hot.get(event.saga_id, index)
-        self.metrics.tally(self.hot_hit if hot is not None else self.hot_miss)
-        state, was = hot if hot is not None else (self.load(event.saga_id, partition), None)
+        state = self.hot.get(event.saga_id, index)
+        self.metrics.tally(self.hot_hit if state is not None else self.hot_miss)
+        if state is None:
+            state = self.load(event.saga_id, partition)
         definition = (
             self.catalog.definition(state.saga_type, state.version)
             if state
@@ -219,10 +217,7 @@ class Tracking:
                 index.drop_deadline(deadline_key(event.time, event.saga_id))
         if transition.changed and transition.state is not None:
             # A decision that sends something is written through before it is sent (see changelog).
-            old_row, new_row = await self.store(
-                index, definition, state, transition.state, partition, was=was, through=bool(transition.emits)
-            )
-            self.census.change(partition, old_row, new_row)  # deltas: in any order
+            await self.store(index, definition, state, transition.state, partition, through=bool(transition.emits))
         if transition.emits:  # most records decide nothing to send: no comprehension, no hooks
             await self.send_all(transition.emits)
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
@@ -254,27 +249,18 @@ class Tracking:
         new: SagaState,
         partition: int,
         *,
-        was: dict[str, Any] | None = None,
         through: bool = False,
-    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """Write the index rows derived from the saga, then the saga; return where it stood
-        before (``was``: its summary row when it came from ``Hot``, else its ``placement``) and
-        its summary row after, for the census.
+    ) -> None:
+        """Write the saga: noted in its index (its rows and census counts follow at the index's
+        next ``place``), kept decoded, and stored with the row cache.
 
-        Both are written before the first await (``put`` caches or stores the row before it
-        sends), so a decision stays one step of the event loop: load, apply, write. The index is local
-        and rebuilt from the saga rows, so their order does not matter across a crash."""
-        if was is None and old is not None:
-            was = placement(definition, old)
-        row = summary(definition, new)
-        key = new.saga_id.encode()
-        new_rows = rows_of(new, row)
-        index.change(keys_of(old, was) if old is not None and was is not None else (), new_rows)
-        self.hot.put(new.saga_id, index, new, row)  # before the await: the next load must find it
+        All before the first await (``put`` caches or stores the row before it sends), so a
+        decision stays one step of the event loop: load, apply, write. The index is local and
+        rebuilt from the saga rows, so their order does not matter across a crash."""
+        change = index.changed(definition, old, new)
+        self.hot.put(new.saga_id, index, new)  # before the await: the next load must find it
         # Stored with its head: a rebuild reads the index rows from it (``tables.rows``).
-        stored = (new, head(definition, new, new_rows[SUMMARY + key]))
-        await self.writes.put(partition, key, stored, through=through)
-        return was, row
+        await self.writes.put(partition, new.saga_id.encode(), change, through=through)
 
     async def send_all(self, emits: tuple[Emit, ...]) -> None:
         """Send what one decision emitted, in order; a decision that compensates runs the send
