@@ -88,6 +88,11 @@ def test_prometheus_scrapes_the_worker_and_the_stuck_saga_alert_fires(
     assert samples(text, "saga_tracker_sagas_stuck") == {'saga_type="order",step=""': 1.0}
     assert samples(text, "saga_tracker_compensations_reemitted_total")['saga_type="order",step="payment"'] == 2.0
     assert samples(text, "saga_tracker_timeouts_total") == {'saga_type="order",step="inventory"': 1.0}
+    # ``name[]``: those samples alone, as prometheus-client's own exposition answers it.
+    status, only = w.get("/metrics?name%5B%5D=saga_tracker_timeouts_total&name%5B%5D=saga_tracker_step_duration_seconds_bucket")
+    named = {line.split("{")[0].split(" ")[0] for line in str(only).splitlines() if line and not line.startswith("#")}
+    assert status == 200 and named == {"saga_tracker_timeouts_total", "saga_tracker_step_duration_seconds_bucket"}
+    assert samples(str(only), "saga_tracker_timeouts_total") == samples(text, "saga_tracker_timeouts_total")
 
     deadline = time.monotonic() + 60
     firing: list[dict] = []

@@ -489,6 +489,17 @@ def document() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics of this worker.",
+                    "parameters": [
+                        {
+                            **_param(
+                                "name[]",
+                                "Only these metric families' samples (by sample name, e.g. saga_tracker_events_total).",
+                                {"type": "array", "items": {"type": "string"}},
+                            ),
+                            "style": "form",
+                            "explode": True,
+                        }
+                    ],
                     "responses": {
                         "200": {
                             "description": "Prometheus text format.",

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import aiohttp.web
@@ -144,7 +145,12 @@ def register(app: faust.App, api: Api, generations: Generations) -> None:
     class Metrics(View):
         @guarded
         async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(api.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+            # ``name[]``: only these families, as prometheus-client's own exposition offers (a
+            # poller of one counter then costs the worker no gauges, seeks or index placement).
+            names = parse_qs(request.query_string).get("name[]", [])
+            api.metrics.flush()  # the tallied counts, whichever families are asked for
+            registry = api.metrics.registry.restricted_registry(names) if names else api.metrics.registry
+            return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @page("/openapi.json")
     class OpenApi(View):
