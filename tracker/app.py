@@ -27,6 +27,7 @@ from tracker.core.state import FAILED_NEEDS_MANUAL
 from tracker.generations.registry import Generations
 from tracker.kafka import clients, internals, records
 from tracker.kafka.admin import bootstrap_of
+from tracker.kafka.outgoing import Outgoing
 from tracker.kafka.partitioner import Partitioner
 from tracker.ops.metrics import Metrics, StateCollector
 from tracker.ops.settings import Settings
@@ -127,8 +128,10 @@ def build(
         census,
         metrics,
     )
+    outgoing = Outgoing(app)  # every record the worker produces, handed over in whole batches
     state = StateCache(
         tables.sagas,
+        producer=outgoing,
         cache_rows=settings.state_cache_rows,
         frozen_after=settings.session_timeout,
         metrics=metrics,
@@ -191,7 +194,7 @@ def build(
         finish_within=0.5 * settings.session_timeout,
         reset=str(app.conf.consumer_auto_offset_reset),
     )
-    checkpoint = Checkpoint(state, metrics, inputs=[feed])
+    checkpoint = Checkpoint(state, metrics, inputs=[feed], outgoing=outgoing)
     internals.before_commit(app, checkpoint.commit)
 
     async def closing() -> None:
@@ -213,6 +216,7 @@ def build(
         },
         state_changelog(tables.sagas),
         metrics,
+        outgoing,
         checkpoint,
     )
     lifecycle = Lifecycle(

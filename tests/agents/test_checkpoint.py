@@ -39,6 +39,25 @@ async def test_faust_s_commit_runs_the_checkpoint_first() -> None:
     assert store._dbs[0] == {b"saga-1": b"v1"} and checkpoint.commits == 1
 
 
+async def test_held_records_are_handed_over_after_the_state_cache_and_before_the_producer_flush() -> None:
+    """Step 2: the records ``Outgoing`` holds (outputs, and the changelog records step 1 just
+    sent) are with the producer before its flush waits for the broker's answers."""
+    cache, _, producer = cached_changelog()
+    order: list[str] = []
+
+    class Held:
+        async def ship(self) -> None:
+            order.append(f"ship, after {len(producer.sent)} changelog record(s)")
+
+    async def flush_producer() -> None:
+        order.append("producer flush")
+
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()), outgoing=Held())
+    await cache.put(0, b"saga-1", b"v1")
+    await checkpoint.commit(flush_producer)
+    assert order == ["ship, after 1 changelog record(s)", "producer flush"] and checkpoint.commits == 1
+
+
 async def test_an_output_the_broker_refused_exits_before_the_offset_is_committed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tracker.stream.restart.os._exit", exit_)
     cache, _, _ = cached_changelog()

@@ -18,6 +18,10 @@ Each reach, why, and the test that fails without it:
 - ``AIOKafkaConsumerThread.verify_event_path`` and ``consumer._fetcher._subscriptions``: faust's
   livelock check skips a partition not positioned yet instead of crashing the worker.
   ``test_internals.py::test_the_livelock_check_skips_a_partition_not_positioned_yet``.
+- ``Producer._ensure_producer`` (faust's aiokafka driver): the aiokafka producer behind faust's,
+  to hand it records as whole batches (``tracker.kafka.outgoing``: aiokafka's public
+  ``create_batch``/``send_batch``, which faust does not pass on).
+  ``tests/integration/test_outgoing.py`` (every test sends through it).
 - ``app.producer.flush`` (this app's instance): the checkpoint runs where faust's commit flushes
   the producer. ``tests/agents/test_checkpoint.py::test_faust_s_commit_runs_the_checkpoint_first``.
 - ``table.data._dbs``: one partition's RocksDB, and every one open here to flush their memtables
@@ -329,6 +333,11 @@ def producer_moved(app: AppT) -> float:
 def producer_idle(app: AppT) -> None:
     """Nothing waits in the buffer now: the watchdog's clock restarts from here."""
     activity(app.producer.buffer).moved = time.monotonic()
+
+
+def aiokafka_producer(producer: Any) -> AIOKafkaProducer:
+    """The aiokafka producer of faust's (started) producer."""
+    return producer._ensure_producer()  # type: ignore[no-any-return]
 
 
 def before_commit(app: AppT, commit: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]]) -> None:

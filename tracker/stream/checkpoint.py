@@ -6,8 +6,10 @@ Before any input offset is committed, in this order:
 1. **Flush the state cache**: every cached saga row goes to its partition's store, then its
    changelog record to the producer (``StateCache.flush``). A row that decided an output was
    already written through before the output was sent (decide, record, then send).
-2. **Outputs** are already with the producer: each was handed over when it was decided, after
-   its row; the context reported every delivery here (``sent``).
+2. **Hand every held record to the producer** (``Outgoing.ship``: records wait in batches per
+   partition until the event loop's step ends, ``tracker.kafka.outgoing``): the changelog records
+   of step 1, and the outputs, each sent when it was decided, after its row; the context reported
+   every delivery here (``sent``).
 3. **Flush the producer**: faust's producer buffer is drained (bounded, see
    ``tracker.kafka.internals.make_commits_durable``) and aiokafka's flush waits until every record
    handed over is answered by the broker.
@@ -53,6 +55,12 @@ class Cache(Protocol):
         ...
 
 
+class Held(Protocol):
+    async def ship(self) -> None:
+        """Hand every held record to the producer."""
+        ...
+
+
 class Tallies(Protocol):
     def flush(self) -> None: ...
 
@@ -70,9 +78,10 @@ class Inputs(Protocol):
 
 
 class Checkpoint:
-    def __init__(self, cache: Cache, tallies: Tallies, inputs: Sequence[Inputs] = ()) -> None:
-        """``inputs``: whose offsets this checkpoint commits (step 5: the feed)."""
-        self.cache, self.tallies, self.inputs = cache, tallies, tuple(inputs)
+    def __init__(self, cache: Cache, tallies: Tallies, inputs: Sequence[Inputs] = (), outgoing: Held | None = None) -> None:
+        """``inputs``: whose offsets this checkpoint commits (step 5: the feed); ``outgoing``: the
+        records held on their way to the producer (step 2; none: every send hands over at once)."""
+        self.cache, self.tallies, self.inputs, self.outgoing = cache, tallies, tuple(inputs), outgoing
         # One checkpoint at a time (faust's commit timer, the feed's, a revocation, catch-up):
         # an older one finishing last would commit offsets behind a newer one's.
         self.running = asyncio.Lock()
@@ -101,7 +110,8 @@ class Checkpoint:
             self.tallies.flush()
             applied = [(inputs, inputs.uncommitted()) for inputs in self.inputs]  # before anything is flushed
             dropped = await self.cache.flush()  # 1. rows to stores, changelog records to the producer
-            # 2. outputs: with the producer since they were decided
+            if self.outgoing is not None:
+                await self.outgoing.ship()  # 2. changelog records and outputs, all with the producer
             await flush_producer()  # 3. buffer drained, every record answered
             if self.undelivered:  # 4. never commit past an output the broker did not take
                 exit_to_restart(

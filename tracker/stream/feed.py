@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT = 0.1  # seconds between looks at the group while it rebalances or nothing is assigned
 RETRY_WAIT = 1.0  # seconds before reading again after a broker error
+YIELD_EVERY = 200  # records applied between two turns of the event loop
 
 
 class Group(Protocol):
@@ -168,9 +169,16 @@ class Feed:
         if not self.reading:
             return False
         batches = await consumer.getmany(timeout_ms=int(IDLE_WAIT * 1000), max_records=self.max_records)
+        applied = 0
         for tp, messages in batches.items():
             faust_tp = TP(tp.topic, tp.partition)
             for m in messages:
+                applied += 1
+                if applied % YIELD_EVERY == 0:
+                    # Applying a record rarely awaits anything that suspends (its outputs are held in
+                    # batches, ``Outgoing``): let the loop run what waits (held batches leaving, timers,
+                    # the API) between records, as a fetch that has records at hand does not.
+                    await asyncio.sleep(0)
                 # Checked per record: once a revocation or stop begins (``finish``), what this batch
                 # holds past that point belongs to whoever owns the partition next.
                 if self.epoch != epoch:

@@ -94,6 +94,20 @@ class Derived(Protocol):
     def invalidate(self, partitions: Iterable[int]) -> None: ...
 
 
+class Producer(Protocol):
+    """Where changelog records go (faust's ``Producer.send`` signature): the worker's ``Outgoing``."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> Any: ...
+
+
 class StateWrites(Protocol):
     """Where the track processor writes saga state (the benchmark has a stand-in without faust)."""
 
@@ -107,16 +121,19 @@ class StateCache:
         self,
         table: TableT,
         *,
+        producer: Producer | None = None,
         cache_rows: int = 0,
         frozen_after: float = 0.0,
         metrics: Metrics | None = None,
         derived: Derived | None = None,
     ) -> None:
-        """``cache_rows``: most rows the cache holds before it is flushed; 0: every write goes
+        """``producer``: where changelog records go (default: the table's app's, faust's
+        producer). ``cache_rows``: most rows the cache holds before it is flushed; 0: every write goes
         through (the agent tests' memory store always does). ``frozen_after``: the session
         timeout, seconds (0: not watched). ``derived``: told of partitions whose cached rows
         were dropped, so that nothing built from a row that never reached the store is kept."""
         self.table, self.cache_rows, self.frozen_after, self.derived = table, cache_rows, frozen_after, derived
+        self.producer = producer
         self.through_rows: Any = None
         self.flushed_rows: Any = None
         if metrics is not None:
@@ -226,10 +243,10 @@ class StateCache:
         return lost | set(dropped)
 
     async def _send(self, partition: int, key: bytes, value: bytes) -> None:
-        app: Any = self.table.app
         topic = self.table.changelog_topic.get_topic_name()
         try:
-            delivery = await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+            producer: Any = self.producer if self.producer is not None else self.table.app.producer
+            delivery = await producer.send(topic, key, value, partition, None, None)
         except Exception:
             # As a failed delivery (below): the row is stored, its record will not be; a caller
             # that dead-lettered the input instead would let it be committed.
