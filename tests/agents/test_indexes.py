@@ -214,3 +214,18 @@ def test_changed_sagas_are_placed_without_a_read_once_enough_wait(tmp_path: Path
         assert written is not None and orjson.loads(written) == summary(d, replace(saga.s, saga_id="s-0"))
     finally:
         index.db.close()
+
+
+@given(
+    prefix=hs.binary(min_size=1, max_size=4).filter(lambda b: b.strip(b"\xff") != b""),
+    rest=hs.binary(max_size=4),
+    other=hs.binary(max_size=6),
+)
+def test_after_a_prefix_comes_past_every_key_under_it_and_no_other(prefix: bytes, rest: bytes, other: bytes) -> None:
+    """The upper bound of a prefix scan: every key under the prefix sorts before it, and every key
+    between the prefix and it is under the prefix."""
+    from tracker.stream.indexes import after
+
+    assert prefix + rest < after(prefix)
+    if prefix <= other < after(prefix):
+        assert other.startswith(prefix)

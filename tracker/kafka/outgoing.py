@@ -35,6 +35,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata, TopicPartition
@@ -53,7 +54,10 @@ class Outgoing:
         self.app = app
         self.open: dict[tuple[str, int], Held] = {}  # each partition's batch still taking records
         self.full: list[tuple[tuple[str, int], Held]] = []  # batches closed, in the order they were started
-        self.known: set[str] = set()  # topics whose partitions the producer's metadata has
+        # Each topic's partitions as the producer's metadata has them, read again after every hand-over.
+        self.partitions: dict[str, list[int]] = {}
+        self.partitioner: Any = app.conf.producer_partitioner or DefaultPartitioner()
+        self.max_request_size = int(app.conf.producer_max_request_size)
         self.handing = asyncio.Lock()  # one hand-over at a time: batches leave in order
         self.scheduled = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -83,14 +87,14 @@ class Outgoing:
         millis = None if timestamp is None else int(timestamp * 1000)
         if self.one_by_one:
             return await batches.send(topic, value, key=key, partition=partition, timestamp_ms=millis, headers=headers)  # type: ignore[no-any-return]
-        if partition is None:
-            if topic not in self.known:
-                await batches.partitions_for(topic)  # the topic's metadata, fetched once
-                self.known.add(topic)
-            partition = producer.key_partition(topic, key).partition
+        if partition is None:  # as aiokafka's ``send`` places it: the producer's partitioner
+            parts = self.partitions.get(topic)
+            if parts is None:
+                parts = self.partitions[topic] = list(await batches.partitions_for(topic))
+            partition = self.partitioner(key, parts, parts)
         headers = headers or []
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-        if size > self.app.conf.producer_max_request_size:
+        if size > self.max_request_size:
             raise MessageSizeTooLargeError(f"a record of {size} bytes, more than a request may hold")
         at = (topic, partition)
         held = self.open.get(at)
@@ -125,6 +129,7 @@ class Outgoing:
             for at, held in [*self.full, *self.open.items()]:
                 leaving.setdefault(at, []).append(held)
             self.full, self.open = [], {}
+            self.partitions = {}  # metadata may have changed: read again on the next send
             if leaving:
                 batches = internals.aiokafka_producer(await self._producer())
                 await asyncio.gather(
