@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -160,3 +162,16 @@ def test_a_correlated_event_is_the_dataclass_event_with_its_fields() -> None:
     )
     assert e == built and list(vars(e)) == [f.name for f in fields(Event)] == list(vars(built))
     assert e.action == {} and e.action is not Event.service("a", "b", "c", "d", 1.0, {}, {}, "").action
+
+
+def test_a_record_read_is_the_dataclass_record_with_its_fields() -> None:
+    """``Record.read`` (the feed's, once per record) builds the same record as ``Record(...)``."""
+    from tracker.kafka.records import from_consumer_record
+
+    consumer_record: Any = SimpleNamespace(
+        topic="payments", partition=2, offset=17, key=b"o-9", value=b"{}", headers=(("h", b"v"),), timestamp=5000
+    )
+    read = from_consumer_record(consumer_record)
+    built = Record(topic="payments", partition=2, offset=17, key=b"o-9", value=b"{}", headers=[("h", b"v")], timestamp=5.0)
+    assert read == built and list(vars(read)) == [f.name for f in fields(Record)] == list(vars(built))
+    assert read.source == "payments/2/17"

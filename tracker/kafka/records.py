@@ -19,14 +19,8 @@ def _headers(raw: Mapping[Any, Any] | Iterable[tuple[Any, Any]] | None) -> list[
 
 
 def _record(topic: str, partition: int, offset: int, key: Any, value: Any, headers: Any, seconds: float | None) -> Record:
-    return Record(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key,
-        value=value,
-        headers=_headers(headers),
-        timestamp=seconds if seconds and seconds > 0 else None,
+    return Record.read(
+        topic, partition, offset, key, value, _headers(headers) if headers else [], seconds if seconds and seconds > 0 else None
     )
 
 
