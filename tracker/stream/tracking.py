@@ -193,7 +193,9 @@ class Tracking:
         return state is not None and event.id in state.seen
 
     async def _transition(self, event: Event, record: Record, partition: int, now: float | None = None) -> Transition | None:
-        index = await self.indexes.ready(partition)
+        index = self.indexes.cached(partition)  # built: no coroutine to await (nearly every event)
+        if index is None:
+            index = await self.indexes.ready(partition)
         if index is None:  # only while partitions move: this record is not ours to apply
             raise PartitionError(f"saga state partition {partition} is not open on this worker")
         state = self.hot.get(event.saga_id, index)
