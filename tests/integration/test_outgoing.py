@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,23 @@ from tracker.kafka.partitioner import Partitioner
 pytestmark = pytest.mark.integration
 
 
-def _app(kafka: Kafka, tmp_path: Path, batch_size: int) -> faust.App:
-    return faust.App(
-        f"outgoing-{uuid.uuid4().hex[:8]}",
+@asynccontextmanager
+async def started(kafka: Kafka, tmp_path: Path, batch_size: int, partitions: int) -> AsyncIterator[tuple[faust.App, str]]:
+    """A faust app with its producer started, and a fresh topic of ``partitions``."""
+    topic = f"outgoing-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka.bootstrap, [topic], partitions)
+    app = faust.App(
+        topic,
         broker=f"kafka://{kafka.bootstrap}",
         datadir=str(tmp_path / "faust"),
         producer_max_batch_size=batch_size,
         producer_partitioner=Partitioner(),
     )
+    producer = await app.maybe_start_producer()
+    try:
+        yield app, topic
+    finally:
+        await producer.stop()
 
 
 async def _read(kafka: Kafka, topic: str, partitions: int, total: int) -> dict[int, list[tuple[int, bytes, bytes]]]:
@@ -53,15 +64,11 @@ def test_records_reach_the_broker_in_the_order_sent_each_answered_with_its_own_o
     steps: each partition holds what was sent to it in order, every delivery names the record's
     offset, and a keyed record is where faust's producer would have put it. With batches of one
     byte (the embedded broker's setting) every record is a batch of its own."""
-    topic = f"outgoing-{uuid.uuid4().hex[:8]}"
     value = b"v" * 1500  # ten to a 16 KiB batch: most batches fill up and leave on their own
 
     async def go() -> None:
-        await ensure_topics(kafka.bootstrap, [topic], 3)
-        app = _app(kafka, tmp_path, batch_size)
-        producer = await app.maybe_start_producer()
-        outgoing = Outgoing(app)
-        try:
+        async with started(kafka, tmp_path, batch_size, 3) as (app, topic):
+            outgoing = Outgoing(app)
             sent: list[tuple[int | None, bytes, Any]] = []
             for n in range(300):
                 key = f"k-{n % 17}".encode()
@@ -72,8 +79,6 @@ def test_records_reach_the_broker_in_the_order_sent_each_answered_with_its_own_o
                     await asyncio.sleep(0)  # the step ends: what is held leaves
             await outgoing.ship()
             answered = await asyncio.wait_for(asyncio.gather(*(d for _, _, d in sent)), timeout=30)
-        finally:
-            await producer.stop()
         stored = await _read(kafka, topic, 3, len(sent))
         for n, ((partition, key, _), meta) in enumerate(zip(sent, answered, strict=True)):
             expected = partition if partition is not None else Partitioner()(key, [0, 1, 2], [0, 1, 2])
@@ -87,39 +92,26 @@ def test_records_reach_the_broker_in_the_order_sent_each_answered_with_its_own_o
 
 
 def test_a_record_too_large_for_a_request_is_refused_at_once(kafka: Kafka, tmp_path: Path) -> None:
-    topic = f"outgoing-{uuid.uuid4().hex[:8]}"
-
     async def go() -> None:
-        await ensure_topics(kafka.bootstrap, [topic], 1)
-        app = _app(kafka, tmp_path, 16384)
-        producer = await app.maybe_start_producer()
-        try:
+        async with started(kafka, tmp_path, 16384, 1) as (app, topic):
             with pytest.raises(MessageSizeTooLargeError):
                 await Outgoing(app).send(topic, b"k", b"x" * (int(app.conf.producer_max_request_size) + 1), 0, None, None)
-        finally:
-            await producer.stop()
 
     run(go())
 
 
 def test_a_sender_waits_while_the_producer_is_behind(kafka: Kafka, tmp_path: Path) -> None:
     """With ``FULL_BATCHES`` closed batches held, the next send hands them over before it returns."""
-    topic = f"outgoing-{uuid.uuid4().hex[:8]}"
 
     async def go() -> None:
-        await ensure_topics(kafka.bootstrap, [topic], 1)
-        app = _app(kafka, tmp_path, 16384)
-        producer = await app.maybe_start_producer()
-        outgoing = Outgoing(app)
-        outgoing.FULL_BATCHES = 3
-        try:
+        async with started(kafka, tmp_path, 16384, 1) as (app, topic):
+            outgoing = Outgoing(app)
+            outgoing.FULL_BATCHES = 3
             deliveries = [await outgoing.send(topic, b"k", b"x" * 9000, 0, None, None) for _ in range(3)]
             assert len(outgoing.full) == 2 and outgoing.scheduled  # two full, the third open: all held
             deliveries.append(await outgoing.send(topic, b"k", b"x" * 9000, 0, None, None))  # a third full one
             assert outgoing.full == [] and outgoing.open == {}  # handed over before the send returned
             offsets = [m.offset for m in await asyncio.wait_for(asyncio.gather(*deliveries), timeout=30)]
             assert offsets == list(range(offsets[0], offsets[0] + 4))
-        finally:
-            await producer.stop()
 
     run(go())

@@ -62,6 +62,7 @@ from faust.types import TP, TableT
 from tables import rows, unlogged
 from tracker.core.state import SagaState
 from tracker.kafka.internals import open_stores, partition_store
+from tracker.kafka.outgoing import Outgoing
 from tracker.ops.metrics import Metrics
 from tracker.stream.restart import exit_to_restart
 
@@ -94,20 +95,6 @@ class Derived(Protocol):
     def invalidate(self, partitions: Iterable[int]) -> None: ...
 
 
-class Producer(Protocol):
-    """Where changelog records go (faust's ``Producer.send`` signature): the worker's ``Outgoing``."""
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: list[tuple[str, bytes]] | None,
-    ) -> Any: ...
-
-
 class StateWrites(Protocol):
     """Where the track processor writes saga state (the benchmark has a stand-in without faust)."""
 
@@ -121,7 +108,7 @@ class StateCache:
         self,
         table: TableT,
         *,
-        producer: Producer | None = None,
+        producer: Outgoing | None = None,
         cache_rows: int = 0,
         frozen_after: float = 0.0,
         metrics: Metrics | None = None,
