@@ -56,13 +56,14 @@ class Outgoing:
         self.full: list[tuple[tuple[str, int], Held]] = []  # batches closed, in the order they were started
         # Each topic's partitions as the producer's metadata has them, read again after every hand-over.
         self.partitions: dict[str, list[int]] = {}
-        self.partitioner: Any = app.conf.producer_partitioner or DefaultPartitioner()
-        self.max_request_size = int(app.conf.producer_max_request_size)
+        conf: Any = app.conf  # faust types its partitioner setting as a method of its settings
+        self.partitioner: Any = conf.producer_partitioner or DefaultPartitioner()
+        self.max_request_size = int(conf.producer_max_request_size)
         self.handing = asyncio.Lock()  # one hand-over at a time: batches leave in order
         self.scheduled = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer: Any = None  # faust's, once started (its start check awaits: not per record)
-        self.one_by_one = int(app.conf.producer_max_batch_size) <= 1  # batches of one record: nothing to hold
+        self.one_by_one = int(conf.producer_max_batch_size) <= 1  # batches of one record: nothing to hold
 
     async def _producer(self) -> Any:
         if self.producer is None:
