@@ -115,3 +115,42 @@ def test_a_sender_waits_while_the_producer_is_behind(kafka: Kafka, tmp_path: Pat
             assert offsets == list(range(offsets[0], offsets[0] + 4))
 
     run(go())
+
+
+def test_a_batch_the_producer_refuses_refuses_every_batch_after_it_in_its_partition() -> None:
+    """No record leaves behind one that could not: the records after a refused batch of the
+    partition are answered as refused too (the checkpoint or the state cache then exits)."""
+    from types import SimpleNamespace
+
+    from aiokafka.errors import KafkaTimeoutError
+    from aiokafka.producer.message_accumulator import BatchBuilder
+
+    handed: list[int] = []
+    refusals = [KafkaTimeoutError("no room")]  # the first batch of partition 0 only: the next would go
+
+    async def send_batch(batch: Any, topic: str, *, partition: int) -> Any:
+        if partition == 0 and refusals:
+            raise refusals.pop()
+        handed.append(partition)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(offset=7, timestamp=-1, timestamp_type=0, log_start_offset=0))
+        return done
+
+    aiokafka: Any = SimpleNamespace(create_batch=lambda: BatchBuilder(16384, 0), send_batch=send_batch)
+    producer: Any = SimpleNamespace(_ensure_producer=lambda: aiokafka)
+    conf = SimpleNamespace(producer_partitioner=Partitioner(), producer_max_request_size=1 << 20, producer_max_batch_size=16384)
+
+    async def go() -> None:
+        async def start() -> Any:
+            return producer
+
+        app: Any = SimpleNamespace(conf=conf, maybe_start_producer=start)
+        outgoing = Outgoing(app)
+        first = [await outgoing.send("t", b"k", b"x" * 9000, 0, None, None) for _ in range(3)]  # three batches
+        other = await outgoing.send("t", b"k", b"y", 1, None, None)
+        await outgoing.ship()
+        await asyncio.sleep(0)
+        assert all(isinstance(d.exception(), KafkaTimeoutError) for d in first)  # type: ignore[attr-defined]
+        assert handed == [1] and (await other).offset == 7
+
+    run(go())

@@ -9,9 +9,9 @@ record for most sagas it changes and an outcome for each that ends.
 
 ``send`` appends the record to its partition's open batch at once (no await once the topic's
 partitions are known) and returns the record's own delivery future, answered as aiokafka's would
-be (its ``RecordMetadata``, the offset its own). A batch is handed over when it is full, and every
-open batch at the end of the event loop's current step (``ship``, scheduled once per step) and
-before every producer flush (the checkpoint's second step, ``tracker.stream.checkpoint``).
+be (its ``RecordMetadata``, the offset its own). Every held batch, full or still open, is handed
+over at the end of the event loop's current step (``ship``, scheduled once per step) and before
+every producer flush (the checkpoint's second step, ``tracker.stream.checkpoint``).
 A partition's batches are handed over in the order they were started, one hand-over at a time,
 so its records reach the broker in the order they were sent, as with ``send``; partitions go side
 by side.
@@ -139,17 +139,20 @@ class Outgoing:
 
 
 async def _hand_over(batches: Any, topic: str, partition: int, held: list[Held]) -> None:
-    """One partition's batches to the producer, in order."""
-    for batch, deliveries in held:
+    """One partition's batches to the producer, in order. One the producer refuses is answered as a
+    refused record (the checkpoint or the state cache exits the worker), and so is every batch
+    after it: none leaves behind a gap."""
+    for n, (batch, deliveries) in enumerate(held):
         batch.close()
         try:
             sent = await batches.send_batch(batch, topic, partition=partition)
-        except Exception as exc:  # answered as a refused record: the checkpoint or the state cache exits
-            log.error("a batch of %d record(s) for %s/%d not handed over: %r", len(deliveries), topic, partition, exc)
-            for delivery in deliveries:
+        except Exception as exc:
+            refused = [d for _, later in held[n:] for d in later]
+            log.error("%d record(s) for %s/%d not handed over: %r", len(refused), topic, partition, exc)
+            for delivery in refused:
                 if not delivery.done():
                     delivery.set_exception(exc)
-            continue
+            return
         sent.add_done_callback(partial(_answer, topic, partition, deliveries))
 
 
