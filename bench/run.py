@@ -477,10 +477,11 @@ STAGES = ("correlate", "state decode", "apply", "summary and index rows", "state
 def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) -> tuple[Result, dict[str, float]]:
     """The tracker's per-event decisions and nothing else, as the worker takes them: correlation,
     the saga's state (kept decoded in ``Hot`` while in flight, else decoded from its row), the
-    pure machine, the summary and index rows (made once per saga per batch of 5,000 records, as
-    the worker's reads place its indexes), the metrics (tallied, added per batch), and the
-    rows encoded once per saga per batch (the state cache's flush), in memory
-    (no Kafka, no RocksDB, no faust, no awaits). No plumbing, however cheap, makes the tracker
+    pure machine, the summary, index rows and census counts (placed once per saga every 10,000
+    records, as the worker's sweeper reads its indexes once a second), the metrics (tallied,
+    added per batch of 5,000), and the rows encoded once per saga per batch (the state cache's
+    flush), under the worker's collector settings, in memory (no Kafka, no RocksDB, no faust, no
+    awaits). No plumbing, however cheap, makes the tracker
     faster than this; it bounds what any design of the shell can reach.
 
     Returns the untimed-stages run, and the µs per event of each stage from a second run
