@@ -177,7 +177,7 @@ class Changed:
 
 def stored_row(definition: SagaDefinition, state: SagaState) -> bytes:
     """The row the track processor stores for ``state`` (its head, then the state)."""
-    return saga_rows.encode(state, head(definition, state, orjson.dumps(summary(definition, state))))
+    return Changed(definition, None, state).encode()
 
 
 def options(cache: rocksdict.Cache) -> rocksdict.Options:

@@ -25,7 +25,6 @@ another order than through the log, which it handles as any reordering (event ti
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
 
@@ -68,7 +67,6 @@ class Ingest:
         self.decisions, self.generation, self.partitions = decisions, generation, partitions
         self.conformance = conformance if conformance is not None else Conformance()
         self.routed_here = metrics.child(metrics.routed, "here")  # counted per record
-        self.read_from: dict[str, Any] = {}  # each input topic's record counter
         self.context: Context | None = None
 
     def init(self, context: Context) -> None:
@@ -77,10 +75,7 @@ class Ingest:
     async def process(self, record: Record) -> None:
         """Never raises: what cannot be used is dead-lettered with its reason."""
         assert self.context is not None, "init(context) first"
-        counted = self.read_from.get(record.topic)
-        if counted is None:
-            counted = self.read_from[record.topic] = self.metrics.child(self.metrics.input_records, record.topic)
-        self.metrics.tally(counted)
+        self.metrics.count(self.metrics.input_records, record.topic)
         try:
             event = self.event_of(record)
             if event is None:
