@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from tracker.demo.runner import get_json
 from tracker.kafka.admin import ensure_topics
 from tracker.kafka.broker import EmbeddedBroker, free_port
+from tracker.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -256,7 +257,6 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     from tracker.core.errors import CorrelationError
     from tracker.loader import load_catalog
     from tracker.ops.metrics import Metrics
-    from tracker.ops.settings import Settings
     from tracker.stream.deadletters import DeadLetters
     from tracker.stream.decoding import read_event
     from tracker.stream.indexes import Indexes
@@ -389,8 +389,8 @@ def tracker(
 
     ``batch``: its producer's max batch size in bytes. 1 is what tests and the demo use on the
     embedded broker (its end offsets are wrong for batched records, which breaks faust's
-    recovery on a *restart*); faust's default (16 KiB) is the Apache Kafka setting. No restart
-    happens here, so both are measured."""
+    recovery on a *restart*); 16 KiB is Apache Kafka's default, 256 KiB the tracker's. No
+    restart happens here, so all are measured."""
     data_dir = data_dir / app_id
     data_dir.mkdir()
     (data_dir / "sagas.yaml").write_text(order_definitions(topic))
@@ -447,6 +447,7 @@ def wait_applied(
                         "--format",
                         "raw",
                         "--nonblocking",
+                        *(["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []),  # where it waits, too
                         "-o",
                         profile,
                     ],
@@ -495,7 +496,6 @@ def decisions(topic: str, records: list[tuple[bytes, bytes]], data_dir: Path) ->
     from tracker.loader import load_catalog
     from tracker.ops import heap
     from tracker.ops.metrics import Metrics
-    from tracker.ops.settings import Settings
     from tracker.stream.decoding import read_event
     from tracker.stream.hot import Hot
     from tracker.stream.indexes import Changed, Index
@@ -703,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         if same is not None:
             results.append(same)
         mine = []
-        for batch in (1,) if args.smoke else (1, 16384):
+        # Batches of one record (the embedded broker's), Apache Kafka's 16 KiB, the tracker's default.
+        for batch in (1,) if args.smoke else (1, 16384, Settings().producer_max_batch_size):
             t, rss = tracker(broker.bootstrap, topic, len(records), data, f"bench-{uuid.uuid4().hex[:6]}", batch)
             results.append(t)
             mine.append((t, rss))

@@ -101,12 +101,13 @@ def test_a_record_too_large_for_a_request_is_refused_at_once(kafka: Kafka, tmp_p
 
 
 def test_a_sender_waits_while_the_producer_is_behind(kafka: Kafka, tmp_path: Path) -> None:
-    """With ``FULL_BATCHES`` closed batches held, the next send hands them over before it returns."""
+    """With ``FULL_BYTES`` of closed batches held, the next send hands them over before it returns."""
 
     async def go() -> None:
         async with started(kafka, tmp_path, 16384, 1) as (app, topic):
             outgoing = Outgoing(app)
-            outgoing.FULL_BATCHES = 3
+            assert outgoing.full_batches == Outgoing.FULL_BYTES // 16384
+            outgoing.full_batches = 3
             deliveries = [await outgoing.send(topic, b"k", b"x" * 9000, 0, None, None) for _ in range(3)]
             assert len(outgoing.full) == 2 and outgoing.scheduled  # two full, the third open: all held
             deliveries.append(await outgoing.send(topic, b"k", b"x" * 9000, 0, None, None))  # a third full one

@@ -25,7 +25,7 @@ def test_defaults_and_embedded_broker_tuning() -> None:
             "SAGA_TRACKER_SWEEP_INTERVAL": "0.25",
         }
     )
-    assert not real.embedded and real.producer_max_batch_size == 16384 and real.session_timeout == 30.0
+    assert not real.embedded and real.producer_max_batch_size == 262_144 and real.session_timeout == 30.0
     assert real.producer_linger_ms == 5.0
     assert real.partitions == 12 and real.definitions == ("a.yaml", "b.yaml") and real.sweep_interval == 0.25
     with pytest.raises(dataclasses.FrozenInstanceError):

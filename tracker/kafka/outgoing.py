@@ -16,7 +16,7 @@ A partition's batches are handed over in the order they were started, one hand-o
 so its records reach the broker in the order they were sent, as with ``send``; partitions go side
 by side.
 
-A sender waits only when ``FULL_BATCHES`` closed batches are held (the producer is behind), as
+A sender waits only when ``FULL_BYTES`` of closed batches are held (the producer is behind), as
 aiokafka's own ``send`` waits for a partition's full batch to leave.
 
 Batch sizes are the producer's (``SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE``). With the embedded
@@ -48,7 +48,7 @@ Held = tuple[BatchBuilder, list["asyncio.Future[RecordMetadata]"]]
 
 
 class Outgoing:
-    FULL_BATCHES = 1024  # closed batches held (up to 16 MiB at 16 KiB) before a send waits for their hand-over
+    FULL_BYTES = 16 << 20  # closed batches held before a send waits for their hand-over
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
@@ -64,6 +64,7 @@ class Outgoing:
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer: Any = None  # faust's, once started (its start check awaits: not per record)
         self.one_by_one = int(conf.producer_max_batch_size) <= 1  # batches of one record: nothing to hold
+        self.full_batches = max(2, self.FULL_BYTES // int(conf.producer_max_batch_size))
 
     async def _producer(self) -> Any:
         if self.producer is None:
@@ -106,7 +107,7 @@ class Outgoing:
             held[0].append(timestamp=millis, key=key, value=value, headers=headers)  # a batch takes its first record
         delivery: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         held[1].append(delivery)
-        if len(self.full) >= self.FULL_BATCHES:
+        if len(self.full) >= self.full_batches:
             # The producer is behind (aiokafka takes a partition's next batch once the one before
             # has left): the sender waits, as aiokafka's ``send`` would, instead of piling up batches.
             await self.ship()

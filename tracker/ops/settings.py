@@ -77,9 +77,12 @@ class Settings:
     heartbeat_interval: float = _doc("Kafka consumer heartbeat interval, seconds (embedded broker: 1).", default=3.0)
     rebalance_timeout: float = _doc("Kafka consumer rebalance timeout, seconds (embedded broker: 10).", default=60.0)
     producer_max_batch_size: int = _doc(
-        "Producer batch size in bytes. With the embedded broker the default is 1: "
-        "it reports wrong end offsets for batched records.",
-        default=16384,
+        "Producer batch size in bytes, below the `max.message.bytes` of every topic the tracker writes "
+        "(Kafka's default: 1 MiB). aiokafka has one request at a time in flight to a broker, with one batch "
+        "per partition in it: with Kafka's own default of 16 KiB the changelog records of a checkpoint "
+        "leave 16 KiB per partition per round trip, and the worker waits behind them (bench/README.md). "
+        "With the embedded broker the default is 1: it reports wrong end offsets for batched records.",
+        default=262_144,
     )
     producer_linger_ms: float = _doc(
         "Milliseconds the producer waits to fill a batch (Apache Kafka 4's default, 5). faust sends "
