@@ -10,11 +10,15 @@ whose store closed), drops that index (``Indexes.invalidate``), and an entry of 
 is not the partition's current one is a miss. ``apply`` never changes the state it is given (it
 copies), so a cached state object is never changed in place.
 
-Bounded: the sagas written least recently leave first (a dict keeps insertion order; a write
-moves its saga to the end).
+Bounded: the sagas written least recently leave first. An ``OrderedDict``, whose oldest entry
+is at hand: a plain dict used as a queue finds its first live entry by stepping over every
+entry deleted before it since its last resize, ~2 µs per write at 5,000 sagas and ~27 at 50,000
+(measured, bench/README.md, session 19).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from tracker.core.state import SagaState
 
@@ -23,7 +27,7 @@ class Hot:
     def __init__(self, limit: int) -> None:
         """``limit``: most sagas kept; 0 keeps none."""
         self.limit = limit
-        self.entries: dict[str, tuple[object, SagaState]] = {}
+        self.entries: OrderedDict[str, tuple[object, SagaState]] = OrderedDict()
 
     def get(self, saga_id: str, index: object) -> SagaState | None:
         """The saga's state, if cached under ``index`` (its partition's current one)."""
@@ -36,7 +40,7 @@ class Hot:
         if not self.limit:
             return
         entries = self.entries
-        entries.pop(saga_id, None)
         entries[saga_id] = (index, state)
+        entries.move_to_end(saga_id)
         if len(entries) > self.limit:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
