@@ -242,6 +242,7 @@ class Settings:
             "generation",
             "fetch_max_bytes",
             "batch_max_sagas",
+            "producer_max_batch_size",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")

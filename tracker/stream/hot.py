@@ -12,8 +12,8 @@ copies), so a cached state object is never changed in place.
 
 Bounded: the sagas written least recently leave first. An ``OrderedDict``, whose oldest entry
 is at hand: a plain dict used as a queue finds its first live entry by stepping over every
-entry deleted before it since its last resize, ~2 µs per write at 5,000 sagas and ~27 at 50,000
-(measured, bench/README.md, session 19).
+entry deleted before it since its last resize, so a write would cost more the more sagas are
+kept.
 """
 
 from __future__ import annotations
