@@ -44,6 +44,9 @@ def partition_stores(tabledir: Path, table: str) -> list[Path]:
     return sorted(p for p in tabledir.glob(f"{table}-*.db") if p.name[len(table) + 1 : -3].isdigit())
 
 
+SAGAS = "sagas"  # the saga state table: its stores and its changelog are named after it
+
+
 @dataclass(frozen=True)
 class Tables:
     sagas: TableT  # saga id -> JSON saga state
@@ -52,7 +55,7 @@ class Tables:
 def declare(app: faust.App, settings: Settings) -> Tables:
     # key_type/value_type bytes is what makes faust pick the raw serializer for tables.
     sagas = app.Table(
-        "sagas",
+        SAGAS,
         partitions=settings.partitions,
         key_type=bytes,
         value_type=bytes,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
+from tables import SAGAS
+from topics import names
 from tracker.app import build
 from tracker.generations.upgrades import remove_retired_stores
-from tracker.kafka.admin import bootstrap_of, ensure_topics_sync, is_tansu
+from tracker.kafka.admin import bootstrap_of, ensure_topics_sync, is_tansu, message_limits
 from tracker.kafka.broker import EmbeddedBroker
 from tracker.kafka.internals import BoundedStopWorker
 from tracker.loader import load_catalog
@@ -32,6 +36,42 @@ def thread_ended(args: threading.ExceptHookArgs) -> None:
     log.error("thread %s ended: %r", name, args.exc_value)
     if args.exc_value is not None:
         log.debug("thread %s ended", name, exc_info=args.exc_value)
+
+
+def fit_batches(settings: Settings, bootstrap: str) -> Settings:
+    """The settings with producer batches no larger than the smallest ``max.message.bytes`` of the
+    topics this worker writes that exist already (a user's own compensation, outcome or
+    dead-letter topic may be set below Kafka's default): the broker refuses a larger batch, which
+    exits the worker, and would again after every restart."""
+    if settings.producer_max_batch_size <= 1:
+        return settings
+    written = [
+        settings.saga_log,
+        settings.compensations,
+        settings.outcomes,
+        settings.dead_letters,
+        settings.decisions,
+        settings.shadow_outputs,
+        names.changelog(settings.group_id, SAGAS),
+    ]
+    try:
+        limits = asyncio.run(message_limits(bootstrap, written))
+    except Exception as exc:  # not allowed to describe configs (ACLs), or a broker that cannot
+        log.warning(
+            "the topics' max.message.bytes not read (%r): producer batches of %d bytes", exc, settings.producer_max_batch_size
+        )
+        return settings
+    if not limits or min(limits.values()) >= settings.producer_max_batch_size:
+        return settings
+    topic = min(limits, key=limits.__getitem__)
+    log.warning(
+        "producer batches of %d bytes, not %d: topic %s takes no larger (%s)",
+        limits[topic],
+        settings.producer_max_batch_size,
+        topic,
+        "max.message.bytes",
+    )
+    return replace(settings, producer_max_batch_size=limits[topic])
 
 
 def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
@@ -59,6 +99,7 @@ def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:
             )
         # Read by the feed of every generation: it must exist with the saga log's partitions.
         ensure_topics_sync(bootstrap_of(url), [settings.decisions], settings.partitions, settings.replication_factor)
+        settings = fit_batches(settings, bootstrap_of(url))
         tracker = build(settings, catalog, broker_url=url, hooks=hooks)
         remove_retired_stores(Path(tracker.app.conf.tabledir))
         clean = CleanStop(Path(tracker.app.conf.tabledir), tracker.tables.sagas.name)

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterable
 
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from tracker.kafka import clients
@@ -44,6 +45,35 @@ async def ensure_topics(
 
 def ensure_topics_sync(bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1) -> None:
     asyncio.run(ensure_topics(bootstrap, list(names), partitions, replication))
+
+
+MESSAGE_LIMIT = "max.message.bytes"  # a topic's largest record batch
+
+
+async def message_limits(bootstrap: str, names: Iterable[str]) -> dict[str, int]:
+    """The ``max.message.bytes`` of each topic of ``names`` that exists and reports it: Apache
+    Kafka reports every topic's, its default included; Tansu only one set on the topic."""
+    admin = clients.admin(bootstrap, purpose="admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [n for n in dict.fromkeys(names) if n in existing]
+        if not wanted:
+            return {}
+        answers = await admin.describe_configs(
+            # All of a topic's configs: Tansu closes the connection on a request naming some
+            # (Apache Kafka answers either way).
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in wanted]
+        )
+    finally:
+        await admin.close()
+    limits: dict[str, int] = {}
+    for answer in answers:
+        for error, _message, _type, name, entries, *_ in answer.resources:
+            for entry in entries if not error else ():
+                if entry[0] == MESSAGE_LIMIT and str(entry[1] or "").isdigit():
+                    limits[name] = int(entry[1])
+    return limits
 
 
 TANSU_CLUSTER = "tansu_cluster"  # the cluster id Tansu reports (DescribeCluster)

@@ -77,10 +77,11 @@ class Settings:
     heartbeat_interval: float = _doc("Kafka consumer heartbeat interval, seconds (embedded broker: 1).", default=3.0)
     rebalance_timeout: float = _doc("Kafka consumer rebalance timeout, seconds (embedded broker: 10).", default=60.0)
     producer_max_batch_size: int = _doc(
-        "Producer batch size in bytes, below the `max.message.bytes` of every topic the tracker writes "
-        "(Kafka's default: 1 MiB). aiokafka has one request at a time in flight to a broker, with one batch "
-        "per partition in it: with Kafka's own default of 16 KiB the changelog records of a checkpoint "
-        "leave 16 KiB per partition per round trip, and the worker waits behind them (bench/README.md). "
+        "Producer batch size in bytes. A worker starts with it lowered to the smallest `max.message.bytes` "
+        "of the topics it writes that exist (Kafka's default: 1 MiB). aiokafka has one request at a time "
+        "in flight to a broker, with one batch per partition in it: with Kafka's own default of 16 KiB the "
+        "changelog records of a checkpoint leave 16 KiB per partition per round trip, and the worker waits "
+        "behind them (bench/README.md). "
         "With the embedded broker the default is 1: it reports wrong end offsets for batched records.",
         default=262_144,
     )
