@@ -14,7 +14,7 @@ from tables import SAGAS
 from topics import names
 from tracker.app import build
 from tracker.generations.upgrades import remove_retired_stores
-from tracker.kafka.admin import bootstrap_of, ensure_topics_sync, is_tansu, message_limits
+from tracker.kafka.admin import batch_size_for, bootstrap_of, ensure_topics_sync, is_tansu
 from tracker.kafka.broker import EmbeddedBroker
 from tracker.kafka.internals import BoundedStopWorker
 from tracker.loader import load_catalog
@@ -39,12 +39,8 @@ def thread_ended(args: threading.ExceptHookArgs) -> None:
 
 
 def fit_batches(settings: Settings, bootstrap: str) -> Settings:
-    """The settings with producer batches no larger than the smallest ``max.message.bytes`` of the
-    topics this worker writes that exist already (a user's own compensation, outcome or
-    dead-letter topic may be set below Kafka's default): the broker refuses a larger batch, which
-    exits the worker, and would again after every restart."""
-    if settings.producer_max_batch_size <= 1:
-        return settings
+    """The settings with producer batches that every topic this worker writes takes
+    (``batch_size_for``)."""
     written = [
         settings.saga_log,
         settings.compensations,
@@ -54,24 +50,8 @@ def fit_batches(settings: Settings, bootstrap: str) -> Settings:
         settings.shadow_outputs,
         names.changelog(settings.group_id, SAGAS),
     ]
-    try:
-        limits = asyncio.run(message_limits(bootstrap, written))
-    except Exception as exc:  # not allowed to describe configs (ACLs), or a broker that cannot
-        log.warning(
-            "the topics' max.message.bytes not read (%r): producer batches of %d bytes", exc, settings.producer_max_batch_size
-        )
-        return settings
-    if not limits or min(limits.values()) >= settings.producer_max_batch_size:
-        return settings
-    topic = min(limits, key=limits.__getitem__)
-    log.warning(
-        "producer batches of %d bytes, not %d: topic %s takes no larger (%s)",
-        limits[topic],
-        settings.producer_max_batch_size,
-        topic,
-        "max.message.bytes",
-    )
-    return replace(settings, producer_max_batch_size=limits[topic])
+    size = asyncio.run(batch_size_for(bootstrap, written, settings.producer_max_batch_size))
+    return settings if size == settings.producer_max_batch_size else replace(settings, producer_max_batch_size=size)
 
 
 def run(settings: Settings, *, hooks: SendHooks | None = None) -> None:

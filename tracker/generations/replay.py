@@ -31,7 +31,7 @@ from tracker.core.errors import ReplayError
 from tracker.core.events import CONTROL, DECISION, MARK_PARTIAL, SERVICE, Event
 from tracker.generations import registry as gens
 from tracker.kafka import clients, internals, records
-from tracker.kafka.admin import bootstrap_of, ensure_topics
+from tracker.kafka.admin import batch_size_for, bootstrap_of, ensure_topics
 from tracker.ops.settings import Settings
 from tracker.stream.deadletters import headers as dead_letter_headers
 from tracker.stream.deadletters import why
@@ -103,7 +103,9 @@ async def feed(settings: Settings, catalog: Catalog, *, from_time: float | None 
     report = FeedReport(n, settings.shadow)
     began = time.time()  # records written after this are live: the generation's workers read them
     consumer = clients.consumer(bootstrap, purpose="replay", enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = clients.producer(bootstrap, purpose="replay", max_batch_size=settings.producer_max_batch_size, linger_ms=5)
+    outputs = [settings.saga_log, settings.dead_letters, settings.shadow_outputs]
+    batches = await batch_size_for(bootstrap, outputs, settings.producer_max_batch_size)
+    producer = clients.producer(bootstrap, purpose="replay", max_batch_size=batches, linger_ms=5)
     await consumer.start()
     await producer.start()
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable
 
 from aiokafka.admin import NewTopic
@@ -15,6 +16,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from tracker.kafka import clients
+
+log = logging.getLogger(__name__)
 
 RETAIN_WEEK = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
 
@@ -74,6 +77,28 @@ async def message_limits(bootstrap: str, names: Iterable[str]) -> dict[str, int]
                 if entry[0] == MESSAGE_LIMIT and str(entry[1] or "").isdigit():
                     limits[name] = int(entry[1])
     return limits
+
+
+async def batch_size_for(bootstrap: str, written: Iterable[str], wanted: int) -> int:
+    """``wanted``, or less: no larger than the smallest ``max.message.bytes`` of the topics in
+    ``written`` that exist already (a user's own output or dead-letter topic may be set below
+    Kafka's default). The broker refuses a larger batch, which exits a worker, and would again
+    after every restart. ``wanted`` as it is when the configs cannot be read (not allowed by the
+    cluster's ACLs, no broker answering): the producer then fails as it would have."""
+    if wanted <= 1:
+        return wanted
+    try:
+        limits = await message_limits(bootstrap, written)
+    except Exception as exc:
+        log.warning("the topics' %s not read (%r): producer batches of %d bytes", MESSAGE_LIMIT, exc, wanted)
+        return wanted
+    if not limits or min(limits.values()) >= wanted:
+        return wanted
+    topic = min(limits, key=limits.__getitem__)
+    log.warning(
+        "producer batches of %d bytes, not %d: topic %s takes no larger (%s)", limits[topic], wanted, topic, MESSAGE_LIMIT
+    )
+    return limits[topic]
 
 
 TANSU_CLUSTER = "tansu_cluster"  # the cluster id Tansu reports (DescribeCluster)
