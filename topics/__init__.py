@@ -29,9 +29,18 @@ class Topics:
     decisions: faust.TopicT  # shared by generations: timeouts and actions the promoted one took
     shadow: faust.TopicT  # this generation's would-be outputs while it is not promoted
 
-    def internal_names(self) -> list[str]:
-        owned = (self.saga_log, self.compensations, self.outcomes, self.dead_letters, self.decisions, self.shadow)
-        return [t.get_topic_name() for t in owned]
+
+def owned_names(settings: Settings) -> list[str]:
+    """The topics the tracker creates and writes (all but the sources), in ``Topics``' order:
+    what ``declare`` makes them from, and what a worker fits its producer's batches to."""
+    return [
+        settings.saga_log,
+        settings.compensations,
+        settings.outcomes,
+        settings.dead_letters,
+        settings.decisions,
+        settings.shadow_outputs,
+    ]
 
 
 def declare(app: faust.App, settings: Settings, catalog: Catalog) -> Topics:
@@ -40,12 +49,13 @@ def declare(app: faust.App, settings: Settings, catalog: Catalog) -> Topics:
         # so a saga's events stay in order for consumers and replay).
         return app.topic(name, partitions=settings.partitions, replicas=settings.replication_factor, internal=True, **RAW)
 
+    saga_log, compensations, outcomes, dead_letters, decisions, shadow = (owned(n) for n in owned_names(settings))
     return Topics(
         sources=app.topic(*catalog.topics, settings.decisions, **RAW),
-        saga_log=owned(settings.saga_log),
-        compensations=owned(settings.compensations),
-        outcomes=owned(settings.outcomes),
-        dead_letters=owned(settings.dead_letters),
-        decisions=owned(settings.decisions),
-        shadow=owned(settings.shadow_outputs),
+        saga_log=saga_log,
+        compensations=compensations,
+        outcomes=outcomes,
+        dead_letters=dead_letters,
+        decisions=decisions,
+        shadow=shadow,
     )

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tables import SAGAS
-from topics import names
+from topics import names, owned_names
 from tracker.app import build
 from tracker.generations.upgrades import remove_retired_stores
 from tracker.kafka.admin import batch_size_for, bootstrap_of, ensure_topics_sync, is_tansu
@@ -41,15 +41,7 @@ def thread_ended(args: threading.ExceptHookArgs) -> None:
 def fit_batches(settings: Settings, bootstrap: str) -> Settings:
     """The settings with producer batches that every topic this worker writes takes
     (``batch_size_for``)."""
-    written = [
-        settings.saga_log,
-        settings.compensations,
-        settings.outcomes,
-        settings.dead_letters,
-        settings.decisions,
-        settings.shadow_outputs,
-        names.changelog(settings.group_id, SAGAS),
-    ]
+    written = [*owned_names(settings), names.changelog(settings.group_id, SAGAS)]
     size = asyncio.run(batch_size_for(bootstrap, written, settings.producer_max_batch_size))
     return settings if size == settings.producer_max_batch_size else replace(settings, producer_max_batch_size=size)
 
