@@ -27,7 +27,7 @@ from tracker.demo.services import Behaviour, Services, generate
 from tracker.kafka.admin import bootstrap_of, ensure_topics
 from tracker.kafka.broker import EmbeddedBroker, free_port
 from tracker.loader import load_catalog
-from tracker.ops.processes import stopping_on, with_parent
+from tracker.ops.processes import run, stopping_on, with_parent
 from tracker.ops.settings import Settings
 
 
@@ -86,7 +86,7 @@ def run_demo(
             tempfile.TemporaryDirectory(prefix="saga-demo-") as data,
             EmbeddedBroker(log_path=str(logs)) as broker,
         ):
-            asyncio.run(ensure_topics(broker.bootstrap, catalog.topics, settings.partitions))
+            run(ensure_topics(broker.bootstrap, catalog.topics, settings.partitions))
             env = {
                 **os.environ,
                 "SAGA_TRACKER_BROKER": broker.url,
@@ -135,7 +135,7 @@ def _show(
         f"  traffic:  {sagas} sagas at {rate:g}/s (seed {seed}): some fail, stall, duplicate or reorder\n",
         flush=True,
     )
-    ids = asyncio.run(_traffic(broker.bootstrap, catalog, settings, sagas, rate, seed, base, max_wait))
+    ids = run(_traffic(broker.bootstrap, catalog, settings, sagas, rate, seed, base, max_wait))
     final = statuses(base, ids)
     counts = Counter((s["saga_type"], s["status"]) for s in final.values())
     print("\n== outcome ==")
