@@ -216,6 +216,7 @@ class _Context:
 
     def __init__(self, producer: AIOKafkaProducer, topic: str, sent: list[Any]) -> None:
         self.producer, self.topic, self.sent = producer, topic, sent
+        self.gated: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]] = []
 
     def wall_clock(self) -> float:
         return time.time()
@@ -228,10 +229,19 @@ class _Context:
         *,
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
+        after_rows_of: int | None = None,
     ) -> Any:
+        if after_rows_of is not None:  # an output: sent after the rows are flushed, as the worker's gate does
+            self.gated.append((key, value, headers, partition))
+            return None
         future = await self.producer.send(self.topic, value, key=key, headers=headers, partition=partition)
         self.sent.append(future)
         return future
+
+    async def release(self) -> None:
+        gated, self.gated = self.gated, []
+        for key, value, headers, partition in gated:
+            self.sent.append(await self.producer.send(self.topic, value, key=key, headers=headers, partition=partition))
 
     def owns(self, partition: int) -> bool:
         return True
@@ -303,8 +313,9 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
                     continue
                 if not await tracking.apply_here(event, record, record.partition):
                     raise RuntimeError(f"{record.source} was not applied")
-        metrics.flush()  # the checkpoint's steps: counts added, rows written
+        metrics.flush()  # the checkpoint's steps: counts added, rows written, then the outputs they decided
         await writes.flush()
+        await context.release()
         indexes.place()  # as the worker's sweeper (every second) and its scrapes read the indexes
         if len(pending) > 10_000:
             await asyncio.gather(*pending)

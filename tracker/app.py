@@ -89,6 +89,7 @@ def faust_app(settings: Settings, broker_url: str) -> faust.App:
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_rebalance_timeout=settings.rebalance_timeout,
+        broker_commit_interval=settings.commit_interval,
         producer_max_batch_size=settings.producer_max_batch_size,
         producer_partitioner=Partitioner(),  # the default partitioner's hashes, remembered
         # Batches of one record: a linger batches nothing, it only delays a record no other follows.
@@ -193,6 +194,7 @@ def build(
         commit_interval=float(app.conf.broker_commit_interval),
         finish_within=0.5 * settings.session_timeout,
         reset=str(app.conf.consumer_auto_offset_reset),
+        outputs=outgoing,
     )
     checkpoint = Checkpoint(state, metrics, inputs=[feed], outgoing=outgoing)
     internals.before_commit(app, checkpoint.commit)

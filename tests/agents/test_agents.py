@@ -413,6 +413,14 @@ def test_a_sagas_partition_is_the_one_the_producer_puts_its_saga_log_records_in(
     assert producers(None, [0, 1, 2], [1]) == 1  # no key: one of the available partitions, as aiokafka's
 
 
+def test_the_commit_interval_is_the_checkpoint_s_and_the_feed_s() -> None:
+    """An output waits for the checkpoint after its decision: the setting bounds that wait, for
+    faust's commit timer and the feed's punctuator alike (``build`` reads it from faust's conf)."""
+    assert faust_app(Settings.from_env({}), "kafka://k:9092").conf.broker_commit_interval == 2.8
+    quick = Settings.from_env({"SAGA_TRACKER_COMMIT_INTERVAL": "0.5"})
+    assert faust_app(quick, "kafka://k:9092").conf.broker_commit_interval == 0.5
+
+
 def test_the_producer_lingers_only_where_a_batch_holds_more_than_one_record() -> None:
     """faust hands records to the producer one by one: without a linger every changelog record
     is a batch of its own; with a batch size of 1 it batches nothing and only delays lone records."""
@@ -450,35 +458,38 @@ async def test_a_decision_is_written_whole_before_its_changelog_send_awaits(shel
     await put
 
 
-async def test_a_decision_that_sends_is_written_through_before_it_is_sent(shell: Shell, track: Any) -> None:
-    # With the row cache, a change that sends nothing may wait for the next commit; one that
-    # sends an output must be in the store and on its way to the changelog before the output.
+async def test_a_decision_that_sends_is_stored_before_its_output_is_sent(shell: Shell, track: Any) -> None:
+    # The decision is in the saga's row before its output goes out, and the output names the
+    # row's partition: the worker's producer holds it until the checkpoint has that row's
+    # changelog record with the producer (``Outgoing``'s gate; tests/agents/test_checkpoint.py,
+    # tests/integration/test_outgoing.py). The agent tests' memory store writes every row at once.
     table, order = shell.tracker.tables.sagas, list[tuple[Any, ...]]()
     tracking = shell.tracker.tracking
 
     class Recording:
-        async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
+        async def put(self, partition: int, key: bytes, value: Value) -> None:
             table[key] = value = encoded(value)
-            order.append(("put", through, bool(rows.data(value)["outbox"])))
+            order.append(("put", partition, bool(rows.data(value)["outbox"])))
 
         def get(self, key: bytes, partition: int | None = None) -> bytes | None:
             return table.get(key)
 
     send = tracking.send
 
-    async def recorded_send(emit: Any) -> Any:
-        order.append(("send", emit.kind))
-        return await send(emit)
+    async def recorded_send(emit: Any, partition: int) -> Any:
+        order.append(("send", emit.kind, partition))
+        return await send(emit, partition)
 
     tracking.writes = Recording()
     tracking.send = recorded_send  # type: ignore[method-assign]
     await track.put(record(order_event("OrderCreated")), key=b"o-1")
     deadline = shell.saga("o-1")["deadline"]  # type: ignore[index]
     await track.put(record(timeout_event("o-1", "order_fulfilment", deadline["token"], deadline["due"])), key=b"o-1")
-    assert order[0] == ("put", False, False)  # started: nothing sent, may be cached
-    assert order[1] == ("put", True, True)  # the timeout's compensation, recorded in the outbox
-    assert order[2:] and all(entry[0] == "send" for entry in order[2:])
-    assert ("send", "compensation") in order
+    partition = order[0][1]
+    assert order[0] == ("put", partition, False)  # started: nothing to send
+    assert order[1] == ("put", partition, True)  # the timeout's compensation, recorded in the outbox
+    assert order[2:] and all(entry[0] == "send" and entry[2] == partition for entry in order[2:])
+    assert ("send", "compensation", partition) in order
 
 
 class Exited(BaseException):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,23 +40,64 @@ async def test_faust_s_commit_runs_the_checkpoint_first() -> None:
     assert store._dbs[0] == {b"saga-1": b"v1"} and checkpoint.commits == 1
 
 
-async def test_held_records_are_handed_over_after_the_state_cache_and_before_the_producer_flush() -> None:
-    """Step 2: the records ``Outgoing`` holds (outputs, and the changelog records step 1 just
-    sent) are with the producer before its flush waits for the broker's answers."""
-    cache, _, producer = cached_changelog()
-    order: list[str] = []
+class Held:
+    """``Outgoing`` as the checkpoint sees it: outputs gated (``gate``: one for a saga of a state
+    partition) and what was released and shipped when, against the changelog records sent."""
 
-    class Held:
-        async def ship(self) -> None:
-            order.append(f"ship, after {len(producer.sent)} changelog record(s)")
+    def __init__(self, producer: Any) -> None:
+        self.producer, self.order = producer, list[str]()
+        self.gated: list[int] = []  # each gated output's state partition, oldest first
+        self.released = 0
+
+    def gate(self, partition: int) -> None:
+        self.gated.append(partition)
+
+    def mark(self) -> int:
+        return len(self.gated)
+
+    async def release(self, mark: int, dropped: Collection[int] = ()) -> int:
+        leaving, self.released = self.gated[self.released : mark], mark
+        sent = [p for p in leaving if p not in dropped]
+        unsent = len(leaving) - len(sent)
+        self.order.append(f"release {sent} (dropped {unsent}), after {len(self.producer.sent)} changelog record(s)")
+        return len(leaving) - len(sent)
+
+    async def ship(self) -> None:
+        self.order.append(f"ship, after {len(self.producer.sent)} changelog record(s)")
+
+
+async def test_outputs_leave_after_their_rows_and_everything_held_before_the_producer_flush() -> None:
+    """Steps 1 and 2: the outputs decided before the state cache's flush took its rows are
+    released once those rows' changelog records are with the producer, those of a dropped
+    partition are not, and one decided while the flush hands its records over waits for the
+    next checkpoint; then everything held is handed over, before the producer flush waits for the
+    broker's answers."""
+    cache, store, producer = cached_changelog()
+    held = Held(producer)
 
     async def flush_producer() -> None:
-        order.append("producer flush")
+        held.order.append("producer flush")
 
-    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()), outgoing=Held())
+    checkpoint = Checkpoint(cache, Metrics(CollectorRegistry()), outgoing=held)
     await cache.put(0, b"saga-1", b"v1")
+    held.gate(0)  # saga-1's output, decided with v1
+    await cache.put(1, b"saga-2", b"w1")
+    held.gate(1)
+    del store._dbs[1]  # partition 1 left before the flush: saga-2's row is dropped, and its output
+    producer.gate = asyncio.Event()  # the producer's buffer is full: the flush waits in its send
+    committing = asyncio.ensure_future(checkpoint.commit(flush_producer))
+    await asyncio.sleep(0)
+    await cache.put(0, b"saga-3", b"x1")  # decided while the flush sends: in the next flush
+    held.gate(0)
+    producer.gate.set()
+    await committing
+    released, shipped = "release [0] (dropped 1), after 1 changelog record(s)", "ship, after 1 changelog record(s)"
+    assert held.order == [released, shipped, "producer flush"]
+    held.order.clear()
     await checkpoint.commit(flush_producer)
-    assert order == ["ship, after 1 changelog record(s)", "producer flush"] and checkpoint.commits == 1
+    released, shipped = "release [0] (dropped 0), after 2 changelog record(s)", "ship, after 2 changelog record(s)"
+    assert held.order == [released, shipped, "producer flush"]
+    assert checkpoint.commits == 2
 
 
 async def test_an_output_the_broker_refused_exits_before_the_offset_is_committed(monkeypatch: pytest.MonkeyPatch) -> None:

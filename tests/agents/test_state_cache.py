@@ -190,30 +190,23 @@ async def test_a_cached_state_is_encoded_when_it_is_written_not_when_it_is_cache
     assert rows.decode(store._dbs[0][b"saga-1"]).status == "compensating" and len(producer.sent) == 1
 
 
-async def test_a_write_through_replaces_the_cached_row_and_is_sent_at_once() -> None:
-    changelog, store, producer = cached_changelog()
-    await changelog.put(0, b"saga-1", b"v1")
-    await changelog.put(0, b"saga-1", b"v2", through=True)  # it decided an output
-    assert store._dbs[0] == {b"saga-1": b"v2"} and producer.sent == [(0, b"saga-1", b"v2")]
-    assert not changelog.rows and changelog.get(b"saga-1", 0) == b"v2"
-    await changelog.flush()
-    assert producer.sent == [(0, b"saga-1", b"v2")]  # the older cached row is never sent
-
-
-async def test_a_write_through_during_a_flush_is_sent_after_the_flushed_row_of_the_same_saga() -> None:
-    changelog, store, producer = cached_changelog()
+async def test_a_full_cache_flushed_during_a_flush_sends_its_rows_after_the_first_flushes() -> None:
+    """A saga's changelog ends at its newest row: a second flush (the cache filled up again) while
+    the first still hands its records over sends after them."""
+    changelog, store, producer = cached_changelog(rows=2)
     await changelog.put(0, b"saga-1", b"v1")
     producer.gate = asyncio.Event()  # the producer's buffer is full
     flushing = asyncio.ensure_future(changelog.flush())
     await asyncio.sleep(0)
     assert store._dbs[0] == {b"saga-1": b"v1"}  # stored before the flush's first await
     assert changelog.unconfirmed == 1  # stored, its record not answered: a stop now is not clean
-    through = asyncio.ensure_future(changelog.put(0, b"saga-1", b"v2", through=True))
+    await changelog.put(0, b"saga-1", b"v2")
+    filling = asyncio.ensure_future(changelog.put(0, b"saga-2", b"w1"))  # fills the cache: flushes
     await asyncio.sleep(0)
-    assert store._dbs[0] == {b"saga-1": b"v2"}
+    assert store._dbs[0] == {b"saga-1": b"v2", b"saga-2": b"w1"}
     producer.gate.set()
-    await asyncio.gather(flushing, through)
-    assert producer.sent == [(0, b"saga-1", b"v1"), (0, b"saga-1", b"v2")]  # the changelog ends at v2
+    await asyncio.gather(flushing, filling)
+    assert producer.sent == [(0, b"saga-1", b"v1"), (0, b"saga-1", b"v2"), (0, b"saga-2", b"w1")]  # the changelog ends at v2
 
 
 async def test_a_flush_with_nothing_cached_waits_for_another_flush_still_sending() -> None:
@@ -288,7 +281,7 @@ async def test_a_worker_frozen_past_its_session_timeout_exits_before_it_writes(m
         await changelog.flush()
     assert exited.value.code == 70 and producer.sent == [] and store._dbs[0] == {}
     with pytest.raises(SystemExit):
-        await changelog.put(0, b"saga-1", b"v2", through=True)
+        await changelog.put(0, b"saga-1", b"v2")
     assert producer.sent == []
 
 
@@ -303,11 +296,13 @@ async def test_written_and_cached_rows_are_counted() -> None:
         await changelog.put(0, b"saga-1", b"v%d" % n)
     await changelog.put(0, b"saga-2", b"w1")
     assert sample("saga_tracker_state_rows_cached") == 2.0
-    await changelog.put(0, b"saga-3", b"x1", through=True)
     await changelog.flush()
-    assert sample("saga_tracker_state_rows_written_total", how="through") == 1.0
     assert sample("saga_tracker_state_rows_written_total", how="flush") == 2.0  # 4 changes, 2 rows
     assert sample("saga_tracker_state_rows_cached") == 0.0
+    uncached, _store, _producer = cached_changelog(rows=0, metrics=metrics)  # every change written at once
+    await uncached.put(0, b"saga-3", b"x1")
+    await uncached.put(0, b"saga-3", b"x2")
+    assert sample("saga_tracker_state_rows_written_total", how="through") == 2.0
 
 
 CHILD = """
@@ -326,7 +321,7 @@ table = SimpleNamespace(
     changelog_topic=SimpleNamespace(get_topic_name=lambda: TOPIC),
 )
 cache = StateCache(table)
-asyncio.run(cache.put(0, b"saga-1", b"v1", through=True))
+asyncio.run(cache.put(0, b"saga-1", b"v1"))  # no cache: stored at once
 if sys.argv[2] == "persist":
     cache.persist()
 os._exit(0)  # as a kill: no close, no destructor flushes the memtable

@@ -107,8 +107,18 @@ def by_partition(applied: list[tuple[int, int]]) -> dict[int, list[int]]:
     return out
 
 
-async def feed_with(kafka: Kafka, group: Group, source: Source) -> tuple[Feed, AIOKafkaConsumer]:
-    feed = Feed(source, Processed(), group, commit_interval=1.0, finish_within=5.0)
+class Waiting:
+    """Outputs decided and waiting for a checkpoint (``Outgoing``'s gate), as many as ``n``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def waiting(self) -> int:
+        return self.n
+
+
+async def feed_with(kafka: Kafka, group: Group, source: Source, outputs: Waiting | None = None) -> tuple[Feed, AIOKafkaConsumer]:
+    feed = Feed(source, Processed(), group, commit_interval=1.0, finish_within=5.0, outputs=outputs)
     group.checkpoint_with = Checkpoint(cached_changelog()[0], Metrics(CollectorRegistry()), inputs=[feed])
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -132,10 +142,10 @@ def test_the_feed_reads_its_partitions_from_the_committed_offsets(kafka: Kafka) 
 
     topic = topic_with(kafka, 5, partitions=3)
     p0, p1, p2 = (TP(topic, p) for p in range(3))
-    group, source = Group({p0, p1}, {p0: 2, p1: None, p2: 0}), Source()
+    group, source, outputs = Group({p0, p1}, {p0: 2, p1: None, p2: 0}), Source(), Waiting()
 
     async def go() -> None:
-        feed, consumer = await feed_with(kafka, group, source)
+        feed, consumer = await feed_with(kafka, group, source, outputs)
         try:
             await until(feed, consumer, lambda: len(source.applied) >= 8)
             await asyncio.sleep(0.3)
@@ -148,6 +158,11 @@ def test_the_feed_reads_its_partitions_from_the_committed_offsets(kafka: Kafka) 
         assert group.commits == [{p0: 5, p1: 5}] and feed.uncommitted() == {}
         await feed.punctuate()  # nothing applied since: no checkpoint, no commit
         assert len(group.commits) == 1
+        checkpoint = group.checkpoint_with
+        assert checkpoint is not None and checkpoint.commits == 1
+        outputs.n = 1  # a timeout's compensation, decided by faust's agent, waits for a checkpoint
+        await feed.punctuate()
+        assert checkpoint.commits == 2 and len(group.commits) == 1  # sent: nothing of the feed's to commit
 
     run(go())
 

@@ -91,11 +91,48 @@ def test_records_reach_the_broker_in_the_order_sent_each_answered_with_its_own_o
     run(go())
 
 
+@pytest.mark.parametrize("batch_size", [16384, 1])
+def test_an_output_waits_for_its_release_and_one_of_a_dropped_partition_is_never_sent(
+    kafka: Kafka, tmp_path: Path, batch_size: int
+) -> None:
+    """A gated output (``after_rows_of``) is in no batch: the producer's flush does not send it.
+    ``release`` sends those gated before the mark, in order, but those of a dropped state
+    partition, which are answered without leaving; one gated after the mark stays."""
+
+    async def go() -> None:
+        async with started(kafka, tmp_path, batch_size, 1) as (app, topic):
+            outgoing = Outgoing(app)
+            first = await outgoing.send(topic, b"a", b"first", 0, None, None, after_rows_of=0)
+            dropped = await outgoing.send(topic, b"b", b"dropped", 0, None, None, after_rows_of=1)
+            mark = outgoing.mark()
+            later = await outgoing.send(topic, b"c", b"later", 0, None, None, after_rows_of=0)
+            plain = await outgoing.send(topic, b"d", b"plain", 0, None, None)  # not an output: held as before
+            await outgoing.ship()
+            await app.producer.flush()
+            assert (await asyncio.wait_for(plain, timeout=30)).offset >= 0
+            assert not any(d.done() for d in (first, dropped, later))  # type: ignore[attr-defined]
+            assert await outgoing.release(mark, dropped={1}) == 1
+            await outgoing.ship()
+            assert (await asyncio.wait_for(dropped, timeout=30)) is None
+            first_at = (await asyncio.wait_for(first, timeout=30)).offset
+            assert not later.done()  # type: ignore[attr-defined]
+            assert await outgoing.release(outgoing.mark()) == 0
+            await outgoing.ship()
+            assert (await asyncio.wait_for(later, timeout=30)).offset == first_at + 1
+            stored = await _read(kafka, topic, 1, 3)
+            assert [v for _, _, v in sorted(stored[0])] == [b"plain", b"first", b"later"]
+
+    run(go())
+
+
 def test_a_record_too_large_for_a_request_is_refused_at_once(kafka: Kafka, tmp_path: Path) -> None:
     async def go() -> None:
         async with started(kafka, tmp_path, 16384, 1) as (app, topic):
+            too_large = b"x" * (int(app.conf.producer_max_request_size) + 1)
             with pytest.raises(MessageSizeTooLargeError):
-                await Outgoing(app).send(topic, b"k", b"x" * (int(app.conf.producer_max_request_size) + 1), 0, None, None)
+                await Outgoing(app).send(topic, b"k", too_large, 0, None, None)
+            with pytest.raises(MessageSizeTooLargeError):  # an output too: in its decision, not at its release
+                await Outgoing(app).send(topic, b"k", too_large, 0, None, None, after_rows_of=0)
 
     run(go())
 

@@ -53,6 +53,7 @@ class FakeContext:
         *,
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
+        after_rows_of: int | None = None,
     ) -> Any:
         assert sink in SINKS, sink
         self.sent[sink].append(Sent(key, value, list(headers or []), partition))

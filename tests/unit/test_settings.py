@@ -42,6 +42,7 @@ def test_defaults_and_embedded_broker_tuning() -> None:
         ({"SAGA_TRACKER_PRODUCER_LINGER_MS": "-1"}, "PRODUCER_LINGER_MS must not be negative"),
         ({"SAGA_TRACKER_GC_YOUNG_OBJECTS": "-1"}, "GC_YOUNG_OBJECTS must not be negative"),
         ({"SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE": "0"}, "PRODUCER_MAX_BATCH_SIZE must be at least 1"),
+        ({"SAGA_TRACKER_COMMIT_INTERVAL": "0"}, "COMMIT_INTERVAL must be positive"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:

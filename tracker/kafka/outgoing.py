@@ -19,6 +19,15 @@ by side.
 A sender waits only when ``FULL_BYTES`` of closed batches are held (the producer is behind), as
 aiokafka's own ``send`` waits for a partition's full batch to leave.
 
+**Outputs wait for their sagas' rows** (``after_rows_of``): a decision's output is held apart,
+not even in a batch, until the checkpoint has handed over the changelog records of the rows
+cached before it (``mark``, then ``release`` once the state cache's flush returns:
+``tracker.stream.checkpoint``). So an output never leaves before the state that decided it, and
+the row need not be written through, one encode, store write and changelog record per decision
+that sends, to keep that order: the saga's row is written once per checkpoint however many of its
+decisions sent something. An output whose row was dropped (its partition closed here before the
+flush) is not sent: its input is read again by the partition's owner, which decides it again.
+
 Batch sizes are the producer's (``SAGA_TRACKER_PRODUCER_MAX_BATCH_SIZE``). With the embedded
 broker's 1 byte (Tansu's end offsets are wrong for batched records; Apache Kafka is not affected)
 no two records share a batch, and each goes to aiokafka's ``send`` as before: held, a batch of one
@@ -29,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+import time
+from collections import deque
+from collections.abc import Awaitable, Collection
 from functools import partial
 from typing import Any
 
@@ -45,6 +56,9 @@ from tracker.kafka import internals
 log = logging.getLogger(__name__)
 
 Held = tuple[BatchBuilder, list["asyncio.Future[RecordMetadata]"]]
+# An output waiting for its saga's row: the saga's state partition, then ``send``'s arguments.
+Headers = list[tuple[str, bytes]] | None
+Gated = tuple[int, str, bytes | None, bytes | None, int | None, float | None, Headers, "asyncio.Future[Any]"]
 
 
 class Outgoing:
@@ -65,6 +79,8 @@ class Outgoing:
         self.producer: Any = None  # faust's, once started (its start check awaits: not per record)
         self.one_by_one = int(conf.producer_max_batch_size) <= 1  # batches of one record: nothing to hold
         self.full_batches = max(2, self.FULL_BYTES // int(conf.producer_max_batch_size))
+        self.gated: deque[Gated] = deque()  # outputs waiting for their sagas' rows, oldest first
+        self.gated_ever = 0  # outputs ever gated: what a ``mark`` counts
 
     async def _producer(self) -> Any:
         if self.producer is None:
@@ -79,25 +95,81 @@ class Outgoing:
         partition: int | None,
         timestamp: float | None,
         headers: list[tuple[str, bytes]] | None,
+        *,
+        after_rows_of: int | None = None,
     ) -> Awaitable[RecordMetadata]:
         """Hold one record for its partition's batch (faust's ``Producer.send`` signature; batches
         of one record: aiokafka's ``send``); returns its delivery. ``partition`` None: by key, as
         the producer's partitioner places it. Raises as aiokafka's ``send`` does for a record
-        larger than a request may be."""
+        larger than a request may be. ``after_rows_of``: an output decided for a saga of that
+        state partition, held until its row is with the producer (``release``)."""
+        if after_rows_of is not None:
+            self._fits(key, value, headers or [])  # refused now, in the decision, as an output sent at once is
+            gate: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            # Stamped when decided, not when released: consumers see when the tracker decided it.
+            at = time.time() if timestamp is None else timestamp
+            self.gated.append((after_rows_of, topic, key, value, partition, at, headers, gate))
+            self.gated_ever += 1
+            return gate
+        return await self._send(topic, key, value, partition, timestamp, headers, None)
+
+    def waiting(self) -> int:
+        """Outputs gated and not yet released."""
+        return len(self.gated)
+
+    def mark(self) -> int:
+        """Where the outputs gated so far end: taken when the state cache's flush takes its rows,
+        with no await in between, so every output before it has its row in that flush or an
+        earlier one."""
+        return self.gated_ever
+
+    async def release(self, mark: int, dropped: Collection[int] = ()) -> int:
+        """Send the outputs gated before ``mark`` (their rows' changelog records are with the
+        producer), in the order they were decided; those of a ``dropped`` state partition are
+        answered without being sent. Returns how many were not sent."""
+        unsent = 0
+        for _ in range(len(self.gated) - (self.gated_ever - mark)):
+            of, topic, key, value, partition, timestamp, headers, gate = self.gated.popleft()
+            if of in dropped:
+                unsent += 1
+                gate.set_result(None)  # not refused: its input is read again and decided again
+                continue
+            try:
+                await self._send(topic, key, value, partition, timestamp, headers, gate)
+            except Exception as exc:  # the producer's metadata not to be had: answered as refused (a restart)
+                if not gate.done():
+                    gate.set_exception(exc)
+        if unsent:
+            log.info("%d output(s) not sent: their rows were dropped with their partitions", unsent)
+        return unsent
+
+    async def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: list[tuple[str, bytes]] | None,
+        delivery: asyncio.Future[Any] | None,
+    ) -> Awaitable[RecordMetadata]:
+        """``send``, its delivery answered through ``delivery`` when given (a gated output's)."""
         producer = self.producer if self.producer is not None else await self._producer()
         batches = internals.aiokafka_producer(producer)
         millis = None if timestamp is None else int(timestamp * 1000)
         if self.one_by_one:
-            return await batches.send(topic, value, key=key, partition=partition, timestamp_ms=millis, headers=headers)  # type: ignore[no-any-return]
+            sent = await batches.send(topic, value, key=key, partition=partition, timestamp_ms=millis, headers=headers)
+            if delivery is None:
+                return sent  # type: ignore[no-any-return]
+            sent.add_done_callback(partial(_pass_on, delivery))
+            return delivery
         if partition is None:  # as aiokafka's ``send`` places it: the producer's partitioner
             parts = self.partitions.get(topic)
             if parts is None:
                 parts = self.partitions[topic] = list(await batches.partitions_for(topic))
             partition = self.partitioner(key, parts, parts)
         headers = headers or []
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-        if size > self.max_request_size:
-            raise MessageSizeTooLargeError(f"a record of {size} bytes, more than a request may hold")
+        self._fits(key, value, headers)
         at = (topic, partition)
         held = self.open.get(at)
         if held is None or held[0].append(timestamp=millis, key=key, value=value, headers=headers) is None:
@@ -105,7 +177,8 @@ class Outgoing:
                 self.full.append((at, self.open.pop(at)))
             held = self.open[at] = (batches.create_batch(), [])
             held[0].append(timestamp=millis, key=key, value=value, headers=headers)  # a batch takes its first record
-        delivery: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        if delivery is None:
+            delivery = asyncio.get_running_loop().create_future()
         held[1].append(delivery)
         if len(self.full) >= self.full_batches:
             # The producer is behind (aiokafka takes a partition's next batch once the one before
@@ -115,6 +188,11 @@ class Outgoing:
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._ship_soon)
         return delivery
+
+    def _fits(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > self.max_request_size:
+            raise MessageSizeTooLargeError(f"a record of {size} bytes, more than a request may hold")
 
     def _ship_soon(self) -> None:
         self.scheduled = False
@@ -177,3 +255,15 @@ def _answer(topic: str, partition: int, deliveries: list[asyncio.Future[RecordMe
                     topic, partition, tp, first.offset + n, first.timestamp, first.timestamp_type, first.log_start_offset
                 )
             )
+
+
+def _pass_on(gate: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+    """A gated output sent one by one: aiokafka's answer, passed on to the delivery it was given."""
+    if gate.done():
+        return
+    if sent.cancelled():
+        gate.cancel()
+    elif sent.exception() is not None:
+        gate.set_exception(sent.exception())  # type: ignore[arg-type]
+    else:
+        gate.set_result(sent.result())

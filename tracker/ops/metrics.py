@@ -155,8 +155,8 @@ class Metrics:
         )
         self.state_rows_written = Counter(
             "saga_tracker_state_rows_written_total",
-            "Saga state rows written to the store and the changelog: 'through' (the change sends an "
-            "output, or there is no cache) or 'flush' (cached rows, before a commit or when the cache is "
+            "Saga state rows written to the store and the changelog: 'through' (no row cache, "
+            "SAGA_TRACKER_STATE_CACHE_ROWS=0) or 'flush' (cached rows, before a commit or when the cache is "
             "full). Against saga_tracker_events_total it shows how many changes the cache saved.",
             ["how"],
             registry=r,

@@ -4,12 +4,13 @@ Kafka Streams' task commit).
 Before any input offset is committed, in this order:
 
 1. **Flush the state cache**: every cached saga row goes to its partition's store, then its
-   changelog record to the producer (``StateCache.flush``). A row that decided an output was
-   already written through before the output was sent (decide, record, then send).
-2. **Hand every held record to the producer** (``Outgoing.ship``: records wait in batches per
-   partition until the event loop's step ends, ``tracker.kafka.outgoing``): the changelog records
-   of step 1, and the outputs, each sent when it was decided, after its row; the context reported
-   every delivery here (``sent``).
+   changelog record to the producer (``StateCache.flush``).
+2. **Send the outputs, then hand every held record to the producer**: the outputs decided
+   before step 1 took its rows waited for them (``Outgoing.release``: decide, record, then send;
+   those of rows step 1 dropped are not sent, their input is read again), and go after their
+   rows' changelog records; then ``Outgoing.ship`` (records wait in batches per partition until
+   the event loop's step ends, ``tracker.kafka.outgoing``) hands over everything held. The
+   context reported every output's delivery here (``sent``).
 3. **Flush the producer**: faust's producer buffer is drained (bounded, see
    ``tracker.kafka.internals.make_commits_durable``) and aiokafka's flush waits until every record
    handed over is answered by the broker.
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from tracker.stream.restart import exit_to_restart
@@ -56,6 +57,14 @@ class Cache(Protocol):
 
 
 class Held(Protocol):
+    def mark(self) -> int:
+        """Where the outputs waiting for their rows end now."""
+        ...
+
+    async def release(self, mark: int, dropped: Collection[int] = ()) -> int:
+        """Send the outputs before ``mark``, but those of ``dropped`` partitions."""
+        ...
+
     async def ship(self) -> None:
         """Hand every held record to the producer."""
         ...
@@ -109,9 +118,13 @@ class Checkpoint:
         async with self.running:
             self.tallies.flush()
             applied = [(inputs, inputs.uncommitted()) for inputs in self.inputs]  # before anything is flushed
+            # No await between the mark and the flush taking its rows: an output before the mark has
+            # its row in this flush or an earlier one.
+            mark = self.outgoing.mark() if self.outgoing is not None else 0
             dropped = await self.cache.flush()  # 1. rows to stores, changelog records to the producer
             if self.outgoing is not None:
-                await self.outgoing.ship()  # 2. changelog records and outputs, all with the producer
+                await self.outgoing.release(mark, dropped)  # 2. the outputs those rows decided, after them
+                await self.outgoing.ship()  # changelog records and outputs, all with the producer
             await flush_producer()  # 3. buffer drained, every record answered
             if self.undelivered:  # 4. never commit past an output the broker did not take
                 exit_to_restart(

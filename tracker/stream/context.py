@@ -42,8 +42,11 @@ class Context(Protocol):
         *,
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
+        after_rows_of: int | None = None,
     ) -> Awaitable[Any] | None:
-        """Hand a record to the producer; returns its delivery (awaitable), None if dropped."""
+        """Hand a record to the producer; returns its delivery (awaitable), None if dropped.
+        ``after_rows_of``: an output decided for a saga of that state partition, which leaves
+        after the rows cached before it (``Outgoing``'s gate, released by the checkpoint)."""
         ...
 
     def owns(self, partition: int) -> bool:
@@ -93,14 +96,18 @@ class FaustContext:
         *,
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
+        after_rows_of: int | None = None,
     ) -> Awaitable[Any] | None:
         channel = self.sinks[sink]
         delivery: Awaitable[Any]
         if isinstance(channel, faust.Topic):
             # Straight to the producer in whole batches (``Outgoing``), not through faust's topic,
             # which makes its own message, future and sensor objects per record. The agent tests'
-            # sinks are in-memory channels: they go through the channel.
-            delivery = await self.outgoing.send(channel.get_topic_name(), key, value, partition, None, headers)
+            # sinks are in-memory channels: they go through the channel (their memory store writes
+            # every row at once, so an output needs no gate there).
+            delivery = await self.outgoing.send(
+                channel.get_topic_name(), key, value, partition, None, headers, after_rows_of=after_rows_of
+            )
         else:
             delivery = await channel.send(key=key, value=value, headers=headers, partition=partition)
         self.checkpoint.sent(delivery, f"{sink} record")  # the checkpoint fails on anything undelivered

@@ -87,6 +87,12 @@ class Source(Protocol):
     async def process(self, record: Record) -> None: ...
 
 
+class Outputs(Protocol):
+    def waiting(self) -> int:
+        """Outputs decided and waiting for a checkpoint to send them (``Outgoing``'s gate)."""
+        ...
+
+
 class Processed(Protocol):
     def processed(self, tp: TP, offset: int) -> None: ...
 
@@ -116,12 +122,15 @@ class Feed:
         finish_within: float,
         reset: str = "earliest",
         max_records: int = 2000,
+        outputs: Outputs | None = None,
     ) -> None:
         """``commit_interval``: seconds between checkpoints run for the feed (faust's own commit
         runs one only when its agents acknowledged something). ``finish_within``: seconds a
         revocation waits for the record in hand. ``reset``: where a partition the group never
-        committed starts (faust's ``consumer_auto_offset_reset``)."""
-        self.source, self.progress, self.group = source, progress, group
+        committed starts (faust's ``consumer_auto_offset_reset``). ``outputs``: decided outputs
+        that wait for a checkpoint, whatever decided them (a timeout or an operator's action,
+        applied by faust's agent, which may not have acknowledged its record yet)."""
+        self.source, self.progress, self.group, self.outputs = source, progress, group, outputs
         self.commit_interval, self.finish_within = commit_interval, finish_within
         self.reset, self.max_records = reset, max_records
         self.epoch = 0  # bumped by every revocation: a batch begun under an older one stops
@@ -136,8 +145,9 @@ class Feed:
         context.schedule("commit", self.commit_interval, self.punctuate)
 
     async def punctuate(self) -> None:
-        """The checkpoint, on the commit interval, when records were applied since the last."""
-        if self.uncommitted():
+        """The checkpoint, on the commit interval, when records were applied since the last or
+        outputs wait for one: an output leaves within a commit interval of its decision."""
+        if self.uncommitted() or (self.outputs is not None and self.outputs.waiting()):
             await self.group.checkpoint()
 
     async def run(self, consumer: Consumer) -> None:

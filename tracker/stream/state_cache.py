@@ -25,11 +25,12 @@ changes several times between commits costs one changelog record, not one per ch
 * no input offset is committed before the rows it caused are in the changelog: a crash loses
   only rows of uncommitted input, which is read again and re-applied (the machine is
   deterministic; nothing the lost rows decided left the worker, see the next point);
-* a write that decides an output (a compensation, an outcome, a decision) is written through,
-  store and changelog record, before the output is sent: every output is recorded in state
-  before it leaves, as without the cache;
+* an output (a compensation, an outcome, a decision) waits for the row that decided it: the
+  producer holds it apart (``Outgoing``'s gate) until the checkpoint has flushed the rows cached
+  before it, and then sends it after their changelog records. Every output is recorded in state
+  before it leaves, and a saga whose decisions send is still written once per checkpoint;
 * a saga's changelog records stay in the order of its writes: the cache keeps one row per key,
-  a write-through takes its key out of the cache, and every send goes through one lock.
+  and every send goes through one lock.
 
 **Rows are written without RocksDB's write-ahead log** (``tables.unlogged``; Kafka Streams
 runs its stores so, the changelog being the record): a process that dies loses what its stores'
@@ -98,7 +99,7 @@ class Derived(Protocol):
 class StateWrites(Protocol):
     """Where the track processor writes saga state (the benchmark has a stand-in without faust)."""
 
-    async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None: ...
+    async def put(self, partition: int, key: bytes, value: Value) -> None: ...
 
     def get(self, key: bytes, partition: int | None = None) -> bytes | None: ...
 
@@ -163,21 +164,20 @@ class StateCache:
         db = partition_store(self.table, partition) if partition is not None else None
         return db.get(key) if db is not None else self.table.get(key)
 
-    async def put(self, partition: int, key: bytes, value: Value, *, through: bool = False) -> None:
-        """Cache the row, or (``through``, or no cache) store it and send its changelog record.
-        Either way the row is readable before the first await: a caller's load, decision and
-        write stay one step of the event loop."""
+    async def put(self, partition: int, key: bytes, value: Value) -> None:
+        """Cache the row, or (no cache) store it and send its changelog record. Either way the row
+        is readable before the first await: a caller's load, decision and write stay one step of
+        the event loop."""
         db = partition_store(self.table, partition)
         if db is None:  # the memory store of the agent tests: faust's own write
             self.table[key] = encoded(value)
             return
         self.alive()
-        if self.cache_rows and not through:
+        if self.cache_rows:
             self.rows[key] = (partition, value)
             if len(self.rows) >= self.cache_rows:
                 self.lost |= await self.flush()  # told to the next checkpoint's flush
             return
-        self.rows.pop(key, None)  # this newer row replaces it, in the store and the changelog
         value = encoded(value)
         db.put(key, value, self.unlogged)
         self.unconfirmed += 1

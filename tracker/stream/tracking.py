@@ -218,10 +218,9 @@ class Tracking:
             if current is None or deadline_key(current.due, event.saga_id) != deadline_key(event.time, event.saga_id):
                 index.drop_deadline(deadline_key(event.time, event.saga_id))
         if transition.changed and transition.state is not None:
-            # A decision that sends something is written through before it is sent (see changelog).
-            await self.store(index, definition, state, transition.state, partition, through=bool(transition.emits))
+            await self.store(index, definition, state, transition.state, partition)
         if transition.emits:  # most records decide nothing to send: no comprehension, no hooks
-            await self.send_all(transition.emits)
+            await self.send_all(transition.emits, partition)
         self.metrics.applied(definition, event.kind, transition.outcomes, state, transition.state)
         if transition.changed:  # a redelivery (duplicate) is not drift twice
             for drift in self.conformance.outcomes(definition.name, transition.outcomes):
@@ -250,8 +249,6 @@ class Tracking:
         old: SagaState | None,
         new: SagaState,
         partition: int,
-        *,
-        through: bool = False,
     ) -> None:
         """Write the saga: noted in its index (its rows and census counts follow at the index's
         next ``place``), kept decoded, and stored with the row cache.
@@ -262,20 +259,22 @@ class Tracking:
         change = index.changed(definition, old, new)
         self.hot.put(new.saga_id, index, new)  # before the await: the next load must find it
         # Stored with its head: a rebuild reads the index rows from it (``tables.rows``).
-        await self.writes.put(partition, new.saga_id.encode(), change, through=through)
+        await self.writes.put(partition, new.saga_id.encode(), change)
 
-    async def send_all(self, emits: tuple[Emit, ...]) -> None:
-        """Send what one decision emitted, in order; a decision that compensates runs the send
-        hooks around its sends."""
+    async def send_all(self, emits: tuple[Emit, ...], partition: int) -> None:
+        """Send what one decision for a saga of state ``partition`` emitted, in order, each after
+        the saga's row (``Outgoing``'s gate); a decision that compensates runs the send hooks
+        around its sends."""
         hooks = self.hooks if any(e.kind == "compensation" for e in emits) else None
         if hooks is not None:
             await hooks.before_send()
-        sent = [await self.send(emit) for emit in emits]
+        sent = [await self.send(emit, partition) for emit in emits]
         if hooks is not None:
             await hooks.after_send(sent)
 
-    async def send(self, emit: Emit) -> Any:
-        """Queue one output; returns its delivery future (None when there is nothing to send).
+    async def send(self, emit: Emit, partition: int) -> Any:
+        """Queue one output, to leave after its saga's row (of state ``partition``); returns its
+        delivery future (None when there is nothing to send).
 
         Only the promoted generation acts on the world and records decisions; any other
         sends what it would have emitted to its shadow topic (decisions: nothing).
@@ -289,6 +288,8 @@ class Tracking:
                 return None
             sink = "shadow"
             headers.append(("saga_tracker_kind", emit.kind.encode()))
-        delivery = await self.context.send(sink, emit.key.encode(), orjson.dumps(emit.payload), headers=headers)
+        delivery = await self.context.send(
+            sink, emit.key.encode(), orjson.dumps(emit.payload), headers=headers, after_rows_of=partition
+        )
         self.metrics.count(self.metrics.emitted, emit.kind if self.role.active else "shadow")
         return delivery
