@@ -183,8 +183,12 @@ def test_changed_sagas_are_placed_once_from_their_newest_state_before_any_read(t
         assert index.pending == {}  # nothing made yet: no summary, no rows
         assert made.encode() == stored_row(d, happy[-1])  # the row the state cache writes
 
+        assert made.was is happy[0]  # what its placed rows were made from, until it is placed
         assert index.summary(happy[0].saga_id) == summary(d, happy[-1])  # a read places
         assert index.waiting == {}
+        # The state cache holds ``made`` until its flush: placed, it keeps no older state alive,
+        # and still encodes the same row.
+        assert made.was is None and made.encode() == stored_row(d, happy[-1])
         assert [key for key, _ in index.due(every)] == [deadline_key(stalled.deadline.due, "o-2")]  # happy's deadline gone
         assert [key for key, _ in index.scan(PENDING)] == [
             k[1:] for k in rows_of(stalled, summary(d, stalled)) if k[:1] == PENDING

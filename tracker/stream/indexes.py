@@ -158,6 +158,12 @@ class Changed:
     def moved_on(self, definition: SagaDefinition, state: SagaState) -> None:
         self.definition, self.state, self._summary = definition, state, None
 
+    def placed(self) -> None:
+        """Its rows are made: what the rows before were made from is needed no more. The state
+        cache keeps this object until its flush; ``was`` would keep a second decoded state
+        (~10 KB) alive per cached row."""
+        self.was = None
+
     def summary(self) -> tuple[dict[str, Any], bytes]:
         """The newest state's summary row, and as JSON."""
         if self._summary is None:
@@ -237,6 +243,7 @@ class Index:
             self.change(keys_of(old, placed) if old is not None and placed is not None else (), new_rows)
             if census is not None:
                 census.change(partition, placed, change.summary()[0])
+            change.placed()
 
     def write(self, puts: dict[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
         """Write now, with whatever is held: one batch."""
