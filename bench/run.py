@@ -241,7 +241,7 @@ class _Context:
     async def release(self) -> None:
         gated, self.gated = self.gated, []
         for key, value, headers, partition in gated:
-            self.sent.append(await self.producer.send(self.topic, value, key=key, headers=headers, partition=partition))
+            await self.send("output", key, value, headers=headers, partition=partition)  # now ungated
 
     def owns(self, partition: int) -> bool:
         return True
