@@ -23,7 +23,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -51,6 +52,7 @@ class Result:
     cpu_seconds: float
     routes: dict[str, int] = field(default_factory=dict)  # the worker's: applied "here" or via the "saga_log"
     timed: int = 0  # the events ``seconds`` and ``cpu_seconds`` cover, when not all of them (the worker's)
+    rates: tuple[float, ...] = ()  # events/s of every round, when it is the best of several
 
     @property
     def rate(self) -> float:
@@ -62,6 +64,15 @@ class Result:
 
 
 STEP_GAP = 2.5  # seconds between a saga's events; a saga starts every 0.01 s: ~1,000 in flight
+
+
+def best(rounds: list[Result]) -> Result:
+    """The fastest of a contender's rounds (by events/s), with every round's rate. On this 2-core
+    machine, shared with the broker, one run of a contender swings by up to a third; the best of
+    each, taken the same way for every contender, is what each can do, and a ratio no longer
+    follows one contender's bad round."""
+    top = max(rounds, key=lambda r: r.rate)
+    return replace(top, rates=tuple(r.rate for r in rounds)) if len(rounds) > 1 else top
 
 
 def generate(sagas: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -469,6 +480,9 @@ def wait_applied(
             if dead:  # the input is clean: a dead letter is a failure, not a record processed
                 raise RuntimeError(f"the tracker worker dead-lettered {int(dead)} records of a clean input")
             routes = {r: int(metric(text, "saga_tracker_routed_events_total", f'route="{r}"')) for r in ("here", "saga_log")}
+            if first[2] >= done:  # all applied before a poll saw any (a small input): no window to time,
+                # so the worker's whole life, its start included (an upper bound), not a rate of 0 s
+                return (int(done), time.monotonic() - started, proc_cpu(worker.pid), routes), int(done)
             applied = (int(done), time.perf_counter() - first[0], proc_cpu(worker.pid) - first[1], routes)
             return applied, int(done - first[2])
         # Often, as a poll of the three counters (``POLLED``) costs the worker little: the window's
@@ -690,33 +704,60 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the tracker worker (to compare its settings, e.g. SAGA_TRACKER_PRODUCER_LINGER_MS, run after run); no ratios",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="runs of each timed contender; the fastest is reported, every round's events/s beside it (1 with --smoke)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    rounds = 1 if args.smoke else args.rounds
     records = generate(args.sagas, args.seed)
+    total = len(records)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp, EmbeddedBroker() as broker:
         data = Path(tmp)
+
+        def fresh() -> Path:
+            """A data directory per round: no round finds another's state."""
+            return Path(tempfile.mkdtemp(dir=data))
+
+        def optional(contender: Callable[[str, str, int, Path], Result | None]) -> Result | None:
+            """A Quix contender's best round; None when Quix Streams is not installed."""
+            runs = [contender(broker.bootstrap, topic, total, fresh()) for _ in range(rounds)]
+            return best([r for r in runs if r is not None]) if all(r is not None for r in runs) else None
+
+        def worker(on: str, batch: int, note: str = "") -> tuple[Result, float]:
+            """The worker's best round, and the highest peak RSS of its rounds."""
+            runs = [
+                tracker(broker.bootstrap, on, total, fresh(), f"bench-{uuid.uuid4().hex[:6]}", batch, note) for _ in range(rounds)
+            ]
+            return best([r for r, _ in runs]), max(rss for _, rss in runs)
+
         asyncio.run(produce(broker.bootstrap, topic, records))
         print(
-            f"input: {len(records)} events of {args.sagas} sagas, avg {sum(len(v) for _, v in records) / len(records):.0f} "
-            f"bytes, {PARTITIONS} partitions",
+            f"input: {total} events of {args.sagas} sagas, avg {sum(len(v) for _, v in records) / total:.0f} "
+            f"bytes, {PARTITIONS} partitions; each timed contender the best of {rounds} round(s)",
             flush=True,
         )
         if not args.worker_only:
-            results.append(asyncio.run(raw(broker.bootstrap, topic, len(records), data)))
-            results.append(asyncio.run(core(broker.bootstrap, topic, len(records), data)))
+            results.append(best([asyncio.run(raw(broker.bootstrap, topic, total, fresh())) for _ in range(rounds)]))
+            results.append(best([asyncio.run(core(broker.bootstrap, topic, total, fresh())) for _ in range(rounds)]))
             alone, stages = decisions(topic, records, data)
             results.append(alone)
-        q = None if args.smoke or args.worker_only else quix(broker.bootstrap, topic, len(records), data)
+        q = None if args.smoke or args.worker_only else optional(quix)
         if q is not None:
             results.append(q)
-        same = None if args.smoke or args.worker_only else quix_same_work(broker.bootstrap, topic, len(records), data)
+        same = None if args.smoke or args.worker_only else optional(quix_same_work)
         if same is not None:
             results.append(same)
         mine = []
         # Batches of one record (the embedded broker's), Apache Kafka's 16 KiB, the tracker's default.
         for batch in (1,) if args.smoke else (1, 16384, Settings().producer_max_batch_size):
-            t, rss = tracker(broker.bootstrap, topic, len(records), data, f"bench-{uuid.uuid4().hex[:6]}", batch)
+            t, rss = worker(topic, batch)
             results.append(t)
             mine.append((t, rss))
         forwarded = None
@@ -724,13 +765,12 @@ def main(argv: list[str] | None = None) -> int:
             # The same events keyed by customer, with the producer batches of the last run above.
             by_customer, (in_place, _) = f"{topic}-by-customer", mine[-1]
             asyncio.run(produce(broker.bootstrap, by_customer, keyed_by_customer(records)))
-            app_id = f"bench-{uuid.uuid4().hex[:6]}"
-            forwarded, _ = tracker(broker.bootstrap, by_customer, len(records), data, app_id, batch, ", keyed by customer")
+            forwarded, _ = worker(by_customer, batch, ", keyed by customer")
             results.append(forwarded)
-    print(f"\n{'contender':38} {'events':>9} {'events/s':>10} {'CPU us/event':>13}")
+    print(f"\n{'contender':38} {'events':>9} {'events/s':>10} {'CPU us/event':>13}  rounds (events/s)")
     for r in results:
-        print(f"{r.name:38} {r.events:>9} {r.rate:>10.0f} {r.cpu_us:>13.1f}")
-    complete = all(r.events == len(records) for r in results)
+        print(f"{r.name:38} {r.events:>9} {r.rate:>10.0f} {r.cpu_us:>13.1f}  {' / '.join(f'{x:.0f}' for x in r.rates)}".rstrip())
+    complete = all(r.events == total for r in results)
     if args.worker_only:
         for t, rss in mine:
             print(f"{t.name}: peak RSS {rss:.0f} MB")
