@@ -3,6 +3,7 @@ rows are named without building them."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections import Counter
 from dataclasses import replace
@@ -148,6 +149,14 @@ def test_a_head_made_under_another_definition_or_unreadable_is_not_used() -> Non
     assert _indexes(renamed).rows_of(stored) == (summary(renamed, state), rows_of(state, summary(renamed, state)))
 
 
+def held(obj: object) -> list[object]:
+    """What ``obj`` refers to, through any tuples."""
+    out: list[object] = []
+    for x in gc.get_referents(obj):
+        out.extend(held(x) if isinstance(x, tuple) else [x])
+    return out
+
+
 def test_changed_sagas_are_placed_once_from_their_newest_state_before_any_read(tmp_path: Path) -> None:
     """A saga changed several times between two reads gets the rows and census counts of its
     newest state, its old rows gone, exactly as writing every change would leave them; every read
@@ -186,9 +195,11 @@ def test_changed_sagas_are_placed_once_from_their_newest_state_before_any_read(t
         assert made.was is happy[0]  # what its placed rows were made from, until it is placed
         assert index.summary(happy[0].saga_id) == summary(d, happy[-1])  # a read places
         assert index.waiting == {}
-        # The state cache holds ``made`` until its flush: placed, it keeps no older state alive,
-        # and still encodes the same row.
-        assert made.was is None and made.encode() == stored_row(d, happy[-1])
+        # The state cache holds ``made`` until its flush: placed, it keeps no older state alive and
+        # no summary row (dicts the collector would walk; its JSON is kept), and encodes the same row.
+        assert made.was is None
+        assert [x for x in held(made) if isinstance(x, (dict, SagaState))] == [happy[-1]]
+        assert made.encode() == stored_row(d, happy[-1])
         assert [key for key, _ in index.due(every)] == [deadline_key(stalled.deadline.due, "o-2")]  # happy's deadline gone
         assert [key for key, _ in index.scan(PENDING)] == [
             k[1:] for k in rows_of(stalled, summary(d, stalled)) if k[:1] == PENDING

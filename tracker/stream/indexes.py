@@ -149,27 +149,33 @@ class Changed:
     under ``was_definition``; None for a new saga) and its newest state. Also what the state cache
     stores for it (``encode``: the row with its head), so the summary is made once for both."""
 
-    __slots__ = ("_summary", "definition", "state", "was", "was_definition")
+    __slots__ = ("_json", "_row", "definition", "state", "was", "was_definition")
 
     def __init__(self, definition: SagaDefinition, was: SagaState | None, state: SagaState) -> None:
         self.was_definition, self.was, self.definition, self.state = definition, was, definition, state
-        self._summary: tuple[dict[str, Any], bytes] | None = None
+        self._row: dict[str, Any] | None = None
+        self._json: bytes | None = None
 
     def moved_on(self, definition: SagaDefinition, state: SagaState) -> None:
-        self.definition, self.state, self._summary = definition, state, None
+        self.definition, self.state, self._row, self._json = definition, state, None, None
 
     def placed(self) -> None:
-        """Its rows are made: what the rows before were made from is needed no more. The state
-        cache keeps this object until its flush; ``was`` would keep a second decoded state
-        (~10 KB) alive per cached row."""
-        self.was = None
+        """Its rows are made. The state cache keeps this object until its flush, which needs only
+        the summary's JSON (``encode``): what the rows before were made from (``was``, a second
+        decoded state of ~10 KB) and the summary row's dicts go. Each held container is also one
+        more object every collection of the heap's young generation walks (bench/README.md)."""
+        self.was = self._row = None
 
     def summary(self) -> tuple[dict[str, Any], bytes]:
         """The newest state's summary row, and as JSON."""
-        if self._summary is None:
+        if self._row is None or self._json is None:
             row = summary(self.definition, self.state)
-            self._summary = row, orjson.dumps(row)
-        return self._summary
+            self._row, self._json = row, orjson.dumps(row)
+        return self._row, self._json
+
+    def summary_json(self) -> bytes:
+        """The newest state's summary row as JSON, made once."""
+        return self._json if self._json is not None else self.summary()[1]
 
     def rows(self) -> dict[bytes, bytes]:
         """Every index row of the newest state (``rows_of``)."""
@@ -178,7 +184,7 @@ class Changed:
 
     def encode(self) -> bytes:
         """The newest state's stored row, with its head (``stored_row``)."""
-        return saga_rows.encode(self.state, head(self.definition, self.state, self.summary()[1]))
+        return saga_rows.encode(self.state, head(self.definition, self.state, self.summary_json()))
 
 
 def stored_row(definition: SagaDefinition, state: SagaState) -> bytes:
