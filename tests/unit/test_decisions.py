@@ -10,7 +10,7 @@ import orjson
 from tests.unit.sagas import Saga, action, ev
 from tracker.core import state as st
 from tracker.core.events import MARK_PARTIAL, decision_event
-from tracker.core.machine import Transition, virtual_timeout
+from tracker.core.machine import Transition, apply, virtual_timeout
 
 
 def decisions(saga: Saga) -> list[dict]:
@@ -170,3 +170,18 @@ def test_malformed_decisions_are_refused() -> None:
     for bad in (None, [], {"of": "service"}, {"of": "timeout"}, {"of": "timeout", "anchor": {}, "saga_id": ""}):
         with pytest.raises(StateError):
             decision_event(bad)
+
+
+def test_parked_decisions_are_replaced_not_changed_in_the_state_apply_was_given() -> None:
+    """A copy shares the parked decisions' list (``SagaState.copy``): the machine must replace it,
+    when it parks one and when it applies one at its anchor."""
+    live = live_stall()
+    [d] = decisions(live)
+    replay = Saga()
+    replay(ev("OrderCreated", 100))
+    empty = replay.s
+    parked = apply(replay.d, empty, decision_event(d), 5).state
+    assert parked is not None and len(parked.parked) == 1 and empty.parked == []
+    applied = apply(replay.d, parked, ev("PaymentAuthorized", 110), 6).state  # its anchor: applied
+    assert applied is not None and applied.status == st.COMPENSATING and applied.parked == []
+    assert len(parked.parked) == 1

@@ -369,3 +369,15 @@ def test_copies_do_not_share_what_apply_changes() -> None:
     clone.counts["y"] = 1
     clone.history.append({"t": 1})
     assert saga.s.to_dict() == original
+
+
+def test_early_events_are_replaced_not_changed_in_the_state_apply_was_given() -> None:
+    """A copy shares the early events' list (``SagaState.copy``): the machine must replace it."""
+    saga = Saga()
+    saga(ev("PaymentAuthorized", 101))  # before the start: it waits in the saga
+    waiting = saga.s
+    before = waiting.to_dict()
+    later = apply(saga.d, waiting, ev("InventoryReserved", 102), 5)
+    assert len(later.state.early) == 2 and waiting.to_dict() == before  # type: ignore[union-attr]
+    started = apply(saga.d, later.state, ev("OrderCreated", 100), 6)
+    assert started.state.early == [] and len(later.state.early) == 2  # type: ignore[union-attr]

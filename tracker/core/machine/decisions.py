@@ -49,7 +49,7 @@ class Decisions(Actions):
             return
         if self.overtaken_only(e):
             return
-        self.s.parked.append(e.to_dict())
+        self.s.parked = [*self.s.parked, e.to_dict()]  # replaced, never changed in place (``SagaState.copy``)
         self.drain()
         if any(p["id"] == e.id for p in self.s.parked):
             self.record(e, "parked", detail=f"recorded {e.action.get('of')} waits for {e.action.get('anchor')}")
@@ -62,7 +62,7 @@ class Decisions(Actions):
             here = anchor(self.d, self.s)
             for i, raw in enumerate(self.s.parked):
                 if raw["action"].get("anchor") == here:
-                    del self.s.parked[i]
+                    self.s.parked = self.s.parked[:i] + self.s.parked[i + 1 :]
                     self.perform(Event.from_dict(raw))
                     progress = True
                     break

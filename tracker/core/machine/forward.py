@@ -82,7 +82,7 @@ class Forward(Decisions):
                 self.count("early_overflow")
                 self.record(e, "early_overflow", detail=f"more than {d.limits.early_events} events before the start")
                 return
-            s.early.append(e.to_dict())
+            s.early = [*s.early, e.to_dict()]  # replaced, never changed in place (``SagaState.copy``)
             self.count("early")
             self.record(e, "early", i if i >= 0 else None, detail="waiting for the start event")
             return
