@@ -15,8 +15,7 @@ What a young collection costs is the young objects *still alive* when it runs, a
 they refer to, which it touches (a cache miss each on a heap of hundreds of MB). The decoded
 states of the sagas in flight (``tracker.stream.hot``) live for thousands of events: the larger
 the threshold, the more of them are gone before a collection, and the fewer collections promote
-them to be walked again (session 21, bench/README.md: collector time 1.8 -> 0.8 s in a run of
-248,000 events from 20,000 to 200,000).
+them to be walked again (bench/README.md has the measurements).
 """
 
 from __future__ import annotations
