@@ -149,7 +149,7 @@ async def raw(bootstrap: str, topic: str, total: int, data_dir: Path, changelog:
     from rocksdict import Rdict
 
     db = Rdict(str(data_dir / "raw.db"))
-    changelog_topic = f"{topic}-raw-changelog"
+    changelog_topic = f"{topic}-raw-changelog-{data_dir.name}"  # a round's own: its store starts empty
     await ensure_topics(bootstrap, [changelog_topic], PARTITIONS, config={"cleanup.policy": "compact"})
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=8 * 1024 * 1024)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
@@ -290,7 +290,8 @@ async def core(bootstrap: str, topic: str, total: int, data_dir: Path) -> Result
     metrics, census = Metrics(CollectorRegistry()), Census()
     rows: Any = lambda partition, start: db.items(from_key=start)  # noqa: E731 - one store for every partition
     indexes = Indexes(data_dir / "core-indexes", catalog, rows, census, metrics)
-    changelog, outputs = f"{topic}-core-changelog", f"{topic}-core-outputs"
+    # A round's own topics: its store starts empty, and so does what it records of its changelog.
+    changelog, outputs = f"{topic}-core-changelog-{data_dir.name}", f"{topic}-core-outputs-{data_dir.name}"
     await ensure_topics(bootstrap, [changelog, outputs], PARTITIONS, config={"cleanup.policy": "compact"})
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=8 * 1024 * 1024)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
