@@ -467,6 +467,8 @@ def wait_applied(
                         str(worker.pid),
                         "--duration",
                         os.environ.get("BENCH_PROFILE_SECONDS", "20"),
+                        "--rate",
+                        os.environ.get("BENCH_PROFILE_RATE", "100"),  # samples a second
                         "--format",
                         "raw",
                         "--nonblocking",
