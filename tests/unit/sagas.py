@@ -87,9 +87,9 @@ class Saga:
         behind applies it later, and the windows its decisions open count from then)."""
         given = None if self.state is None else self.state.to_dict()
         t = apply(self.d, self.state, event, event.time if now is None else now)
-        # The worker keeps the state it hands to ``apply`` (``Hot``), and the new state shares what
-        # the record did not change with it (``SagaState.copy``, ``Run.step``): checked here for
-        # every record every machine test applies.
+        # The worker keeps the state it hands to ``apply`` (``Hot``), and the new state shares
+        # some of its containers (``SagaState.copy``): checked here for every record every
+        # machine test applies.
         assert self.state is None or self.state.to_dict() == given, f"apply changed the state it was given ({event.type})"
         self.transitions.append(t)
         if t.state is not None:
