@@ -2,7 +2,10 @@
 
 Same fresh embedded broker, same generated input: N sagas of the shipped order saga, ~300-byte
 JSON events keyed by saga id on 4 partitions, with failures, duplicates and reordering.
-Prints events/s and CPU microseconds per event for each contender, and the ratios.
+Prints events/s and CPU microseconds per event for each contender, and the ratios. Every contender
+that reads the broker runs ``--rounds`` times (default 2), each round with a data directory, and
+topics it writes, of its own, and the fastest round counts (every round's events/s printed beside it); the
+decisions alone, in memory, run once.
 
     python -m bench.run --sagas 20000          # make bench
     python -m bench.run --sagas 600 --smoke    # the smoke run in make test
@@ -743,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(produce(broker.bootstrap, topic, records))
         print(
             f"input: {total} events of {args.sagas} sagas, avg {sum(len(v) for _, v in records) / total:.0f} "
-            f"bytes, {PARTITIONS} partitions; each timed contender the best of {rounds} round(s)",
+            f"bytes, {PARTITIONS} partitions; each contender on the broker the best of {rounds} round(s)",
             flush=True,
         )
         if not args.worker_only:
