@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -45,6 +45,7 @@ from tracker.ops.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
+T = TypeVar("T")  # what a round of a contender returns
 
 
 @dataclass
@@ -727,20 +728,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp, EmbeddedBroker() as broker:
         data = Path(tmp)
 
-        def fresh() -> Path:
-            """A data directory per round: no round finds another's state."""
-            return Path(tempfile.mkdtemp(dir=data))
+        def each_round(run: Callable[[Path], T]) -> list[T]:
+            """``run`` once per round, each in a data directory of its own: no round finds another's state."""
+            return [run(Path(tempfile.mkdtemp(dir=data))) for _ in range(rounds)]
 
         def optional(contender: Callable[[str, str, int, Path], Result | None]) -> Result | None:
             """A Quix contender's best round; None when Quix Streams is not installed."""
-            runs = [contender(broker.bootstrap, topic, total, fresh()) for _ in range(rounds)]
-            return best([r for r in runs if r is not None]) if all(r is not None for r in runs) else None
+            runs = each_round(lambda d: contender(broker.bootstrap, topic, total, d))
+            done = [r for r in runs if r is not None]
+            return best(done) if len(done) == len(runs) else None
 
         def worker(on: str, batch: int, note: str = "") -> tuple[Result, float]:
             """The worker's best round, and the highest peak RSS of its rounds."""
-            runs = [
-                tracker(broker.bootstrap, on, total, fresh(), f"bench-{uuid.uuid4().hex[:6]}", batch, note) for _ in range(rounds)
-            ]
+            runs = each_round(lambda d: tracker(broker.bootstrap, on, total, d, f"bench-{uuid.uuid4().hex[:6]}", batch, note))
             return best([r for r, _ in runs]), max(rss for _, rss in runs)
 
         asyncio.run(produce(broker.bootstrap, topic, records))
@@ -750,8 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if not args.worker_only:
-            results.append(best([asyncio.run(raw(broker.bootstrap, topic, total, fresh())) for _ in range(rounds)]))
-            results.append(best([asyncio.run(core(broker.bootstrap, topic, total, fresh())) for _ in range(rounds)]))
+            results.append(best(each_round(lambda d: asyncio.run(raw(broker.bootstrap, topic, total, d)))))
+            results.append(best(each_round(lambda d: asyncio.run(core(broker.bootstrap, topic, total, d)))))
             alone, stages = decisions(topic, records, data)
             results.append(alone)
         q = None if args.smoke or args.worker_only else optional(quix)
