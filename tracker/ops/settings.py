@@ -104,7 +104,7 @@ class Settings:
         "changes several times between two commits writes its row and changelog record once, also when its "
         "changes send outputs: an output waits for the commit and leaves after its row's changelog record. "
         "Rows of uncommitted input only, so "
-        "a crash loses nothing the input does not bring back. About 3 KB a row. 0: write every change.",
+        "a crash loses nothing the input does not bring back. About 2-3 KB a row. 0: write every change.",
         default=5000,
     )
     hot_sagas: int = _doc(
