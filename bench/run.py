@@ -3,9 +3,10 @@
 Same fresh embedded broker, same generated input: N sagas of the shipped order saga, ~300-byte
 JSON events keyed by saga id on 4 partitions, with failures, duplicates and reordering.
 Prints events/s and CPU microseconds per event for each contender, and the ratios. Every contender
-that reads the broker runs ``--rounds`` times (default 2), each round with a data directory, and
-topics it writes, of its own, and the fastest round counts (every round's events/s printed beside it); the
-decisions alone, in memory, run once.
+that reads the broker runs ``--rounds`` times (default 2): a round runs each of them once, in the
+same order, each with a data directory, and topics it writes, of its own. A contender's fastest
+round counts (every round's events/s printed beside it), and each ratio is also printed within
+each round, whose contenders ran minutes apart at most. The decisions alone, in memory, run once.
 
     python -m bench.run --sagas 20000          # make bench
     python -m bench.run --sagas 600 --smoke    # the smoke run in make test
@@ -725,54 +726,55 @@ def main(argv: list[str] | None = None) -> int:
     total = len(records)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
     results: list[Result] = []
+    by_round: dict[str, list[Result]] = {}  # each contender's rounds, in the order they ran
     with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp, EmbeddedBroker() as broker:
         data = Path(tmp)
-
-        def each_round(run: Callable[[Path], T]) -> list[T]:
-            """``run`` once per round, each in a data directory of its own: no round finds another's state."""
-            return [run(Path(tempfile.mkdtemp(dir=data))) for _ in range(rounds)]
-
-        def optional(contender: Callable[[str, str, int, Path], Result | None]) -> Result | None:
-            """A Quix contender's best round; None when Quix Streams is not installed."""
-            runs = each_round(lambda d: contender(broker.bootstrap, topic, total, d))
-            done = [r for r in runs if r is not None]
-            return best(done) if len(done) == len(runs) else None
-
-        def worker(on: str, batch: int, note: str = "") -> tuple[Result, float]:
-            """The worker's best round, and the highest peak RSS of its rounds."""
-            runs = each_round(lambda d: tracker(broker.bootstrap, on, total, d, f"bench-{uuid.uuid4().hex[:6]}", batch, note))
-            return best([r for r, _ in runs]), max(rss for _, rss in runs)
-
+        by_customer = f"{topic}-by-customer"
         asyncio.run(produce(broker.bootstrap, topic, records))
+        if not args.worker_only:  # the same events keyed by customer, as a service keying by its own entity writes them
+            asyncio.run(produce(broker.bootstrap, by_customer, keyed_by_customer(records)))
         print(
             f"input: {total} events of {args.sagas} sagas, avg {sum(len(v) for _, v in records) / total:.0f} "
             f"bytes, {PARTITIONS} partitions; each contender on the broker the best of {rounds} round(s)",
             flush=True,
         )
+        alone: Result | None = None
         if not args.worker_only:
-            results.append(best(each_round(lambda d: asyncio.run(raw(broker.bootstrap, topic, total, d)))))
-            results.append(best(each_round(lambda d: asyncio.run(core(broker.bootstrap, topic, total, d)))))
             alone, stages = decisions(topic, records, data)
-            results.append(alone)
-        q = None if args.smoke or args.worker_only else optional(quix)
-        if q is not None:
-            results.append(q)
-        same = None if args.smoke or args.worker_only else optional(quix_same_work)
-        if same is not None:
-            results.append(same)
-        mine = []
-        # Batches of one record (the embedded broker's), Apache Kafka's 16 KiB, the tracker's default.
-        for batch in (1,) if args.smoke else (1, 16384, Settings().producer_max_batch_size):
-            t, rss = worker(topic, batch)
-            results.append(t)
-            mine.append((t, rss))
-        forwarded = None
+
+        # Every contender that reads the broker, in the order each round runs them. A round runs each
+        # once, so the contenders a ratio compares ran minutes apart at most, not a whole run apart:
+        # this machine's speed drifts by a fifth or more over minutes.
+        contenders: dict[str, Callable[[Path], tuple[Result | None, float]]] = {}
         if not args.worker_only:
-            # The same events keyed by customer, with the producer batches of the last run above.
-            by_customer, (in_place, _) = f"{topic}-by-customer", mine[-1]
-            asyncio.run(produce(broker.bootstrap, by_customer, keyed_by_customer(records)))
-            forwarded, _ = worker(by_customer, batch, ", keyed by customer")
-            results.append(forwarded)
+            contenders["raw"] = lambda d: (asyncio.run(raw(broker.bootstrap, topic, total, d)), 0.0)
+            contenders["core"] = lambda d: (asyncio.run(core(broker.bootstrap, topic, total, d)), 0.0)
+        if not (args.smoke or args.worker_only):  # None from either: Quix Streams is not installed
+            contenders["quix"] = lambda d: (quix(broker.bootstrap, topic, total, d), 0.0)
+            contenders["same"] = lambda d: (quix_same_work(broker.bootstrap, topic, total, d), 0.0)
+        # Batches of one record (the embedded broker's), Apache Kafka's 16 KiB, the tracker's default.
+        batches = (1,) if args.smoke else (1, 16384, Settings().producer_max_batch_size)
+
+        def worker(on: str, batch: int, note: str = "") -> Callable[[Path], tuple[Result | None, float]]:
+            return lambda d: tracker(broker.bootstrap, on, total, d, app_id(), batch, note)
+
+        for batch in batches:
+            contenders[f"worker {batch}"] = worker(topic, batch)
+        if not args.worker_only:  # with the producer batches of the last worker above
+            contenders["keyed"] = worker(by_customer, batches[-1], ", keyed by customer")
+        peak: dict[str, float] = {}
+        for _ in range(rounds):
+            for name, run in contenders.items():
+                result, rss = run(Path(tempfile.mkdtemp(dir=data)))  # a data directory of its own
+                if result is not None:
+                    by_round.setdefault(name, []).append(result)
+                peak[name] = max(peak.get(name, 0.0), rss)
+    found = {name: best(runs) for name, runs in by_round.items() if len(runs) == rounds}
+    base, q, same = found.get("raw"), found.get("quix"), found.get("same")
+    mine = [(found[f"worker {batch}"], peak[f"worker {batch}"]) for batch in batches]
+    forwarded = found.get("keyed")
+    results = [r for r in (base, found.get("core"), alone, q, same) if r is not None] + [t for t, _ in mine]
+    results += [forwarded] if forwarded is not None else []
     print(f"\n{'contender':38} {'events':>9} {'events/s':>10} {'CPU us/event':>13}  rounds (events/s)")
     for r in results:
         print(f"{r.name:38} {r.events:>9} {r.rate:>10.0f} {r.cpu_us:>13.1f}  {' / '.join(f'{x:.0f}' for x in r.rates)}".rstrip())
@@ -781,25 +783,41 @@ def main(argv: list[str] | None = None) -> int:
         for t, rss in mine:
             print(f"{t.name}: peak RSS {rss:.0f} MB")
         return 0 if complete else 1
-    base = results[0]
-    ceiling = results[1]
+    assert base is not None and alone is not None
+    ceiling = found["core"]
     print(f"\n{ceiling.name}: {ceiling.rate / base.rate:.3f} of raw (the tracker's own work per event, without faust)")
     print(f"{alone.name}: {alone.cpu_us:.1f} us/event; by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     print(f"  its CPU against raw's and Quix's whole per-event CPU: at most {base.cpu_us / alone.cpu_us:.3f} of raw", end="")
     print(f", {q.cpu_us / alone.cpu_us:.3f} of Quix" if q is not None else "")
     if forwarded is not None:
         routed = ", ".join(f"{k} {v}" for k, v in forwarded.routes.items())
-        print(f"{forwarded.name}: {forwarded.rate / in_place.rate:.2f} of the rate keyed by saga id (routes: {routed})")
-    for t, rss in mine:
+        print(f"{forwarded.name}: {forwarded.rate / mine[-1][0].rate:.2f} of the rate keyed by saga id (routes: {routed})")
+    for batch, (t, rss) in zip(batches, mine, strict=True):
+        name = f"worker {batch}"
         print(f"\n{t.name}: peak RSS {rss:.0f} MB")
-        print(f"  tracker/raw  = {t.rate / base.rate:.3f}   (target >= 0.3)")
+        print(f"  tracker/raw  = {t.rate / base.rate:.3f}   (target >= 0.3){within_rounds(by_round, name, 'raw')}")
         if q is not None:
             print(f"  tracker/quix_plain_update = {t.rate / q.rate:.3f}   (Quix appending to a list: not the same work)")
         if same is not None:
-            print(f"  tracker/quix_same_work    = {t.rate / same.rate:.3f}   (target >= 1.0)")
+            print(
+                f"  tracker/quix_same_work    = {t.rate / same.rate:.3f}   (target >= 1.0){within_rounds(by_round, name, 'same')}"
+            )
         else:
             print("  tracker/quix_same_work = n/a (quixstreams not installed: make bench installs it)")
     return 0 if complete else 1
+
+
+def app_id() -> str:
+    """A worker's own application id: its own consumer group and changelog topics."""
+    return f"bench-{uuid.uuid4().hex[:6]}"
+
+
+def within_rounds(by_round: dict[str, list[Result]], mine: str, other: str) -> str:
+    """The ratio within each round (the two contenders minutes apart), when there are several."""
+    pairs = list(zip(by_round.get(mine, ()), by_round.get(other, ()), strict=False))
+    if len(pairs) < 2:
+        return ""
+    return "; within each round: " + " / ".join(f"{a.rate / b.rate:.3f}" for a, b in pairs)
 
 
 if __name__ == "__main__":
