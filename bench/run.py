@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -46,7 +46,6 @@ from tracker.ops.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
-T = TypeVar("T")  # what a round of a contender returns
 
 
 @dataclass
@@ -725,7 +724,6 @@ def main(argv: list[str] | None = None) -> int:
     records = generate(args.sagas, args.seed)
     total = len(records)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
-    results: list[Result] = []
     by_round: dict[str, list[Result]] = {}  # each contender's rounds, in the order they ran
     with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp, EmbeddedBroker() as broker:
         data = Path(tmp)
@@ -773,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     base, q, same = found.get("raw"), found.get("quix"), found.get("same")
     mine = [(found[f"worker {batch}"], peak[f"worker {batch}"]) for batch in batches]
     forwarded = found.get("keyed")
-    results = [r for r in (base, found.get("core"), alone, q, same) if r is not None] + [t for t, _ in mine]
+    results: list[Result] = [r for r in (base, found.get("core"), alone, q, same) if r is not None] + [t for t, _ in mine]
     results += [forwarded] if forwarded is not None else []
     print(f"\n{'contender':38} {'events':>9} {'events/s':>10} {'CPU us/event':>13}  rounds (events/s)")
     for r in results:
